@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Thin wrapper: ``python scripts/evaluate.py --model M --manifest CSV --out DIR`` == ``xraytriage evaluate``."""
+
+import sys
+
+from xraytriage.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

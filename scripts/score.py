@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Thin wrapper: ``python scripts/score.py --model M INPUT --out SCORES.csv`` == ``xraytriage score``."""
+
+import sys
+
+from xraytriage.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["score", *sys.argv[1:]]))

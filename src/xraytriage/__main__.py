@@ -1,0 +1,5 @@
+import sys
+
+from xraytriage.cli import main
+
+sys.exit(main())

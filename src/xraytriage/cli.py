@@ -1,0 +1,48 @@
+"""``xraytriage`` command line: one subcommand per stage, each in ``xraytriage.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from xraytriage import __version__
+from xraytriage.config import ConfigError
+
+# Order is the order shown by --help. Each module has ``register(subparsers)`` and ``run(args) -> int``.
+COMMANDS = ("demo", "prepare", "split", "audit", "train", "evaluate", "score")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xraytriage",
+        description="Chest X-ray triage: train, evaluate (miss rate per subgroup) and batch-score scans.",
+    )
+    parser.add_argument("--version", action="version", version=f"xraytriage {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"xraytriage.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"xraytriage: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xraytriage: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

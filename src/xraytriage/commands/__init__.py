@@ -1,0 +1,1 @@
+"""CLI subcommands. Each module: ``register(subparsers)`` adds its parser and sets ``handler``."""

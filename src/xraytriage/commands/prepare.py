@@ -1,0 +1,249 @@
+"""``xraytriage prepare SOURCE --root DIR --out manifest.csv``: a public dataset as published, or a folder
+export, becomes a validated manifest with labels, patients, subgroups and a patient-level split."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SOURCES = (
+    "nih-cxr14",
+    "rsna-pneumonia",
+    "chexpert",
+    "mimic-cxr-jpg",
+    "siim-pneumothorax",
+    "vindr-cxr",
+    "covid-chestxray",
+    "folder",
+)
+
+
+def add_split_options(parser: argparse.ArgumentParser) -> None:
+    """Split options shared by ``prepare`` and ``split``."""
+    group = parser.add_argument_group("patient-level split")
+    group.add_argument(
+        "--val", type=float, default=0.1, help="share of images for validation (whole patients; default 0.1)"
+    )
+    group.add_argument(
+        "--test", type=float, default=0.2, help="share of images for test, whole patients only (default 0.2)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same split")
+    group.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write a 'fold' column (0..K-1) over the non-test patients for K-fold cross-validation; "
+        "fold --val-fold becomes 'val', the others 'train' (0 = off)",
+    )
+    group.add_argument("--val-fold", type=int, default=0, help="which fold is 'val' when --folds is set")
+    group.add_argument(
+        "--no-stratify",
+        action="store_true",
+        help="plain random patient split instead of stratifying by label (stratified by default)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from xraytriage.data.adapters import ADAPTERS
+
+    sources = "\n".join(f"  {name:18s} {desc}" for name, (_, desc) in ADAPTERS.items())
+    parser = subparsers.add_parser(
+        "prepare",
+        help="turn a public dataset or a folder export into a validated manifest",
+        description=(
+            "Read a dataset exactly as its publisher ships it and write a manifest "
+            "(CSV, or Parquet by suffix) "
+            "with path, patient_id, study_id, label columns, split and sex/age/view/site/manufacturer. "
+            "Splits are by patient (no patient in two splits), seeded and stratified by label. "
+            "See docs/data.md for one example per source.\n\nSources:\n" + sources
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source", choices=SOURCES, metavar="SOURCE", help="dataset kind: " + ", ".join(SOURCES)
+    )
+    parser.add_argument(
+        "--root", type=Path, required=True, help="the dataset folder as downloaded / exported"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="manifest to write (.csv or .parquet)")
+    parser.add_argument(
+        "--uncertain",
+        choices=("ignore", "zeros", "ones", "keep"),
+        default="ignore",
+        help="CheXpert / MIMIC-CXR uncertain labels (-1): ignore = blank, left out of the loss (default); "
+        "zeros / ones = count as negative / positive; keep = write -1",
+    )
+    parser.add_argument(
+        "--labeler",
+        choices=("chexpert", "negbio"),
+        default="chexpert",
+        help="MIMIC-CXR-JPG: which label table to use (mimic-cxr-2.0.0-chexpert or -negbio)",
+    )
+    parser.add_argument(
+        "--patients", type=Path, help="MIMIC-CXR-JPG: MIMIC-IV patients.csv(.gz) for sex and age (optional)"
+    )
+    parser.add_argument(
+        "--vote",
+        choices=("any", "majority"),
+        default="any",
+        help="VinDr-CXR: a label is positive if any radiologist (default) or most radiologists marked it",
+    )
+    parser.add_argument(
+        "--demographics",
+        type=Path,
+        help="folder: CSV with one row per image (column path/filename/Image Index) and any of patient_id, "
+        "study_id, sex, age, view, site, manufacturer (NIH-style 'Patient ID', 'Patient Age' also work)",
+    )
+    parser.add_argument(
+        "--patient-regex",
+        metavar="REGEX",
+        help="folder: take the patient ID from the file name, e.g. '^(\\d+)_' for NIH names 00000013_005.png "
+        "(first group, or a group named 'patient')",
+    )
+    parser.add_argument("--positive", metavar="CLASS", help="folder: class folder that sets finding=1")
+    parser.add_argument(
+        "--no-headers", action="store_true", help="do not read DICOM headers (faster; sex/age/view unknown)"
+    )
+    parser.add_argument(
+        "--keep-split",
+        action="store_true",
+        help="keep the publisher's split (or the folder's train/val/test folders) instead of re-splitting; "
+        "it is checked for patient leakage, and val is carved from train by patient if it has none",
+    )
+    parser.add_argument(
+        "--views", metavar="LIST", help="keep only these views, comma-separated (e.g. PA,AP); default all"
+    )
+    parser.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="leave out rows whose image file is missing (default: list them and stop)",
+    )
+    parser.add_argument(
+        "--absolute-paths",
+        action="store_true",
+        help="write absolute paths (default: relative to the manifest folder when images lie under it)",
+    )
+    add_split_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def finish_splits(df, labels: list[str], args: argparse.Namespace, keep: bool):  # type: ignore[no-untyped-def]
+    """Keep (and check) or make the patient-level split, then the optional folds."""
+    import pandas as pd
+
+    from xraytriage.data.manifest import ManifestError, patient_leakage
+    from xraytriage.data.splits import assign_folds, assign_splits
+
+    stratify_by = [] if args.no_stratify else labels
+    if keep and "split" in df.columns and df["split"].notna().any():
+        leaks = patient_leakage(df)
+        if leaks:
+            rows = int(df["patient_id"].astype(str).isin(list(leaks)).sum())
+            raise ManifestError(
+                f"the published split is not patient-disjoint: {len(leaks)} patient(s) appear in "
+                f"more than one "
+                f"split ({rows} images). Drop --keep-split to re-split by patient"
+            )
+        split = df["split"].astype("string")
+        if not split.eq("val").any() and args.val > 0:
+            train = split.eq("train").fillna(False)
+            carved = assign_splits(df.loc[train], stratify_by, val=args.val, test=0.0, seed=args.seed)
+            df.loc[train, "split"] = carved["split"].to_numpy()
+        unassigned = df["split"].isna()
+        if unassigned.any():
+            print(f"note: {int(unassigned.sum())} rows are in no published split; they are left out")
+            df = df.loc[~unassigned].reset_index(drop=True)
+    else:
+        df = assign_splits(
+            df, stratify_by, val=args.val, test=args.test, seed=args.seed, stratify=not args.no_stratify
+        )
+    if args.folds:
+        df = assign_folds(
+            df,
+            stratify_by,
+            k=args.folds,
+            seed=args.seed,
+            stratify=not args.no_stratify,
+            val_fold=args.val_fold,
+        )
+    return df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+
+
+def print_summary(df, labels: list[str], out: Path) -> None:  # type: ignore[no-untyped-def]
+    from xraytriage.data.splits import split_summary
+
+    print(f"wrote {out}: {len(df)} images, {df['patient_id'].nunique()} patients")
+    summary = split_summary(df, [c for c in labels if c in df.columns][:6])
+    print(summary.to_string(index=False))
+    sexes = df["sex"].value_counts().to_dict() if "sex" in df.columns else {}
+    print("sex: " + ", ".join(f"{k} {v}" for k, v in sexes.items()))
+    if "age" in df.columns:
+        print(f"age known for {int(df['age'].notna().sum())} images")
+    print("\nconfig:\n  data:\n    manifest: " + str(out) + "\n    labels: [" + ", ".join(labels) + "]")
+    print("  (any subset of these label columns works as data.labels; 'finding' = any abnormality)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from xraytriage.data.adapters import AdapterError, PrepareOptions, get_adapter
+    from xraytriage.data.manifest import (
+        ManifestError,
+        describe_missing,
+        missing_files,
+        validate_manifest,
+        write_manifest,
+    )
+    from xraytriage.data.splits import SplitError
+
+    root = Path(args.root).expanduser()
+    if not root.is_dir():
+        print(f"xraytriage prepare: --root {root}: not a folder", file=sys.stderr)
+        return 2
+    opts = PrepareOptions(
+        uncertain=getattr(args, "uncertain", "ignore"),
+        labeler=getattr(args, "labeler", "chexpert"),
+        patients=getattr(args, "patients", None),
+        vote=getattr(args, "vote", "any"),
+        demographics=getattr(args, "demographics", None),
+        patient_regex=getattr(args, "patient_regex", None),
+        positive=getattr(args, "positive", None),
+        read_headers=not getattr(args, "no_headers", False),
+    )
+    try:
+        prepared = get_adapter(args.source)(root.resolve(), opts)
+        df = prepared.table.copy()
+        for note in prepared.notes:
+            print(f"note: {note}")
+        df["dataset"] = args.source
+        views = getattr(args, "views", None)
+        if views:
+            wanted = {v.strip().upper() for v in views.split(",") if v.strip()}
+            keep = df["view"].astype("string").str.upper().isin(wanted).fillna(False)
+            print(f"note: --views {views}: kept {int(keep.sum())} of {len(df)} images")
+            df = df.loc[keep].reset_index(drop=True)
+        gone = missing_files(df)
+        if gone.any():
+            message = describe_missing(df, gone, f"{args.source} under {root}")
+            if not getattr(args, "drop_missing", False):
+                print(f"xraytriage prepare: {message}", file=sys.stderr)
+                return 1
+            print(f"note: --drop-missing: {message.splitlines()[0]} -- those rows are left out")
+            df = df.loc[~gone].reset_index(drop=True)
+        if df.empty:
+            print("xraytriage prepare: no images left to write", file=sys.stderr)
+            return 1
+        df = finish_splits(df, prepared.labels, args, keep=getattr(args, "keep_split", False))
+        df = validate_manifest(df, source=f"{args.source} manifest", base=root, labels=prepared.labels)
+        out = Path(args.out)
+        write_manifest(df, out, prepared.labels, absolute_paths=getattr(args, "absolute_paths", False))
+    except (AdapterError, ManifestError, SplitError) as exc:
+        print(f"xraytriage prepare: {exc}", file=sys.stderr)
+        return 1
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        print(f"xraytriage prepare: a table under {root} cannot be parsed: {exc}", file=sys.stderr)
+        return 1
+    print_summary(df, prepared.labels, out)
+    return 0

@@ -1,0 +1,161 @@
+"""``xraytriage score``: score a folder / path list / manifest of scans with a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Score every scan under INPUT with a model bundle and append one row per scan to --out.
+
+INPUT is a folder (searched recursively; DICOM found by content whatever the extension, PNG/JPEG/TIFF
+by signature; hidden and system files skipped), a text file with one path per line, or a manifest
+(.csv/.tsv/.parquet with a 'path' column). The run is resumable: rerun the same command after an
+interruption (even kill -9) and only the missing scans are scored. Files that cannot be scored are
+listed in the errors file with a reason code; the run goes on.
+
+exit codes: 0 every scan scored; 1 some files could not be scored (see the errors file);
+2 usage or configuration error (missing bundle/input, output from another model, bad config).
+
+Under torchrun each rank scores a shard and rank 0 merges: see docs/scoring.md."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "score",
+        help="batch-score a folder of scans (resumable, error-tolerant)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="INPUT", type=Path, help="folder, text file of paths, or manifest")
+    parser.add_argument("--model", required=True, type=Path, metavar="BUNDLE", help="model bundle (model.pt)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="SCORES",
+        help="scores file; .csv (default) or .parquet. An existing file is resumed, never overwritten",
+    )
+    parser.add_argument(
+        "--errors",
+        type=Path,
+        metavar="ERRORS.csv",
+        help="failed files with reason code and message (default: SCORES_STEM.errors.csv beside --out)",
+    )
+    parser.add_argument("--batch-size", type=int, metavar="N", help="scans per forward pass (default 32)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="decoding processes; 0 decodes in the main process (default 2)",
+    )
+    parser.add_argument(
+        "--device", metavar="DEV", help="auto (default: cuda if available), cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="GPU mixed precision (default auto: bf16 if supported)",
+    )
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU inference threads (default: all cores)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (long runs)")
+    parser.add_argument(
+        "--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of flagged scans into DIR"
+    )
+    parser.add_argument(
+        "--studies",
+        type=Path,
+        metavar="STUDIES.csv",
+        help="also write one row per StudyInstanceUID: maximum probability over its images, flag per class",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rescore the files listed in the errors file (by default a rerun skips them)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and CI)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="YAML config; its 'score' section sets the defaults above"
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"xraytriage score: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Returns 0 (all scored), 1 (some files failed) or 2 (usage/config error)."""
+    from xraytriage.config import ConfigError, ScoreConfig, load_config
+    from xraytriage.scoring import ScoreOptions, score
+    from xraytriage.scoring.journal import JournalMismatch
+
+    try:
+        cfg = load_config(args.config).score if getattr(args, "config", None) else ScoreConfig()
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+
+    def pick(name: str, default: object) -> object:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    batch_size = int(pick("batch_size", cfg.batch_size))
+    workers = int(pick("workers", cfg.num_workers))
+    if batch_size < 1:
+        return _fail("--batch-size must be at least 1")
+    if workers < 0:
+        return _fail("--workers must be 0 or more")
+    if not Path(args.input).exists():
+        return _fail(f"{args.input}: input not found (give a folder, a text file of paths, or a manifest)")
+    if not Path(args.model).is_file():
+        return _fail(f"{args.model}: model bundle not found (train writes RUN_DIR/model.pt)")
+    opts = ScoreOptions(
+        model=Path(args.model),
+        input=Path(args.input),
+        out=Path(args.out),
+        errors=getattr(args, "errors", None),
+        batch_size=batch_size,
+        workers=workers,
+        device=str(pick("device", cfg.device)),
+        amp=str(pick("amp", cfg.amp)),
+        compile=bool(getattr(args, "compile", False)),
+        cam_dir=getattr(args, "cam", None),
+        studies=getattr(args, "studies", None),
+        retry_failed=bool(getattr(args, "retry_failed", False)),
+        progress=not getattr(args, "no_progress", False),
+        threads=getattr(args, "threads", None),
+    )
+    try:
+        summary = score(opts)
+    except (JournalMismatch, ImportError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    except (ValueError, RuntimeError) as exc:
+        if "bundle" in str(exc) or "device" in str(exc) or "manifest" in str(exc) or "torchrun" in str(exc):
+            return _fail(str(exc))
+        raise
+    if summary.rank == 0:
+        print(summary.text(), file=sys.stderr)
+    return 1 if (summary.failed or summary.errors_total) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m xraytriage.commands.score``), used by torchrun and the tests."""
+    import logging
+
+    parser = argparse.ArgumentParser(
+        prog="xraytriage score", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

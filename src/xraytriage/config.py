@@ -1,0 +1,302 @@
+"""Validated run configuration.
+
+Every stage (training, evaluation, scoring) reads one YAML file validated here, so that a typo in a
+key or an out-of-range value is caught before hours of GPU time are spent, and reported as one line
+naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the CLI prints it as one line and exits 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the scans and labels are."""
+
+    manifest: Path | None = Field(
+        None, description="CSV manifest: path, patient_id, labels, split, subgroups"
+    )
+    root: Path | None = Field(
+        None, description="base folder for relative paths (default: the manifest's folder)"
+    )
+    labels: list[str] = Field(default_factory=lambda: ["finding"], min_length=1)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    num_workers: int = Field(2, ge=0, le=256)
+    cache_dir: Path | None = Field(None, description="preprocessing cache folder (decode once)")
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("label names must be unique")
+        return value
+
+
+class PreprocessConfig(_Section):
+    """How a scan becomes a tensor; stored in the model bundle so scoring matches training exactly."""
+
+    image_size: int = Field(224, ge=16, le=4096, description="square side length fed to the network")
+    resize_mode: Literal["letterbox", "stretch"] = "letterbox"
+    normalization: Literal["voi", "percentile", "minmax"] = "voi"
+    percentile_low: float = Field(0.5, ge=0.0, lt=50.0)
+    percentile_high: float = Field(99.5, gt=50.0, le=100.0)
+    voi_window_index: int = Field(0, ge=0, description="which window to use when a DICOM has several")
+    multiframe: Literal["first", "reject"] = "first"
+    max_pixels: int = Field(80_000_000, ge=1, description="refuse images larger than this many pixels")
+    reduce_jpeg2000: bool = Field(True, description="decode only the JPEG 2000 resolution level needed")
+    mean: float = Field(0.5, ge=0.0, le=1.0)
+    std: float = Field(0.25, gt=0.0, le=1.0)
+    patient_id_salt: str = Field(
+        "xraytriage", description="salt for hashing PatientID; never stored in clear"
+    )
+
+
+class ModelConfig(_Section):
+    arch: str = Field("resnet50", description="any torchvision classification model name")
+    weights: str | None = Field(
+        None, description="IMAGENET1K_V2 | IMAGENET1K_V1 | DEFAULT | path to a local state-dict file | null"
+    )
+    in_channels: Literal[1, 3] = 1
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    task: Literal["binary", "multilabel", "multiclass"] = "multilabel"
+
+
+class AugmentConfig(_Section):
+    enabled: bool = True
+    affine_degrees: float = Field(7.0, ge=0.0, le=45.0)
+    affine_scale: float = Field(0.08, ge=0.0, le=0.5)
+    affine_translate: float = Field(0.05, ge=0.0, le=0.3)
+    brightness: float = Field(0.15, ge=0.0, le=1.0)
+    contrast: float = Field(0.15, ge=0.0, le=1.0)
+    gamma_low: float = Field(0.85, gt=0.0, le=1.0)
+    gamma_high: float = Field(1.15, ge=1.0, le=3.0)
+    clahe_p: float = Field(0.2, ge=0.0, le=1.0)
+    hflip_p: float = Field(0.0, ge=0.0, le=1.0, description="off by default: laterality markers")
+    probability: float = Field(0.8, ge=0.0, le=1.0, description="chance each photometric/affine op fires")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1, le=10_000)
+    freeze_epochs: int = Field(0, ge=0, description="head-only warm-up epochs with a frozen backbone")
+    batch_size: int = Field(32, ge=1, le=65_536)
+    grad_accum_steps: int = Field(1, ge=1, le=1024)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    backbone_lr_mult: float = Field(0.1, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    imbalance: Literal["none", "pos_weight", "sampler"] = "none"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    early_stopping_patience: int = Field(0, ge=0, description="0 = off")
+    max_steps_per_epoch: int = Field(0, ge=0, description="0 = whole epoch; small values for smoke tests")
+    log_every_steps: int = Field(10, ge=1)
+    histogram_every_epochs: int = Field(1, ge=0, description="0 = no weight/gradient histograms")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default")
+
+
+class OperatingPointConfig(_Section):
+    policy: Literal["target_sensitivity", "target_specificity", "youden", "fixed"] = "target_sensitivity"
+    target: float = Field(
+        0.9, gt=0.0, le=1.0, description="sensitivity/specificity goal for target_* policies"
+    )
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="used by the fixed policy")
+
+
+class FairnessGateConfig(_Section):
+    max_miss_rate_gap: float | None = Field(None, ge=0.0, le=1.0)
+    max_worst_group_miss_rate: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class EvaluationConfig(_Section):
+    operating_point: OperatingPointConfig = Field(default_factory=OperatingPointConfig)
+    subgroups: list[str] = Field(default_factory=lambda: ["sex", "age_band", "view", "site"])
+    intersections: list[list[str]] = Field(default_factory=list)
+    age_bands: list[float] = Field(default_factory=lambda: [0, 40, 60, 80, 200])
+    min_group_size: int = Field(10, ge=1)
+    bootstrap_iterations: int = Field(1000, ge=0, le=100_000)
+    bootstrap_seed: int = 0
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    fairness: FairnessGateConfig = Field(default_factory=FairnessGateConfig)
+    calibration_bins: int = Field(10, ge=2, le=100, description="bins of the reliability diagram / ECE")
+    min_group_patients: int = Field(
+        2, ge=1, description="a group whose positives or negatives come from fewer patients is insufficient"
+    )
+    temperature_scaling: bool = Field(False, description="fit a calibration temperature on validation")
+
+    @field_validator("age_bands")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if len(value) < 2 or any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("age_bands must be at least two strictly increasing edges")
+        return value
+
+
+class ScoreConfig(_Section):
+    batch_size: int = Field(32, ge=1, le=65_536)
+    num_workers: int = Field(2, ge=0, le=256)
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+
+
+class Config(_Section):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.train.freeze_epochs > self.train.epochs:
+            raise ValueError("train.freeze_epochs must not exceed train.epochs")
+        if self.model.task == "binary" and len(self.data.labels) != 1:
+            raise ValueError("model.task 'binary' needs exactly one entry in data.labels")
+        return self
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        section = _section_for(first["loc"][:-1])
+        allowed = ", ".join(sorted(section.model_fields)) if section else "see configs/demo.yaml"
+        return f"{source}: unknown key '{key}'. Allowed keys here: {allowed}"
+    msg = first["msg"]
+    given = first.get("input")
+    given_txt = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{source}: key '{key}': {msg}{given_txt}"
+
+
+def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=3e-4`` -> (["train", "lr"], 0.0003); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE, for example train.epochs=5")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.__class__.__name__})") from None
+    return parts, value
+
+
+def _apply_override(tree: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read, merge overrides into, and validate a YAML config; raise ConfigError with one clear line."""
+    tree: dict[str, Any] = {}
+    source = "<defaults>"
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(
+                f"{p}: config file not found (pass an existing YAML file, e.g. configs/demo.yaml)"
+            )
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or exc.__class__.__name__
+            raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a UTF-8 text file") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections (data:, model:, train:, ...)")
+        tree = loaded
+        base_dir = p.resolve().parent
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        _apply_override(tree, parts, value, text)
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+    _resolve_paths(cfg, base_dir, source)
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base_dir: Path, source: str) -> None:
+    """Relative paths in a config file are relative to that file, so configs work from any cwd."""
+    data = cfg.data
+    if data.manifest is not None:
+        manifest = data.manifest if data.manifest.is_absolute() else base_dir / data.manifest
+        if not manifest.is_file():
+            raise ConfigError(f"{source}: key 'data.manifest': file not found: {manifest}")
+        data.manifest = manifest.resolve()
+    if data.root is not None and not data.root.is_absolute():
+        data.root = (base_dir / data.root).resolve()
+    if data.cache_dir is not None and not data.cache_dir.is_absolute():
+        data.cache_dir = (base_dir / data.cache_dir).resolve()
+    weights = cfg.model.weights
+    if weights and weights.upper() not in {"IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"}:
+        wpath = Path(weights)
+        if not wpath.is_absolute():
+            wpath = base_dir / wpath
+        if not wpath.is_file():
+            raise ConfigError(
+                f"{source}: key 'model.weights': file not found: {wpath} "
+                "(use IMAGENET1K_V2, IMAGENET1K_V1, a local .pth state-dict file, or null)"
+            )
+        cfg.model.weights = str(wpath.resolve())
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from xraytriage.utils.atomic import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Manifests, splits, datasets, caching and augmentation."""

@@ -1,0 +1,212 @@
+"""``load_image``: any scan file -> float32 [0, 1] image where dense tissue is bright, plus metadata.
+
+DICOM order (PS3.4 N.2): decode -> modality LUT -> VOI LUT/window -> MONOCHROME1 inversion -> [0, 1].
+Resizing happens on the decoded stored values in their native integer dtype, before the float LUTs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+
+from xraytriage.config import PreprocessConfig
+from xraytriage.io import dicom as dcm
+from xraytriage.io import jpeg2000
+from xraytriage.io.detect import sniff_format
+from xraytriage.io.errors import UnreadableImage
+from xraytriage.io.metadata import ImageMeta
+from xraytriage.io.raster import read_raster
+from xraytriage.io.resize import fit_shape, pad_to_square, resize_to
+
+_STAT_SAMPLES = 262_144  # statistics from a strided subsample: exact enough, O(1) in image size
+
+
+def _stats_view(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    flat = values.reshape(-1)
+    if mask is not None:
+        flat = flat[~mask.reshape(-1)]
+    step = max(1, flat.size // _STAT_SAMPLES)
+    return flat[::step]
+
+
+def _stretch(values: np.ndarray, mask: np.ndarray | None, cfg: PreprocessConfig, mode: str) -> np.ndarray:
+    """Min-max or percentile stretch to [0, 1]; padding pixels do not count."""
+    sample = _stats_view(values, mask)
+    if sample.size == 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    if mode == "minmax":
+        lo, hi = float(sample.min()), float(sample.max())
+    else:
+        lo, hi = (float(v) for v in np.percentile(sample, [cfg.percentile_low, cfg.percentile_high]))
+    if not hi > lo:
+        return np.zeros(values.shape, dtype=np.float32)
+    out = values.astype(np.float32) - np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _resize_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if mask is None:
+        return None
+    if mask.shape == shape:
+        return mask
+    small = cv2.resize(mask.astype(np.uint8) * 255, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return small >= 128
+
+
+def _option(cfg: PreprocessConfig, key: str, default: float) -> float:
+    """Keys not (yet) in PreprocessConfig: read with a default so older configs keep working."""
+    return float(getattr(cfg, key, default))
+
+
+def _reduced_jpeg2000(ds, path: Path, geo: dcm.Geometry, cfg: PreprocessConfig, meta: ImageMeta):
+    """Stored values at the coarsest wavelet level that still covers the output size, or None."""
+    if dcm.transfer_syntax(ds) not in jpeg2000.J2K_SYNTAXES or geo.samples != 1 or geo.signed:
+        return None
+    frame = dcm.first_frame_bytes(ds, geo)
+    info = jpeg2000.codestream_info(frame) if frame else None
+    if info is None or info["precision"] != geo.bits_stored:
+        return None
+    if (info["height"], info["width"]) != (geo.rows, geo.cols):
+        return None
+    level = jpeg2000.choose_level(
+        geo.rows,
+        geo.cols,
+        cfg.image_size,
+        cfg.resize_mode == "stretch",
+        info["levels"],
+        _option(cfg, "jpeg2000_min_fraction", 1.0),
+    )
+    if level == 0:
+        return None
+    arr = jpeg2000.decode_reduced(frame, level)
+    if arr is None:
+        meta.notes.append("reduced JPEG 2000 decode failed; used a full decode")
+        return None
+    meta.decode_path = f"jpeg2000_reduced/{1 << level}"
+    return arr
+
+
+def _load_dicom(path: Path, cfg: PreprocessConfig, resize: bool) -> tuple[np.ndarray, ImageMeta]:
+    ds = dcm.read_dataset(path)
+    meta = dcm.read_meta(ds, path, cfg.patient_id_salt)
+    geo = dcm.check_pixels(ds, path, cfg.multiframe, cfg.max_pixels)
+    meta.frames = geo.frames
+    if geo.frames > 1:
+        meta.notes.append(f"multi-frame ({geo.frames} frames): first frame used")
+    out_shape = fit_shape(geo.rows, geo.cols, cfg.image_size, cfg.resize_mode) if resize else None
+    gap = _option(cfg, "resize_reducing_gap", 2.0)
+    colour = dcm.is_colour(ds)
+
+    stored = None
+    if resize and cfg.reduce_jpeg2000 and not colour:
+        stored = _reduced_jpeg2000(ds, path, geo, cfg, meta)
+    if stored is None and not colour:
+        stored = dcm.native_frame(ds, path, geo)
+        if stored is not None:
+            meta.decode_path = "native"
+    if stored is None:
+        stored = dcm.decode_pixels(ds, path, cfg.multiframe, cfg.max_pixels)
+        meta.decode_path = "pydicom"
+
+    if colour:
+        # Colour is already luma in [0, 1] (full scale divided out): no modality/VOI LUT applies.
+        grey = resize_to(stored, out_shape, gap) if out_shape else stored
+        if cfg.normalization == "voi":
+            meta.normalization = "full_scale"
+            return np.clip(grey, 0.0, 1.0).astype(np.float32, copy=False), meta
+        meta.normalization = cfg.normalization
+        return _stretch(grey, None, cfg, cfg.normalization), meta
+
+    mask = dcm.padding_mask(stored, ds)
+    if dcm.has_modality_lut_sequence(ds):
+        values = dcm.modality_lut(stored, ds)  # a non-linear LUT: apply before averaging
+        if out_shape:
+            values = resize_to(values, out_shape, gap)
+    else:
+        if out_shape:
+            stored = resize_to(stored, out_shape, gap)
+        values = dcm.modality_lut(stored, ds)
+    if out_shape:
+        mask = _resize_mask(mask, out_shape)
+
+    out = None
+    if cfg.normalization == "voi":
+        out = dcm.voi(values, ds, cfg.voi_window_index, meta.notes)
+        if out is None:
+            meta.notes.append("no VOI window or LUT in file; used percentile normalisation")
+        else:
+            has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+            meta.normalization = "voi_lut" if has_lut else "voi_window"
+    if out is None:
+        mode = "minmax" if cfg.normalization == "minmax" else "percentile"
+        meta.normalization = mode
+        out = _stretch(values, mask, cfg, mode)
+    if geo.photometric == "MONOCHROME1":
+        out = np.subtract(np.float32(1.0), out, out=out) if out.flags.writeable else 1.0 - out
+    if mask is not None and mask.any():
+        out[mask] = 0.0
+    return out.astype(np.float32, copy=False), meta
+
+
+def _load_raster(path: Path, fmt: str, cfg: PreprocessConfig, resize: bool) -> tuple[np.ndarray, ImageMeta]:
+    pixels, full_scale, meta = read_raster(path, fmt, cfg.max_pixels)
+    meta.decode_path = "pillow"
+    if resize:
+        shape = fit_shape(pixels.shape[0], pixels.shape[1], cfg.image_size, cfg.resize_mode)
+        pixels = resize_to(pixels, shape, _option(cfg, "resize_reducing_gap", 2.0))
+    if cfg.normalization == "voi":
+        meta.normalization = "full_scale"
+        out = np.clip(pixels.astype(np.float32) * np.float32(1.0 / full_scale), 0.0, 1.0)
+    else:
+        meta.normalization = cfg.normalization
+        out = _stretch(pixels, None, cfg, cfg.normalization)
+    return out, meta
+
+
+def load_image(
+    path: str | Path, config: PreprocessConfig | None = None, *, resize: bool = True
+) -> tuple[np.ndarray, ImageMeta]:
+    """Decode one scan; raise only :class:`UnreadableImage`.
+
+    With ``resize`` the result is ``image_size`` x ``image_size`` (letterboxed or stretched);
+    without it, the native resolution.
+    """
+    cfg = config or PreprocessConfig()
+    p = Path(path)
+    try:
+        if not p.is_file():
+            raise UnreadableImage(p, "not_an_image", "no such file")
+        if p.stat().st_size == 0:
+            raise UnreadableImage(p, "empty_file")
+        fmt = sniff_format(p)
+        if fmt is None:
+            raise UnreadableImage(p, "not_an_image", "unrecognised file signature")
+        if fmt == "dicom":
+            # pydicom's value-validation warnings quote element values; keep them out of logs.
+            with warnings.catch_warnings(), pydicom.config.disable_value_validation():
+                warnings.simplefilter("ignore")
+                image, meta = _load_dicom(p, cfg, resize)
+        else:
+            with warnings.catch_warnings():  # Pillow warns (EXIF, TIFF tags) on files it still reads
+                warnings.simplefilter("ignore")
+                image, meta = _load_raster(p, fmt, cfg, resize)
+        if resize and cfg.resize_mode == "letterbox":
+            image = pad_to_square(image, cfg.image_size)
+        if not np.isfinite(image).all():
+            image = np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
+        return np.ascontiguousarray(image, dtype=np.float32), meta
+    except UnreadableImage:
+        raise
+    except MemoryError:
+        raise UnreadableImage(p, "too_large", "out of memory while decoding") from None
+    except RecursionError:
+        raise UnreadableImage(p, "corrupt_header", "nesting too deep") from None
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # the contract: nothing else escapes (Rust decoders panic as BaseException)
+        raise UnreadableImage(p, "decode_failed", f"{exc.__class__.__name__}: {str(exc)[:200]}") from None

@@ -1,0 +1,120 @@
+"""The model bundle: one ``model.pt`` that carries everything ``evaluate`` and ``score`` need.
+
+Weights, architecture, preprocessing, class names, operating-point thresholds and training metadata
+are stored as tensors and plain Python containers only, so the file loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xraytriage.config import ModelConfig, PreprocessConfig
+from xraytriage.models.factory import build_model
+from xraytriage.utils.atomic import atomic_path
+
+BUNDLE_FORMAT = 1
+
+
+@dataclass
+class Bundle:
+    model: nn.Module
+    model_config: ModelConfig
+    preprocess: PreprocessConfig
+    labels: list[str]
+    thresholds: dict[str, float]
+    task: str
+    temperature: float = 1.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    model_id: str = ""
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> per-class probabilities under the bundle's task (and calibration temperature)."""
+        scaled = logits.float() / self.temperature
+        if self.task == "multiclass":
+            return torch.softmax(scaled, dim=1)
+        return torch.sigmoid(scaled)
+
+
+def state_dict_id(state: dict[str, torch.Tensor]) -> str:
+    """Short content hash of the weights: scores and reports name exactly which model produced them."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:12]
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    inner = getattr(model, "module", model)  # DDP
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+    return {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+
+
+def save_bundle(
+    path: str | Path,
+    model: nn.Module,
+    model_config: ModelConfig,
+    preprocess: PreprocessConfig,
+    labels: list[str],
+    thresholds: dict[str, float],
+    task: str,
+    temperature: float = 1.0,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Write the bundle atomically; returns its model id."""
+    state = _plain_state_dict(model)
+    model_id = state_dict_id(state)
+    payload = {
+        "format": BUNDLE_FORMAT,
+        "model_id": model_id,
+        "model": model_config.model_dump(mode="json"),
+        "preprocess": preprocess.model_dump(mode="json"),
+        "labels": list(labels),
+        "thresholds": {k: float(v) for k, v in thresholds.items()},
+        "task": task,
+        "temperature": float(temperature),
+        "metadata": metadata or {},
+        "state_dict": state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return model_id
+
+
+def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> Bundle:
+    """Rebuild the network from a bundle (no download: the weights are in the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: model bundle not found (train writes RUN_DIR/model.pt)")
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{p}: not a readable xraytriage model bundle ({exc.__class__.__name__}: {exc})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{p}: not an xraytriage model bundle of format {BUNDLE_FORMAT}")
+    model_cfg = ModelConfig.model_validate(payload["model"])
+    labels = list(payload["labels"])
+    outputs = len(labels) if payload["task"] != "binary" else 1
+    model = build_model(model_cfg, outputs, load_weights=False)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return Bundle(
+        model=model,
+        model_config=model_cfg,
+        preprocess=PreprocessConfig.model_validate(payload["preprocess"]),
+        labels=labels,
+        thresholds=dict(payload["thresholds"]),
+        task=payload["task"],
+        temperature=float(payload.get("temperature", 1.0)),
+        metadata=dict(payload.get("metadata", {})),
+        model_id=str(payload.get("model_id", "")),
+    )

@@ -1,0 +1,99 @@
+"""Output layout of a scoring run: column names, row formatting, Parquet export, study aggregation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from xraytriage.utils.atomic import atomic_path
+
+ERROR_COLUMNS = ["path", "reason", "message", "scored_at"]
+
+
+def score_columns(labels: Sequence[str]) -> list[str]:
+    """path, DICOM UIDs, ``prob_<label>`` and ``flag_<label>`` per class, model id, time. No names/dates."""
+    return [
+        "path",
+        "sop_instance_uid",
+        "study_instance_uid",
+        *[f"prob_{label}" for label in labels],
+        *[f"flag_{label}" for label in labels],
+        "model_id",
+        "scored_at",
+    ]
+
+
+def is_parquet(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".parquet"
+
+
+def journal_for(out: str | Path) -> Path:
+    """Where rows are journaled: the CSV itself, or a ``.partial.csv`` beside a Parquet target."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.csv") if is_parquet(out) else out
+
+
+def _read_scores_csv(path: Path, labels: Sequence[str]) -> pd.DataFrame:
+    dtypes = dict.fromkeys(["path", "sop_instance_uid", "study_instance_uid", "model_id"], "string")
+    dtypes.update({f"prob_{label}": "float64" for label in labels})
+    dtypes.update({f"flag_{label}": "int8" for label in labels})
+    return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
+
+
+def read_scores(out: str | Path, labels: Sequence[str]) -> pd.DataFrame:
+    """The finished output (CSV or Parquet) as a DataFrame."""
+    out = Path(out)
+    return pd.read_parquet(out) if is_parquet(out) else _read_scores_csv(out, labels)
+
+
+def parquet_done(out: Path) -> set[str]:
+    """Paths already in a finished Parquet output (resume of a Parquet run that completed before)."""
+    if not out.exists():
+        return set()
+    import pyarrow.parquet as pq
+
+    return {str(v) for v in pq.read_table(out, columns=["path"]).column(0).to_pylist()}
+
+
+def finalize_parquet(out: Path, labels: Sequence[str]) -> None:
+    """Fold the CSV journal into the Parquet file (atomically), then drop the journal."""
+    journal = journal_for(out)
+    if not journal.exists():
+        return
+    new = _read_scores_csv(journal, labels)
+    if out.exists() and new.empty:
+        journal.unlink()
+        return
+    frames = [pd.read_parquet(out)] if out.exists() else []
+    frames.append(new)
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else new
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    journal.unlink()
+
+
+def aggregate_studies(
+    scores: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float], out: str | Path
+) -> int:
+    """One row per StudyInstanceUID: maximum probability over its images, flag at the same threshold.
+
+    Scans without a StudyInstanceUID (PNG/JPEG/TIFF, or DICOM lacking it) are not aggregated.
+    """
+    have = scores[scores["study_instance_uid"].fillna("").astype(str) != ""]
+    prob_cols = [f"prob_{label}" for label in labels]
+    grouped = have.groupby("study_instance_uid", sort=True)
+    studies = grouped[prob_cols].max()
+    studies.insert(0, "n_images", grouped.size())
+    for label in labels:
+        studies[f"flag_{label}"] = (studies[f"prob_{label}"] >= thresholds[label]).astype("int8")
+    studies["model_id"] = grouped["model_id"].first()
+    studies = studies.reset_index()
+    target = Path(out)
+    with atomic_path(target) as tmp:
+        if is_parquet(target):
+            studies.to_parquet(tmp, index=False)
+        else:
+            studies.to_csv(tmp, index=False, float_format="%.6f")
+    return len(studies)

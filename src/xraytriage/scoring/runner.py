@@ -1,0 +1,413 @@
+"""Batch scoring of a folder / path list / manifest: streamed, resumable, error-tolerant.
+
+Flow (per rank under torchrun): stream candidate paths -> skip those already in the outputs -> keep
+this rank's shard -> DataLoader workers decode + preprocess (bundle's PreprocessConfig, via
+``image_to_tensor``) -> batched inference (AMP + channels_last on GPU) -> one durable append per batch
+to the scores and errors journals. Rank 0 merges the part files after all ranks finish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xraytriage.scoring import distributed as dist_utils
+from xraytriage.scoring.dataset import (
+    PathStream,
+    ScanBatch,
+    ScanDataset,
+    collate_scans,
+    worker_init,
+)
+from xraytriage.scoring.discovery import iter_inputs, shard_of
+from xraytriage.scoring.journal import CsvJournal
+from xraytriage.scoring.outputs import (
+    ERROR_COLUMNS,
+    aggregate_studies,
+    finalize_parquet,
+    is_parquet,
+    journal_for,
+    parquet_done,
+    read_scores,
+    score_columns,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreOptions:
+    model: Path
+    input: Path
+    out: Path
+    errors: Path | None = None
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+    compile: bool = False
+    cam_dir: Path | None = None
+    studies: Path | None = None
+    retry_failed: bool = False
+    progress: bool = True
+    prefetch_factor: int = 4
+    threads: int | None = None  # torch CPU threads; None = torch's default (all cores)
+
+
+@dataclass
+class ScoreSummary:
+    scored: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)
+    already_done: int = 0
+    errors_total: int = 0
+    merged_rows: int = 0
+    studies: int | None = None
+    cams: int = 0
+    elapsed_s: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def rate(self) -> float:
+        return (self.scored + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def text(self) -> str:
+        flagged = ", ".join(f"{k}={v}" for k, v in self.flagged.items()) or "-"
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.failed_by_reason.items()))
+        lines = [
+            f"scored {self.scored} scans, failed {self.failed}" + (f" ({reasons})" if reasons else ""),
+            f"flagged per class: {flagged}",
+            f"skipped (already in the outputs): {self.already_done}",
+            f"rows in the errors file: {self.errors_total}",
+            f"elapsed {self.elapsed_s:.1f} s, {self.rate:.1f} scans/s",
+        ]
+        if self.world_size > 1:
+            lines.insert(0, f"{self.world_size} ranks; merged {self.merged_rows} rows from part files")
+        if self.studies is not None:
+            lines.append(f"studies aggregated: {self.studies}")
+        if self.cams:
+            lines.append(f"Grad-CAM overlays written: {self.cams}")
+        return "\n".join(lines)
+
+
+def default_errors_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.errors.csv")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _thresholds(bundle_thresholds: dict[str, float], labels: list[str]) -> dict[str, float]:
+    out = {}
+    for label in labels:
+        if label not in bundle_thresholds:
+            log.warning("bundle has no operating point for class %r; flagging at 0.5", label)
+        out[label] = float(bundle_thresholds.get(label, 0.5))
+    return out
+
+
+def _prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    model = model.to(device).eval()
+    model = model.to(memory_format=torch.channels_last)  # cuDNN and oneDNN both prefer NHWC
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+    return model
+
+
+def _cpu_runner(model: torch.nn.Module) -> torch.nn.Module:
+    """Inference copy with BatchNorm folded into the convolutions (eval only; logits equal to ~1e-5).
+
+    About 1.2x on a 2-core CPU for ResNet-50; the original module stays for Grad-CAM. Architectures
+    torch.fx cannot trace run unfused.
+    """
+    import copy
+
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        return fuse(copy.deepcopy(model))
+    except Exception as exc:  # fx tracing is best-effort for arbitrary torchvision models
+        log.debug("conv-bn folding skipped (%s: %s)", exc.__class__.__name__, exc)
+        return model
+
+
+class _Counter(threading.Thread):
+    """Counts the remaining scans in the background so the progress bar can show an ETA."""
+
+    def __init__(self, source: Callable[[], Iterator[str]], bar: Any) -> None:
+        super().__init__(daemon=True)
+        self.source, self.bar = source, bar
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        for _ in self.source():
+            if self.stop.is_set():
+                return
+            n += 1
+        self.bar.total = n
+        self.bar.refresh()
+
+
+def _worker_died(exc: BaseException) -> bool:
+    return "DataLoader worker" in str(exc) and ("exited unexpectedly" in str(exc) or "killed" in str(exc))
+
+
+def score(opts: ScoreOptions) -> ScoreSummary:
+    """Score every scan of ``opts.input`` not yet in ``opts.out``; see ``docs/scoring.md``."""
+    from tqdm import tqdm
+
+    from xraytriage.models import load_bundle
+    from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device
+
+    t0 = time.perf_counter()
+    ctx = dist_utils.init_from_env()
+    out = Path(opts.out)
+    errors_out = Path(opts.errors) if opts.errors else default_errors_path(out)
+    journal_path = journal_for(out)
+
+    if opts.device == "auto" and ctx.initialized and torch.cuda.is_available():
+        device = torch.device("cuda", ctx.local_rank)
+    else:
+        device = resolve_device(opts.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", ctx.local_rank if ctx.initialized else torch.cuda.current_device())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    bundle = load_bundle(opts.model)
+    labels = list(bundle.labels)
+    thresholds = _thresholds(bundle.thresholds, labels)
+    thr = np.array([thresholds[label] for label in labels], dtype=np.float64)
+    expect = {"model_id": bundle.model_id}
+    if opts.cam_dir is not None:
+        from xraytriage.scoring.cam import check_available
+
+        check_available()
+
+    columns = score_columns(labels)
+    summary = ScoreSummary(flagged=dict.fromkeys(labels, 0), rank=ctx.rank, world_size=ctx.world_size)
+
+    # Outputs this process appends to, and the set of paths that already have an answer.
+    if ctx.initialized:
+        if opts.retry_failed:
+            raise ValueError("--retry-failed is not supported under torchrun; run it once without torchrun")
+        scores_j = CsvJournal(dist_utils.part_path(journal_path, ctx.rank), columns)
+        errors_j = CsvJournal(dist_utils.part_path(errors_out, ctx.rank), ERROR_COLUMNS)
+        done = dist_utils.read_keys(journal_path)
+        if is_parquet(out):
+            done |= parquet_done(out)
+        for part in dist_utils.find_parts(journal_path):
+            done |= dist_utils.read_keys(part)
+        error_keys = dist_utils.read_keys(errors_out)
+        for part in dist_utils.find_parts(errors_out):
+            error_keys |= dist_utils.read_keys(part)
+        done |= scores_j.open(expect)
+        error_keys |= errors_j.open()
+    else:
+        scores_j = CsvJournal(journal_path, columns)
+        errors_j = CsvJournal(errors_out, ERROR_COLUMNS)
+        done = scores_j.open(expect)
+        if is_parquet(out):
+            done |= parquet_done(out)
+        parts = dist_utils.find_parts(journal_path)
+        summary.merged_rows += dist_utils.merge_parts(scores_j, done, parts, expect)
+        if opts.retry_failed and errors_out.exists():
+            errors_out.unlink()  # previous failures are rescored; their rows come back if they fail again
+        error_keys = errors_j.open()
+        summary.merged_rows += dist_utils.merge_parts(errors_j, error_keys, dist_utils.find_parts(errors_out))
+    if scores_j.repaired_bytes or errors_j.repaired_bytes:
+        log.info("dropped a partial last line left by an interrupted run")
+    skip = done | error_keys
+    summary.already_done = len(skip)
+
+    def source() -> Iterator[str]:  # called by the sampler and by the ETA counter
+        for path in iter_inputs(opts.input):
+            if path in skip or shard_of(path, ctx.world_size) != ctx.rank:
+                continue
+            yield path
+
+    queued: set[str] = set()
+
+    def unique_source() -> Iterator[str]:  # a list may name a file twice: score it once
+        for path in source():
+            if path not in queued:
+                queued.add(path)
+                yield path
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    model = _prepare_model(bundle.model, device)
+    runner = _cpu_runner(model) if device.type == "cpu" else model
+    runner = torch.compile(runner) if opts.compile else runner
+    amp_dtype = resolve_amp_dtype(opts.amp, device)
+    cuda = device.type == "cuda"
+    in_channels = bundle.model_config.in_channels
+    dataset = ScanDataset(bundle.preprocess, in_channels)
+    pending: dict[str, None] = {}  # handed to a worker, no answer yet (insertion-ordered)
+
+    def tracked(paths: Iterator[str]) -> Iterator[str]:
+        for path in paths:
+            pending[path] = None
+            yield path
+
+    def make_loader(paths: Iterator[str], workers: int, batch_size: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=PathStream(lambda: tracked(paths)),
+            num_workers=workers,
+            collate_fn=collate_scans,
+            pin_memory=cuda,
+            worker_init_fn=worker_init if workers > 0 else None,
+            prefetch_factor=opts.prefetch_factor if workers > 0 else None,
+        )
+
+    failures: Counter[str] = Counter()
+    bar = tqdm(
+        desc=f"scoring (rank {ctx.rank})" if ctx.initialized else "scoring",
+        unit="scan",
+        disable=not opts.progress or not ctx.is_main,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
+
+    def process(batch: ScanBatch) -> None:
+        now = _now()
+        rows: list[list[object]] = []
+        if batch.tensor is not None:
+            x = batch.tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+            with torch.inference_mode(), autocast:
+                logits = runner(x)
+            probs = bundle.probabilities(logits).double().cpu().numpy()
+            flags = probs >= thr
+            for k, label in enumerate(labels):
+                summary.flagged[label] += int(flags[:, k].sum())
+            if opts.cam_dir is not None and flags.any():
+                from xraytriage.scoring.cam import write_cams
+
+                items = [
+                    (i, batch.paths[i], k, label)
+                    for i in range(len(batch.paths))
+                    for k, label in enumerate(labels)
+                    if flags[i, k]
+                ]
+                summary.cams += write_cams(model, x, items, bundle.preprocess, opts.cam_dir)
+            for i, path in enumerate(batch.paths):
+                rows.append(
+                    [
+                        path,
+                        batch.sop_uids[i],
+                        batch.study_uids[i],
+                        *[f"{p:.6f}" for p in probs[i]],
+                        *[int(f) for f in flags[i]],
+                        bundle.model_id,
+                        now,
+                    ]
+                )
+        scores_j.append(rows)
+        errors_j.append([[path, reason, message, now] for path, reason, message in batch.failures])
+        for path in batch.paths:
+            pending.pop(path, None)
+        for path, reason, _ in batch.failures:
+            pending.pop(path, None)
+            failures[reason] += 1
+        summary.scored += len(rows)
+        summary.failed += len(batch.failures)
+        bar.update(len(rows) + len(batch.failures))
+        if batch.failures:
+            bar.set_postfix(failed=summary.failed, refresh=False)
+
+    def isolate_crash() -> None:
+        """A worker died (e.g. a decoder segfault): retry the in-flight scans one per process."""
+        suspects = list(pending)
+        pending.clear()
+        log.warning("a decoding process died; retrying %d in-flight scans one at a time", len(suspects))
+        for path in suspects:
+            try:
+                for batch in make_loader(iter([path]), 1, 1):
+                    process(batch)
+            except RuntimeError as exc:
+                if not _worker_died(exc):
+                    raise
+                pending.pop(path, None)
+                message = f"the decoding process died on this file ({exc})"
+                errors_j.append([[path, "decoder_crashed", message, _now()]])
+                failures["decoder_crashed"] += 1
+                summary.failed += 1
+                bar.update(1)
+
+    counter: _Counter | None = None
+    stream = unique_source()
+    try:
+        while True:
+            batches = iter(make_loader(stream, opts.workers, opts.batch_size))  # workers fork here
+            if counter is None and opts.progress and ctx.is_main:
+                counter = _Counter(source, bar)  # started after the fork, never inherited by workers
+                counter.start()
+            try:
+                for batch in batches:
+                    process(batch)
+                break
+            except RuntimeError as exc:
+                if opts.workers == 0 or not _worker_died(exc):
+                    raise
+                del batches
+                isolate_crash()
+    finally:
+        if counter is not None:
+            counter.stop.set()
+        bar.close()
+        scores_j.close()
+        errors_j.close()
+    summary.failed_by_reason = dict(failures)
+
+    if ctx.initialized:
+        counts = [summary.scored, summary.failed, *[summary.flagged[label] for label in labels], summary.cams]
+        counts.append(summary.already_done if ctx.is_main else 0)
+        totals = dist_utils.sum_across_ranks(ctx, counts)
+        summary.scored, summary.failed = totals[0], totals[1]
+        summary.flagged = {label: totals[2 + k] for k, label in enumerate(labels)}
+        summary.cams = totals[2 + len(labels)]
+        if ctx.is_main:
+            main_scores = CsvJournal(journal_path, columns)
+            main_errors = CsvJournal(errors_out, ERROR_COLUMNS)
+            try:
+                merged_done = main_scores.open(expect)
+                if is_parquet(out):
+                    merged_done |= parquet_done(out)
+                summary.merged_rows += dist_utils.merge_parts(
+                    main_scores, merged_done, dist_utils.find_parts(journal_path), expect
+                )
+                summary.merged_rows += dist_utils.merge_parts(
+                    main_errors, main_errors.open(), dist_utils.find_parts(errors_out)
+                )
+            finally:
+                main_scores.close()
+                main_errors.close()
+        dist_utils.sum_across_ranks(ctx, [0])  # everyone waits for the merge before exiting
+        dist_utils.shutdown(ctx)
+        if not ctx.is_main:
+            summary.elapsed_s = time.perf_counter() - t0
+            return summary
+
+    if is_parquet(out):
+        finalize_parquet(out, labels)
+    summary.errors_total = len(dist_utils.read_keys(errors_out))
+    if opts.studies is not None:
+        summary.studies = aggregate_studies(read_scores(out, labels), labels, thresholds, opts.studies)
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary

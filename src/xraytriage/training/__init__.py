@@ -1,0 +1,1 @@
+"""Fine-tuning: loop, losses, schedules, checkpoints, distributed set-up, batch prediction."""

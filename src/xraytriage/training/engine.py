@@ -1,0 +1,654 @@
+"""The fine-tuning loop: transfer-learning schedule, AMP, checkpoints, DDP, TensorBoard.
+
+Structure follows torchvision's ``references/classification``: build data, build model, one
+``train_one_epoch`` and one ``validate`` per epoch, checkpoint, repeat. Nothing in the step loop
+synchronises with the GPU except at logging intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+from tqdm import tqdm
+
+from xraytriage.config import Config, save_config
+from xraytriage.data.augment import build_augmentation, seed_worker
+from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip, label_matrix
+from xraytriage.data.manifest import ManifestError, patient_leakage, read_manifest
+from xraytriage.models.bundle import save_bundle
+from xraytriage.models.factory import build_model, head_parameters
+from xraytriage.training import distributed as dist_utils
+from xraytriage.training.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from xraytriage.training.losses import masked_bce, multiclass_ce
+from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
+from xraytriage.training.schedule import warmup_cosine
+from xraytriage.utils.atomic import atomic_write_text
+from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+BEST_WEIGHTS = "best_weights.pt"
+BUNDLE_NAME = "model.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    bundle_path: Path
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _num_outputs(cfg: Config) -> int:
+    return 1 if cfg.model.task == "binary" else len(cfg.data.labels)
+
+
+def _splits(cfg: Config, frame: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if "split" not in frame.columns:
+        raise ManifestError(
+            f"{source}: no 'split' column; add one (train/val/test) or run `xraytriage prepare ... --split`"
+        )
+    leaks = patient_leakage(frame)
+    if leaks:
+        raise ManifestError(
+            f"{source}: {len(leaks)} patient(s) appear in more than one split (patient-level leakage); "
+            "re-split by patient before training"
+        )
+    train = frame[frame["split"] == cfg.data.train_split].reset_index(drop=True)
+    val = frame[frame["split"] == cfg.data.val_split].reset_index(drop=True)
+    if train.empty:
+        raise ManifestError(f"{source}: no rows with split == '{cfg.data.train_split}' (data.train_split)")
+    if val.empty:
+        raise ManifestError(f"{source}: no rows with split == '{cfg.data.val_split}' (data.val_split)")
+    return train, val
+
+
+def _build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Head at the full learning rate; backbone at ``backbone_lr_mult`` of it."""
+    head = {id(p) for p in head_parameters(model)}
+    head_params = [p for p in model.parameters() if id(p) in head]
+    backbone = [p for p in model.parameters() if id(p) not in head]
+    t = cfg.train
+    groups = [
+        {"params": backbone, "lr": t.lr * t.backbone_lr_mult, "name": "backbone"},
+        {"params": head_params, "lr": t.lr, "name": "head"},
+    ]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True
+        )
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        if id(p) not in head:
+            p.requires_grad_(trainable)
+
+
+class Trainer:
+    """One training run in one run directory; ``fit()`` trains (or resumes) and writes the bundle."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.dist = dist_utils.init_distributed(cfg.train.device)
+        if self.dist.enabled and torch.cuda.is_available() and cfg.train.device != "cpu":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        else:
+            self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.amp_dtype = resolve_amp_dtype(cfg.train.amp, self.device)
+        self.labels = list(cfg.data.labels)
+        self.writer: Any = None
+
+    # ------------------------------------------------------------------ set-up
+    def _log_main(self, msg: str, *args: Any) -> None:
+        if self.dist.is_main:
+            log.info(msg, *args)
+
+    def _data(self) -> None:
+        cfg = self.cfg
+        if cfg.data.manifest is None:
+            raise ManifestError("data.manifest is not set: point it at a manifest CSV (see README)")
+        frame = read_manifest(cfg.data.manifest, cfg.data.root, self.labels)
+        self.train_frame, self.val_frame = _splits(cfg, frame, cfg.data.manifest)
+        self._audit(frame)
+        in_ch = cfg.model.in_channels
+        self.augment = build_augmentation(cfg.augment, seed=cfg.seed)
+        source = self._cache_source(frame)
+        self.train_set = ScanDataset(
+            self.train_frame, self.labels, cfg.preprocess, in_ch, self.augment, source, augment_seed=cfg.seed
+        )
+        self.val_set = ScanDataset(self.val_frame, self.labels, cfg.preprocess, in_ch, None, source)
+        targets = label_matrix(self.train_frame, self.labels)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        base: Any
+        if self.dist.enabled:
+            base = DistributedSampler(self.train_set, shuffle=True, seed=cfg.seed, drop_last=True)
+        elif cfg.train.imbalance == "sampler":
+            pos = np.nan_to_num(targets[:, 0]) > 0
+            w_pos, w_neg = 0.5 / max(pos.sum(), 1), 0.5 / max((~pos).sum(), 1)
+            weights = torch.tensor(np.where(pos, w_pos, w_neg), dtype=torch.double)
+            base = WeightedRandomSampler(
+                weights, num_samples=len(weights), replacement=True, generator=generator
+            )
+        else:
+            base = RandomSampler(self.train_set, generator=generator)
+        self.train_sampler = EpochTaggedSampler(base)
+        self.generator = generator
+        self.pos_weight = None
+        if cfg.train.imbalance == "pos_weight" and cfg.model.task != "multiclass":
+            pos = np.nansum(targets, axis=0)
+            neg = np.sum(~np.isnan(targets), axis=0) - pos
+            pw = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0).astype(np.float32)
+            self.pos_weight = torch.from_numpy(pw[: _num_outputs(cfg)]).to(self.device)
+        workers = cfg.data.num_workers
+        common: dict[str, Any] = {
+            "num_workers": workers,
+            "collate_fn": collate_skip,
+            "pin_memory": self.device.type == "cuda",
+            "persistent_workers": workers > 0,
+            "worker_init_fn": seed_worker,
+        }
+        if workers > 0:
+            common["prefetch_factor"] = 4
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=cfg.train.batch_size,
+            sampler=self.train_sampler,
+            drop_last=len(self.train_set) > cfg.train.batch_size,
+            generator=generator,
+            **common,
+        )
+        val_sampler = DistributedSampler(self.val_set, shuffle=False) if self.dist.enabled else None
+        self.val_loader = DataLoader(
+            self.val_set, batch_size=cfg.train.batch_size, shuffle=False, sampler=val_sampler, **common
+        )
+
+    def _cache_source(self, frame: pd.DataFrame) -> Any:
+        """Hook for the preprocessing cache (decode once); None means decode every epoch."""
+        cache_dir = self.cfg.data.cache_dir
+        if cache_dir is None:
+            return None
+        try:
+            from xraytriage.data.cache import open_matching_cache
+        except ImportError:
+            return None
+        return open_matching_cache(cache_dir, self.cfg.preprocess)
+
+    def _audit(self, frame: pd.DataFrame) -> None:
+        if not self.dist.is_main:
+            return
+        try:
+            from xraytriage.evaluation.audit import audit_manifest
+        except ImportError:
+            return
+        result = audit_manifest(frame, self.labels, self.cfg.evaluation)
+        summary = getattr(result, "summary_lines", None)
+        for line in (summary() if callable(summary) else [])[:20]:
+            log.info("audit: %s", line)
+
+    def _model(self) -> None:
+        cfg = self.cfg
+        model = build_model(cfg.model, _num_outputs(cfg)).to(self.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = _build_optimizer(cfg, model)
+        steps_per_epoch = self._steps_per_epoch()
+        total = steps_per_epoch * cfg.train.epochs
+        warmup = round(cfg.train.warmup_epochs * steps_per_epoch)
+        self.scheduler = warmup_cosine(self.optimizer, total, warmup)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        net: nn.Module = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+        if cfg.train.compile:
+            net = torch.compile(net)
+        self.net = net
+
+    def _steps_per_epoch(self) -> int:
+        batches = len(self.train_loader)
+        if self.cfg.train.max_steps_per_epoch:
+            batches = min(batches, self.cfg.train.max_steps_per_epoch * self.cfg.train.grad_accum_steps)
+        return max(1, math.ceil(batches / self.cfg.train.grad_accum_steps))
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        t = self.cfg.train
+        if self.cfg.model.task == "multiclass":
+            return multiclass_ce(logits, targets, t.label_smoothing)
+        return masked_bce(logits, targets[:, : logits.shape[1]], self.pos_weight, t.label_smoothing)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(
+        self, epoch: int, history: list[dict[str, Any]], best: tuple[float, int], bad_epochs: int
+    ) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "loader_generator": self.generator.get_state(),
+            "history_json": json.dumps(history),
+            "best_score": float(best[0]),
+            "best_epoch": int(best[1]),
+            "bad_epochs": int(bad_epochs),
+            "config_json": json.dumps(self.cfg.to_yaml_dict()),
+            "labels": self.labels,
+        }
+
+    def _restore(self) -> tuple[int, list[dict[str, Any]], tuple[float, int], int]:
+        path = self.run_dir / CHECKPOINT_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from (was this run directory trained?)")
+        state = load_checkpoint(path)
+        if list(state["labels"]) != self.labels:
+            raise ValueError(
+                f"{path}: checkpoint labels {state['labels']} differ from data.labels {self.labels}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.generator.set_state(state["loader_generator"])
+        history = json.loads(state["history_json"])
+        self._log_main("resuming %s after epoch %d", self.run_dir, state["epoch"])
+        return (
+            int(state["epoch"]),
+            history,
+            (float(state["best_score"]), int(state["best_epoch"])),
+            int(state["bad_epochs"]),
+        )
+
+    # ------------------------------------------------------------------ loop
+    def _train_one_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg.train
+        self.net.train()
+        frozen = epoch < cfg.freeze_epochs
+        _set_backbone_trainable(self.model, not frozen)
+        self.train_sampler.set_epoch(epoch)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        steps = 0
+        micro = 0
+        max_micro = cfg.max_steps_per_epoch * cfg.grad_accum_steps if cfg.max_steps_per_epoch else None
+        start = time.perf_counter()
+        window_start, window_images = start, 0
+        bar = tqdm(
+            self.train_loader,
+            total=min(len(self.train_loader), max_micro) if max_micro else len(self.train_loader),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (head only)" if frozen else ""),
+            unit="batch",
+            disable=not self.dist.is_main,
+            leave=False,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        global_step = self.scheduler.last_epoch
+        for batch in bar:
+            if batch["image"] is None:
+                continue
+            images = batch["image"].to(self.device, non_blocking=True, memory_format=memory_format)
+            targets = batch["target"].to(self.device, non_blocking=True)
+            if epoch == 0 and micro == 0 and self.writer is not None:
+                self._log_image_grid(batch["image"], epoch)
+            with autocast_for(self.device, self.amp_dtype):
+                logits = self.net(images)
+            loss = self._loss(logits, targets)
+            self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            loss_sum += loss.detach() * images.shape[0]
+            seen += images.shape[0]
+            window_images += images.shape[0]
+            micro += 1
+            if micro % cfg.grad_accum_steps == 0:
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=float("inf"))
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                steps += 1
+                global_step += 1
+                if steps % cfg.log_every_steps == 0:  # the only host-device sync in the loop
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(
+                            f"loss became {value} at epoch {epoch + 1}, step {steps}; lower train.lr or "
+                            f"set train.amp=off. The last good checkpoint is {self.run_dir / CHECKPOINT_NAME}"
+                        )
+                    now = time.perf_counter()
+                    rate = window_images * self.dist.world_size / max(now - window_start, 1e-9)
+                    window_start, window_images = now, 0
+                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
+                    if self.writer is not None:
+                        self.writer.add_scalar("train/loss", value, global_step)
+                        self.writer.add_scalar("train/grad_norm", float(grad_norm), global_step)
+                        self.writer.add_scalar("train/images_per_sec", rate, global_step)
+                        for group in self.optimizer.param_groups:
+                            self.writer.add_scalar(
+                                f"train/lr_{group.get('name', 'group')}", group["lr"], global_step
+                            )
+            if max_micro and micro >= max_micro:
+                break
+        bar.close()
+        elapsed = time.perf_counter() - start
+        if seen == 0:
+            raise RuntimeError("no training sample could be decoded; check the errors logged above")
+        mean_loss = float(loss_sum) / seen
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"training loss is {mean_loss} after epoch {epoch + 1}; lower train.lr or set train.amp=off. "
+                f"The last good checkpoint is kept in {self.run_dir / CHECKPOINT_NAME}"
+            )
+        return {
+            "train_loss": mean_loss,
+            "train_images_per_sec": seen * self.dist.world_size / max(elapsed, 1e-9),
+            "train_seconds": elapsed,
+        }
+
+    def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame]:
+        logits, indices, failures = predict_loader(
+            self.net if not self.dist.enabled else self.model,
+            self.val_loader,
+            self.device,
+            self.amp_dtype,
+            self.cfg.train.channels_last,
+        )
+        gathered = dist_utils.gather_objects((logits, indices), self.dist)
+        logits = (
+            np.concatenate([g[0] for g in gathered if len(g[1])])
+            if any(len(g[1]) for g in gathered)
+            else logits
+        )
+        indices = np.concatenate([g[1] for g in gathered])
+        # DistributedSampler pads with repeated samples: keep each index once.
+        indices, first = np.unique(indices, return_index=True)
+        logits = logits[first]
+        probs = probabilities(logits, self.cfg.model.task)
+        frame = predictions_frame(self.val_frame, self.labels, probs, indices)
+        targets = torch.from_numpy(label_matrix(frame, self.labels))
+        val_loss = float(self._loss(torch.from_numpy(logits), targets))
+        metrics: dict[str, Any] = {"val_loss": val_loss, "val_failed": len(failures)}
+        from xraytriage.evaluation.metrics import binary_metrics
+        from xraytriage.evaluation.thresholds import choose_threshold
+
+        aurocs = []
+        for label in self.labels:
+            y, p = frame[label].to_numpy(float), frame[f"prob_{label}"].to_numpy(float)
+            thr = choose_threshold(y, p, self.cfg.evaluation.operating_point)
+            m = binary_metrics(y, p, thr)
+            metrics[f"{label}/threshold"] = thr
+            for key in ("auroc", "sensitivity", "specificity", "miss_rate", "auprc"):
+                metrics[f"{label}/{key}"] = m.get(key)
+            if m.get("auroc") is not None:
+                aurocs.append(m["auroc"])
+        metrics["val_mean_auroc"] = float(np.mean(aurocs)) if aurocs else float("nan")
+        return metrics, frame
+
+    # ------------------------------------------------------------------ TensorBoard
+    def _open_writer(self) -> None:
+        if not self.dist.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def _log_image_grid(self, images: torch.Tensor, epoch: int) -> None:
+        import torchvision
+
+        shown = images[:16, :1].float() * self.cfg.preprocess.std + self.cfg.preprocess.mean
+        grid = torchvision.utils.make_grid(shown.clamp(0, 1), nrow=4)
+        self.writer.add_image("train/augmented_batch", grid, epoch)
+
+    def _log_epoch(self, epoch: int, record: dict[str, Any], frame: pd.DataFrame) -> None:
+        w = self.writer
+        if w is None:
+            return
+        step = epoch + 1
+        w.add_scalar("epoch/train_loss", record["train_loss"], step)
+        w.add_scalar("epoch/val_loss", record["val_loss"], step)
+        w.add_scalar("epoch/train_images_per_sec", record["train_images_per_sec"], step)
+        for label in self.labels:
+            for key in ("auroc", "sensitivity", "specificity", "miss_rate"):
+                value = record.get(f"{label}/{key}")
+                if value is not None and math.isfinite(value):
+                    w.add_scalar(f"val/{key}/{label}", value, step)
+            y = frame[label].to_numpy(float)
+            known = np.isin(y, (0.0, 1.0))
+            if known.any():
+                w.add_pr_curve(
+                    f"val/pr_curve/{label}",
+                    y[known].astype(int),
+                    frame[f"prob_{label}"].to_numpy(float)[known],
+                    step,
+                )
+            self._log_subgroups(label, frame, record.get(f"{label}/threshold", 0.5), step)
+        every = self.cfg.train.histogram_every_epochs
+        if every and (epoch + 1) % every == 0:
+            for name, param in self.model.named_parameters():
+                w.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
+                if param.grad is not None:
+                    w.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), step)
+        w.flush()
+
+    def _log_subgroups(self, label: str, frame: pd.DataFrame, threshold: float, step: int) -> None:
+        try:
+            from xraytriage.evaluation.subgroups import subgroup_sensitivity
+        except ImportError:
+            return
+        values = subgroup_sensitivity(frame, label, threshold, self.cfg.evaluation)
+        for group, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(f"val_subgroup_sensitivity/{label}/{group}", value, step)
+
+    # ------------------------------------------------------------------ main
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.dist.rank)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self._data()
+        self._model()
+        start_epoch, history, best, bad_epochs = 0, [], (-math.inf, -1), 0
+        if self.resume:
+            start_epoch, history, best, bad_epochs = self._restore()
+        elif self.dist.is_main and (self.run_dir / CHECKPOINT_NAME).exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a training checkpoint: pass --resume to continue it, "
+                "or choose a new --out directory"
+            )
+        self._open_writer()
+        self._log_main(
+            "training %s on %d scans (val %d) on %s%s, %d epoch(s)",
+            cfg.model.arch,
+            len(self.train_set),
+            len(self.val_set),
+            self.device,
+            f" with {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else "",
+            cfg.train.epochs,
+        )
+        val_frame = pd.DataFrame()
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, cfg.train.epochs):
+                record: dict[str, Any] = {"epoch": epoch + 1}
+                record.update(self._train_one_epoch(epoch))
+                metrics, val_frame = self._validate(epoch)
+                record.update(metrics)
+                history.append(record)
+                score = record["val_mean_auroc"]
+                improved = (math.isfinite(score) and score > best[0]) or best[1] < 0
+                if improved:
+                    best = (score if math.isfinite(score) else -math.inf, epoch + 1)
+                    bad_epochs = 0
+                    if self.dist.is_main:
+                        save_checkpoint(
+                            self.run_dir / BEST_WEIGHTS,
+                            {
+                                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                                "epoch": epoch + 1,
+                            },
+                        )
+                else:
+                    bad_epochs += 1
+                if self.dist.is_main:
+                    save_checkpoint(
+                        self.run_dir / CHECKPOINT_NAME, self._state(epoch + 1, history, best, bad_epochs)
+                    )
+                    self._log_epoch(epoch, record, val_frame)
+                    log.info(
+                        "epoch %d/%d  train loss %.4f  val loss %.4f  val AUROC %.4f  %.0f img/s%s",
+                        epoch + 1,
+                        cfg.train.epochs,
+                        record["train_loss"],
+                        record["val_loss"],
+                        score,
+                        record["train_images_per_sec"],
+                        "  *best*" if improved else "",
+                    )
+                patience = cfg.train.early_stopping_patience
+                if patience and bad_epochs >= patience:
+                    self._log_main("early stopping: no val AUROC improvement for %d epoch(s)", patience)
+                    break
+        except KeyboardInterrupt:
+            if self.dist.is_main:
+                log.warning(
+                    "interrupted: the checkpoint of the last finished epoch is in %s; continue with --resume",
+                    self.run_dir,
+                )
+            raise
+        return self._finish(history, best)
+
+    def _finish(self, history: list[dict[str, Any]], best: tuple[float, int]) -> TrainResult:
+        cfg = self.cfg
+        dist_utils.barrier(self.dist)
+        best_path = self.run_dir / BEST_WEIGHTS
+        if best_path.is_file():
+            self.model.load_state_dict(load_checkpoint(best_path)["model"])
+        metrics, frame = self._validate(best[1] - 1)
+        thresholds = {label: float(metrics[f"{label}/threshold"]) for label in self.labels}
+        result = TrainResult(
+            run_dir=self.run_dir,
+            bundle_path=self.run_dir / BUNDLE_NAME,
+            best_epoch=best[1],
+            best_score=best[0],
+            history=history,
+            thresholds=thresholds,
+            val_metrics=metrics,
+        )
+        if self.dist.is_main:
+            temperature = 1.0
+            from xraytriage.evaluation import calibration
+
+            if getattr(cfg.evaluation, "temperature_scaling", False) and cfg.model.task != "multiclass":
+                label = self.labels[0]
+                temperature = float(
+                    calibration.fit_temperature(
+                        frame[f"prob_{label}"].to_numpy(float), frame[label].to_numpy(float)
+                    )
+                )
+            save_bundle(
+                result.bundle_path,
+                self.model,
+                cfg.model,
+                cfg.preprocess,
+                self.labels,
+                thresholds,
+                cfg.model.task,
+                temperature=temperature,
+                metadata={
+                    "best_epoch": best[1],
+                    "val_mean_auroc": best[0],
+                    "epochs_run": len(history),
+                    "operating_point": cfg.evaluation.operating_point.model_dump(mode="json"),
+                    "train_scans": len(self.train_set),
+                    "val_scans": len(self.val_set),
+                    "torch": str(torch.__version__),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+            )
+            summary = {
+                "schema": "xraytriage.train_metrics/1",
+                "best_epoch": best[1],
+                "best_val_mean_auroc": best[0],
+                "thresholds": thresholds,
+                "val": {k: v for k, v in metrics.items()},
+                "history": history,
+            }
+            atomic_write_text(
+                self.run_dir / "metrics.json", json.dumps(_finite(summary), indent=2, default=_json_default)
+            )
+            if self.writer is not None:
+                hparams = {
+                    "arch": cfg.model.arch,
+                    "lr": cfg.train.lr,
+                    "batch_size": cfg.train.batch_size,
+                    "epochs": cfg.train.epochs,
+                    "image_size": cfg.preprocess.image_size,
+                    "weights": str(cfg.model.weights),
+                    "optimizer": cfg.train.optimizer,
+                }
+                final = {"hparam/val_mean_auroc": best[0]}
+                for label in self.labels:
+                    final[f"hparam/val_sensitivity_{label}"] = metrics.get(f"{label}/sensitivity") or 0.0
+                self.writer.add_hparams(hparams, final, run_name="hparams")
+                self.writer.close()
+        dist_utils.cleanup(self.dist)
+        return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: undefined figures are written as null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return None
+    return value
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train (or resume) a run; the run directory ends with model.pt, metrics.json and config.yaml."""
+    return Trainer(cfg, run_dir, resume=resume).fit()

@@ -1,0 +1,34 @@
+"""Device, precision and seeding choices shared by training and scoring."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 (with a grad scaler) otherwise; None = full precision."""
+    if amp == "off" or device.type != "cuda":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

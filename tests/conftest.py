@@ -1,0 +1,52 @@
+"""Shared fixtures. ``../shared`` (beside the project root) is optional: tests using it skip without it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("XRAYTRIAGE_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests must never download: any connection beyond loopback fails at once, loudly."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (
+            host.startswith("127.") or host in {"localhost", "::1"} or host.startswith("/")
+        ):
+            return real_connect(self, address)
+        if self.family == socket.AF_UNIX:
+            return real_connect(self, address)
+        raise OSError(f"network access blocked in tests (tried {address!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.skip("../shared/data is not present (a fresh clone has none)")
+    return data
+
+
+@pytest.fixture(scope="session")
+def pydicom_test_file():
+    """Path of a file shipped by pydicom or pydicom-data, or skip."""
+    from pydicom.data import get_testdata_file
+
+    def _get(name: str) -> str:
+        path = get_testdata_file(name)
+        if path is None:
+            pytest.skip(f"{name} not available (install the dev extra: pydicom-data)")
+        return str(path)
+
+    return _get

@@ -1,0 +1,102 @@
+"""binary_metrics and the weighted engine agree with scikit-learn, ties and one-class inputs included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from xraytriage.evaluation.calibration import expected_calibration_error
+from xraytriage.evaluation.metrics import binary_metrics, prepare, weighted_metrics
+
+# probabilities on a coarse grid so that ties (equal scores, scores equal to the threshold) are common
+probs = st.integers(0, 10).map(lambda k: k / 10)
+cases = st.lists(st.tuples(st.sampled_from([0.0, 1.0]), probs), min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases, st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]))
+def test_binary_metrics_match_sklearn(rows, threshold):
+    y = np.array([r[0] for r in rows])
+    p = np.array([r[1] for r in rows])
+    m = binary_metrics(y, p, threshold)
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (tp, fp, tn, fn)
+    assert m["n"] == len(y) and m["positives"] == int(y.sum())
+    if tp + fn:
+        assert m["sensitivity"] == pytest.approx(recall_score(y, pred))
+        assert m["miss_rate"] == pytest.approx(1 - recall_score(y, pred))
+    else:
+        assert m["sensitivity"] is None and m["miss_rate"] is None
+    if tn + fp:
+        assert m["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
+    else:
+        assert m["specificity"] is None
+    if tp + fp:
+        assert m["ppv"] == pytest.approx(precision_score(y, pred))
+    else:
+        assert m["ppv"] is None
+    if tn + fn:
+        assert m["npv"] == pytest.approx(tn / (tn + fn))
+    if 2 * tp + fp + fn:
+        assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p, labels=[0, 1]))
+    assert m["ece"] == pytest.approx(expected_calibration_error(y, p))
+    if 0 < y.sum() < len(y):
+        assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert m["auprc"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    else:
+        assert m["auroc"] is None  # one class: undefined, not 0 or NaN
+
+
+@settings(max_examples=100, deadline=None)
+@given(cases, st.data())
+def test_weighted_engine_equals_sklearn_sample_weight(rows, data):
+    """The bootstrap's weighted sums are exact: integer weights == sklearn's sample_weight."""
+    y = np.array([r[0] for r in rows])
+    p = np.array([r[1] for r in rows])
+    w = np.array(data.draw(st.lists(st.integers(0, 4), min_size=len(rows), max_size=len(rows))), dtype=float)
+    # two replicates at once (float32 path) and one alone (float64 path) must agree
+    both = weighted_metrics(prepare(y, p, 0.5), np.vstack([w, np.ones_like(w)]))
+    single = weighted_metrics(prepare(y, p, 0.5), w[None])
+    pos, neg = (w * y).sum(), (w * (1 - y)).sum()
+    for res in (both, single):
+        if pos > 0 and neg > 0:
+            assert res["auroc"][0] == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-6)
+            assert res["auprc"][0] == pytest.approx(average_precision_score(y, p, sample_weight=w), abs=1e-6)
+        else:
+            assert np.isnan(res["auroc"][0])
+        if pos > 0:
+            pred = p >= 0.5
+            assert res["sensitivity"][0] == pytest.approx(recall_score(y, pred, sample_weight=w))
+
+
+def test_uncertain_and_unknown_labels_are_excluded_and_counted():
+    y = np.array([1, 0, -1, np.nan, 1, 0])
+    p = np.array([0.9, 0.1, 0.8, 0.2, 0.4, 0.6])
+    m = binary_metrics(y, p, 0.5)
+    assert m["n"] == 4 and m["excluded"] == 2
+    assert m["sensitivity"] == 0.5 and m["specificity"] == 0.5
+
+
+def test_empty_input_gives_none_not_crash():
+    m = binary_metrics(np.array([np.nan, -1.0]), np.array([0.3, 0.9]), 0.5)
+    assert m["n"] == 0 and m["sensitivity"] is None and m["auroc"] is None and m["brier"] is None
+
+
+def test_threshold_is_inclusive():
+    m = binary_metrics(np.array([1.0, 0.0]), np.array([0.5, 0.49]), 0.5)
+    assert m["tp"] == 1 and m["fp"] == 0

@@ -1,0 +1,100 @@
+"""Model construction, pretrained-weight handling and the single-file bundle."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from xraytriage.config import ModelConfig, PreprocessConfig
+from xraytriage.models import build_model, load_bundle, save_bundle
+from xraytriage.models.factory import WeightsUnavailable
+
+
+def test_resnet50_default_is_single_channel_with_new_head() -> None:
+    model = build_model(ModelConfig(weights=None), num_outputs=3).eval()
+    assert model.conv1.in_channels == 1
+    assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 3)
+    assert isinstance(model.fc[0], torch.nn.Dropout)
+
+
+def test_local_weights_are_loaded_and_conv1_folded(tmp_path: Path) -> None:
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    grey = build_model(ModelConfig(arch="resnet18", weights=str(path), in_channels=1), 1).eval()
+    rgb = build_model(ModelConfig(arch="resnet18", weights=str(path), in_channels=3), 1).eval()
+    assert torch.equal(grey.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert torch.allclose(grey.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+    x = torch.rand(2, 1, 48, 48)
+    # Folding conv1 is exact: a grey image through 1 channel == the same image copied to RGB.
+    assert torch.allclose(grey.conv1(x), rgb.conv1(x.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_mismatched_local_weights_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="does not match resnet50"):
+        build_model(ModelConfig(arch="resnet50", weights=str(path)), 1)
+
+
+def test_offline_imagenet_weights_fail_with_instructions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailable) as err:
+        build_model(ModelConfig(arch="resnet50", weights="IMAGENET1K_V2"), 1)
+    text = str(err.value)
+    assert "resnet50-11ad3fa6.pth" in text and "model.weights=" in text
+
+
+def test_imagenet_weights_use_torchvision_download_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online path: torchvision's own URL and hash check; the download itself is faked."""
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    seen = {}
+
+    def fake_download(url: str, **kwargs: object) -> dict:
+        seen["url"], seen["check_hash"] = url, kwargs.get("check_hash")
+        return reference
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
+    model = build_model(ModelConfig(arch="resnet18", weights="IMAGENET1K_V1", in_channels=3), 2)
+    assert seen["url"] == torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url and seen["check_hash"]
+    assert torch.equal(model.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
+
+
+def test_bundle_round_trip(tmp_path: Path) -> None:
+    cfg = ModelConfig(arch="resnet18", weights=None, task="multilabel")
+    model = build_model(cfg, 2).eval()
+    pre = PreprocessConfig(image_size=64, normalization="percentile")
+    path = tmp_path / "model.pt"
+    model_id = save_bundle(
+        path, model, cfg, pre, ["a", "b"], {"a": 0.3, "b": 0.7}, "multilabel", metadata={"best_epoch": 3}
+    )
+    bundle = load_bundle(path)
+    assert bundle.labels == ["a", "b"] and bundle.thresholds == {"a": 0.3, "b": 0.7}
+    assert bundle.preprocess == pre and bundle.model_id == model_id and bundle.metadata["best_epoch"] == 3
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.allclose(bundle.model(x), model(x))
+    # weights_only loading: the file holds only tensors and plain containers.
+    torch.load(path, weights_only=True)
+    assert save_bundle(tmp_path / "again.pt", model, cfg, pre, ["a", "b"], {}, "multilabel") == model_id
+
+
+def test_bad_bundle_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a bundle")
+    with pytest.raises(ValueError, match="not a readable xraytriage model bundle"):
+        load_bundle(bad)
+    with pytest.raises(FileNotFoundError, match="model bundle not found"):
+        load_bundle(tmp_path / "missing.pt")

@@ -1,0 +1,173 @@
+"""Training engine on CPU with tiny images: outputs, TensorBoard tags, resume, divergence, leakage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from xraytriage.config import load_config
+from xraytriage.data.manifest import ManifestError
+from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
+from xraytriage.models import load_bundle
+from xraytriage.training import engine
+from xraytriage.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    return generate_dataset(out, SyntheticSpec(n_patients=24, size=64, seed=3), progress=False)
+
+
+def tiny_config(manifest: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            f"data.manifest={manifest}",
+            "data.num_workers=0",
+            "model.arch=resnet18",
+            "model.task=binary",
+            "data.labels=[finding]",
+            "preprocess.image_size=32",
+            "train.batch_size=8",
+            "train.epochs=2",
+            "train.log_every_steps=1",
+            "train.histogram_every_epochs=1",
+            "evaluation.bootstrap_iterations=20",
+            "evaluation.min_group_size=1",
+            *extra,
+        ],
+    )
+
+
+def test_training_writes_run_directory_and_tensorboard(tiny_manifest: Path, tmp_path: Path) -> None:
+    result = engine.train(tiny_config(tiny_manifest), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("model.pt", "config.yaml", "metrics.json", CHECKPOINT_NAME):
+        assert (run / name).is_file(), name
+    bundle = load_bundle(run / "model.pt")
+    assert bundle.labels == ["finding"] and 0.0 <= bundle.thresholds["finding"] <= 1.0
+    assert bundle.preprocess.image_size == 32 and bundle.metadata["best_epoch"] == result.best_epoch
+    assert len(result.history) == 2
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(
+        str(run / "tensorboard"), size_guidance={"tensors": 0, "histograms": 0, "images": 0}
+    )
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in (
+        "train/loss",
+        "train/grad_norm",
+        "train/images_per_sec",
+        "train/lr_head",
+        "train/lr_backbone",
+        "epoch/val_loss",
+        "val/auroc/finding",
+        "val/sensitivity/finding",
+        "val/specificity/finding",
+    ):
+        assert tag in scalars, tag
+    assert any(t.startswith("val_subgroup_sensitivity/finding/") for t in scalars)
+    assert "train/augmented_batch" in events.Tags()["images"]
+    assert any(t.startswith("weights/") for t in events.Tags()["histograms"])
+    assert any(t.startswith("val/pr_curve/finding") for t in events.Tags()["tensors"])
+    assert (run / "tensorboard" / "hparams").is_dir()
+
+
+def test_interrupted_run_resumes_bit_for_bit(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(tiny_manifest)
+    engine.train(cfg, tmp_path / "straight")
+
+    original = engine.Trainer._train_one_epoch
+
+    def interrupt_second_epoch(self: engine.Trainer, epoch: int) -> dict:
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(engine.Trainer, "_train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)["epoch"] == 1
+    monkeypatch.setattr(engine.Trainer, "_train_one_epoch", original)
+    with pytest.raises(FileExistsError, match="--resume"):
+        engine.train(cfg, tmp_path / "resumed")
+    engine.train(cfg, tmp_path / "resumed", resume=True)
+
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT_NAME)
+    b = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = engine.Trainer._loss
+
+    def nan_in_second_epoch(
+        self: engine.Trainer, logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        loss = original(self, logits, targets)
+        return (
+            loss * float("nan")
+            if self.net.training and self.scheduler.last_epoch >= self._steps_per_epoch()
+            else loss
+        )
+
+    monkeypatch.setattr(engine.Trainer, "_loss", nan_in_second_epoch)
+    with pytest.raises(engine.TrainingDiverged, match=r"lower train\.lr"):
+        engine.train(tiny_config(tiny_manifest), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["epoch"] == 1
+
+
+def test_patient_leakage_blocks_training(tiny_manifest: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(tiny_manifest)
+    frame["path"] = [str(tiny_manifest.parent / p) for p in frame["path"]]
+    train_patient = frame.loc[frame["split"] == "train", "patient_id"].iloc[0]
+    frame.loc[frame.index[frame["split"] == "val"][0], "patient_id"] = train_patient
+    leaky = tmp_path / "leaky.csv"
+    frame.to_csv(leaky, index=False)
+    with pytest.raises(ManifestError, match="more than one split"):
+        engine.train(tiny_config(leaky), tmp_path / "run")
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_augmentation_is_identical_whatever_the_worker_count(tiny_manifest: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from xraytriage.data.augment import build_augmentation, seed_worker
+    from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip
+    from xraytriage.data.manifest import read_manifest
+
+    cfg = tiny_config(tiny_manifest, "augment.probability=1.0")
+    frame = read_manifest(tiny_manifest, labels=["finding"]).head(8)
+
+    def batch_for(workers: int, epoch: int) -> torch.Tensor:
+        ds = ScanDataset(
+            frame, ["finding"], cfg.preprocess, 1, build_augmentation(cfg.augment, 0), augment_seed=5
+        )
+        sampler = EpochTaggedSampler(torch.utils.data.SequentialSampler(ds))
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            ds,
+            batch_size=8,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_skip,
+            worker_init_fn=seed_worker,
+        )
+        return next(iter(loader))["image"]
+
+    zero, two = batch_for(0, 0), batch_for(2, 0)
+    assert torch.equal(zero, two)
+    assert not torch.equal(zero, batch_for(0, 1))  # a new epoch draws new augmentations
+    assert not torch.equal(zero[0], zero[1])
