@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Thin wrapper: ``python scripts/evaluate.py --model M --manifest CSV --out DIR`` == ``xraytriage evaluate``."""
+"""Thin wrapper: ``python scripts/evaluate.py ARGS`` is ``xraytriage evaluate ARGS``."""
 
 import sys
 

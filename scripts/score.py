@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Thin wrapper: ``python scripts/score.py --model M INPUT --out SCORES.csv`` == ``xraytriage score``."""
+"""Thin wrapper: ``python scripts/score.py ARGS`` is ``xraytriage score ARGS``."""
 
 import sys
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Thin wrapper: ``python scripts/train.py --config C --out RUN_DIR [key=value ...]`` == ``xraytriage train``."""
+"""Thin wrapper: ``python scripts/train.py ARGS`` is ``xraytriage train ARGS``."""
 
 import sys
 

@@ -189,11 +189,11 @@ def _print_summary(
     sub_path = eval_dir / "subgroups.csv"
     if sub_path.is_file():
         table = pd.read_csv(sub_path)
-        if {"group", "n", "sensitivity", "miss_rate"} <= set(table.columns):
-            shown = table[["group", "n", "positives", "sensitivity", "miss_rate"]].copy()
-            for col in ("sensitivity", "miss_rate"):
+        if {"group", "n", "sensitivity", "miss_rate", "auroc"} <= set(table.columns):
+            shown = table[["group", "n", "positives", "sensitivity", "miss_rate", "auroc"]].copy()
+            for col in ("sensitivity", "miss_rate", "auroc"):
                 shown[col] = [f"{v:.3f}" if pd.notna(v) else "insufficient data" for v in shown[col]]
-            print("per-subgroup sensitivity and miss rate (test):")
+            print("per-subgroup sensitivity, miss rate and AUROC (test):")
             print(shown.to_string(index=False, max_rows=40))
     if scores.is_file():
         n_scored = sum(1 for _ in scores.open()) - 1
