@@ -171,3 +171,37 @@ def test_augmentation_is_identical_whatever_the_worker_count(tiny_manifest: Path
     assert torch.equal(zero, two)
     assert not torch.equal(zero, batch_for(0, 1))  # a new epoch draws new augmentations
     assert not torch.equal(zero[0], zero[1])
+
+
+def test_frozen_warmup_trains_only_the_head(tiny_manifest: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_manifest, "train.epochs=1", "train.freeze_epochs=1", "augment.enabled=false")
+    trainer = engine.Trainer(cfg, tmp_path / "run")
+    trainer._data()
+    trainer._model()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer._train_one_epoch(0)
+    after = trainer.model.state_dict()
+    assert not torch.equal(before["fc.1.weight"], after["fc.1.weight"])
+    assert torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
+    lrs = {g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["backbone"] < lrs["head"]  # backbone fine-tunes at backbone_lr_mult of the head's rate
+
+
+def test_multilabel_pos_weight_early_stopping_and_temperature(tiny_manifest: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(tiny_manifest)
+    frame["path"] = [str(tiny_manifest.parent / p) for p in frame["path"]]
+    frame["female"] = (frame["sex"] == "F").astype(float)
+    frame.loc[frame.index[::5], "female"] = float("nan")  # unknown labels are masked, not negatives
+    manifest = tmp_path / "multi.csv"
+    frame.to_csv(manifest, index=False)
+    cfg = tiny_config(
+        manifest, "data.labels=[finding,female]", "model.task=multilabel", "train.imbalance=pos_weight",
+        "train.epochs=6", "train.early_stopping_patience=1", "train.lr=1e-6",
+        "evaluation.temperature_scaling=true",
+    )
+    result = engine.train(cfg, tmp_path / "run")
+    assert len(result.history) < 6  # a learning rate this small cannot improve twice in a row
+    bundle = load_bundle(tmp_path / "run" / "model.pt")
+    assert bundle.labels == ["finding", "female"] and set(bundle.thresholds) == {"finding", "female"}
+    assert bundle.temperature > 0 and bundle.temperature != 1.0
+    assert bundle.model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
