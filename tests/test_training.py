@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -87,10 +88,10 @@ def test_interrupted_run_resumes_bit_for_bit(
 
     original = engine.Trainer._train_one_epoch
 
-    def interrupt_second_epoch(self: engine.Trainer, epoch: int) -> dict:
+    def interrupt_second_epoch(self: engine.Trainer, epoch: int, partial: dict | None = None) -> dict:
         if epoch == 1:
             raise KeyboardInterrupt
-        return original(self, epoch)
+        return original(self, epoch, partial)
 
     monkeypatch.setattr(engine.Trainer, "_train_one_epoch", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
@@ -205,3 +206,43 @@ def test_multilabel_pos_weight_early_stopping_and_temperature(tiny_manifest: Pat
     assert bundle.labels == ["finding", "female"] and set(bundle.thresholds) == {"finding", "female"}
     assert bundle.temperature > 0 and bundle.temperature != 1.0
     assert bundle.model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_bit_for_bit(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(tiny_manifest, "train.batch_size=4")
+    engine.train(cfg, tmp_path / "straight")
+
+    def ctrl_c_after_first_step_of_epoch_two(self: engine.Trainer, epoch: int, steps: int) -> bool:
+        return epoch == 1 and steps == 1
+
+    monkeypatch.setattr(engine.Trainer, "_should_stop", ctrl_c_after_first_step_of_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, tmp_path / "resumed")
+    saved = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)
+    assert saved["epoch"] == 1 and saved["partial"]["micro"] == 1  # mid-epoch state, not the epoch start
+    monkeypatch.undo()
+    result = engine.train(cfg, tmp_path / "resumed", resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT_NAME)
+    b = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    straight_loss = json.loads(a["history_json"])[1]["train_loss"]
+    assert abs(result.history[1]["train_loss"] - straight_loss) < 1e-6  # the epoch's loss spans both parts
+
+
+def test_sigint_handler_asks_for_a_clean_stop(tiny_manifest: Path, tmp_path: Path) -> None:
+    import signal
+
+    trainer = engine.Trainer(tiny_config(tiny_manifest), tmp_path / "run")
+    previous = trainer._install_interrupt_handler()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert trainer._stop_requested  # first Ctrl-C: finish the step, save, stop
+        with pytest.raises(KeyboardInterrupt):  # second Ctrl-C: abort at once
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)

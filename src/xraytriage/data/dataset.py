@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class EpochTaggedSampler(Sampler[int]):
     def __init__(self, sampler: Sampler[int]) -> None:
         self.sampler = sampler
         self.epoch = 0
+        self.skip = 0  # samples to skip at the start of the next pass (mid-epoch resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -99,7 +101,8 @@ class EpochTaggedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         tag = self.epoch << _EPOCH_SHIFT
-        return (tag | int(i) for i in self.sampler)
+        skip, self.skip = self.skip, 0
+        return (tag | int(i) for i in itertools.islice(iter(self.sampler), skip, None))
 
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]

@@ -128,6 +128,8 @@ class Trainer:
         self.amp_dtype = resolve_amp_dtype(cfg.train.amp, self.device)
         self.labels = list(cfg.data.labels)
         self.writer: Any = None
+        self._stop_requested = False
+        self._progress: tuple[list[dict[str, Any]], tuple[float, int], int] = ([], (-math.inf, -1), 0)
 
     # ------------------------------------------------------------------ set-up
     def _log_main(self, msg: str, *args: Any) -> None:
@@ -250,9 +252,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(
-        self, epoch: int, history: list[dict[str, Any]], best: tuple[float, int], bad_epochs: int
+        self,
+        epoch: int,
+        history: list[dict[str, Any]],
+        best: tuple[float, int],
+        bad_epochs: int,
+        partial: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return {
+            "partial": partial or {},
             "epoch": epoch,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -284,7 +292,11 @@ class Trainer:
         restore_rng_state(state["rng"])
         self.generator.set_state(state["loader_generator"])
         history = json.loads(state["history_json"])
-        self._log_main("resuming %s after epoch %d", self.run_dir, state["epoch"])
+        self._resume_partial = dict(state.get("partial") or {})
+        where = f"epoch {state['epoch']}"
+        if self._resume_partial:
+            where += f" and {self._resume_partial['micro']} batch(es) of epoch {state['epoch'] + 1}"
+        self._log_main("resuming %s after %s", self.run_dir, where)
         return (
             int(state["epoch"]),
             history,
@@ -293,7 +305,11 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ loop
-    def _train_one_epoch(self, epoch: int) -> dict[str, float]:
+    def _should_stop(self, epoch: int, steps: int) -> bool:
+        """True once Ctrl-C (SIGINT) asked the run to stop at the next optimiser-step boundary."""
+        return self._stop_requested
+
+    def _train_one_epoch(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, float]:
         cfg = self.cfg.train
         self.net.train()
         frozen = epoch < cfg.freeze_epochs
@@ -301,14 +317,21 @@ class Trainer:
         self.train_sampler.set_epoch(epoch)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         loss_sum = torch.zeros((), device=self.device)
-        seen = 0
-        steps = 0
-        micro = 0
+        seen = steps = micro = 0
+        prior_seconds = 0.0
+        if partial:  # mid-epoch resume: replay the epoch's shuffle, skip the batches already trained
+            self.generator.set_state(partial["epoch_generator"])
+            micro, steps, seen = int(partial["micro"]), int(partial["steps"]), int(partial["seen"])
+            loss_sum += float(partial["loss_sum"])
+            prior_seconds = float(partial.get("seconds", 0.0))
+            self.train_sampler.skip = micro * cfg.batch_size
+        epoch_generator = partial["epoch_generator"] if partial else self.generator.get_state()
         max_micro = cfg.max_steps_per_epoch * cfg.grad_accum_steps if cfg.max_steps_per_epoch else None
-        start = time.perf_counter()
+        start = time.perf_counter() - prior_seconds
         window_start, window_images = start, 0
         bar = tqdm(
             self.train_loader,
+            initial=micro,
             total=min(len(self.train_loader), max_micro) if max_micro else len(self.train_loader),
             desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (head only)" if frozen else ""),
             unit="batch",
@@ -362,6 +385,19 @@ class Trainer:
                             )
             if max_micro and micro >= max_micro:
                 break
+            if micro % cfg.grad_accum_steps == 0 and self._should_stop(epoch, steps):
+                bar.close()
+                self._save_interrupted(
+                    epoch,
+                    {
+                        "epoch_generator": epoch_generator,
+                        "micro": micro,
+                        "steps": steps,
+                        "seen": seen,
+                        "loss_sum": float(loss_sum),
+                        "seconds": time.perf_counter() - start,
+                    },
+                )
         bar.close()
         elapsed = time.perf_counter() - start
         if seen == 0:
@@ -377,6 +413,39 @@ class Trainer:
             "train_images_per_sec": seen * self.dist.world_size / max(elapsed, 1e-9),
             "train_seconds": elapsed,
         }
+
+    def _save_interrupted(self, epoch: int, partial: dict[str, Any]) -> None:
+        """Ctrl-C: save the exact mid-epoch state at this step boundary, then stop."""
+        if self.dist.is_main:
+            history, best, bad_epochs = self._progress
+            save_checkpoint(
+                self.run_dir / CHECKPOINT_NAME, self._state(epoch, history, best, bad_epochs, partial)
+            )
+            log.warning(
+                "interrupted: saved epoch %d after %d batch(es) to %s; continue with "
+                "`xraytriage train --resume --config ... --out %s`",
+                epoch + 1,
+                partial["micro"],
+                self.run_dir / CHECKPOINT_NAME,
+                self.run_dir,
+            )
+        raise KeyboardInterrupt
+
+    def _install_interrupt_handler(self) -> Any:
+        """First Ctrl-C finishes the current step and saves; a second one aborts at once."""
+        import signal
+        import threading
+
+        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            log.warning("Ctrl-C: finishing the current step, then saving (press Ctrl-C again to abort)")
+
+        return signal.signal(signal.SIGINT, request_stop)
 
     def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame]:
         logits, indices, failures = predict_loader(
@@ -483,6 +552,7 @@ class Trainer:
         self._data()
         self._model()
         start_epoch, history, best, bad_epochs = 0, [], (-math.inf, -1), 0
+        self._resume_partial: dict[str, Any] = {}
         if self.resume:
             start_epoch, history, best, bad_epochs = self._restore()
         elif self.dist.is_main and (self.run_dir / CHECKPOINT_NAME).exists():
@@ -502,10 +572,13 @@ class Trainer:
         )
         val_frame = pd.DataFrame()
         epoch = start_epoch
+        previous_handler = self._install_interrupt_handler()
         try:
             for epoch in range(start_epoch, cfg.train.epochs):
+                self._progress = (history, best, bad_epochs)
                 record: dict[str, Any] = {"epoch": epoch + 1}
-                record.update(self._train_one_epoch(epoch))
+                partial, self._resume_partial = self._resume_partial, {}
+                record.update(self._train_one_epoch(epoch, partial or None))
                 metrics, val_frame = self._validate(epoch)
                 record.update(metrics)
                 history.append(record)
@@ -544,12 +617,17 @@ class Trainer:
                     self._log_main("early stopping: no val AUROC improvement for %d epoch(s)", patience)
                     break
         except KeyboardInterrupt:
-            if self.dist.is_main:
+            if self.dist.is_main and not self._stop_requested:
                 log.warning(
                     "interrupted: the checkpoint of the last finished epoch is in %s; continue with --resume",
                     self.run_dir,
                 )
             raise
+        finally:
+            if previous_handler is not None:
+                import signal
+
+                signal.signal(signal.SIGINT, previous_handler)
         return self._finish(history, best)
 
     def _finish(self, history: list[dict[str, Any]], best: tuple[float, int]) -> TrainResult:

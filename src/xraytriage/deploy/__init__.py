@@ -1,0 +1,1 @@
+"""Deployment artefacts: a model bundle exported to ONNX or TorchScript for serving without xraytriage."""

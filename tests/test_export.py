@@ -1,0 +1,107 @@
+"""Export to ONNX/TorchScript: probabilities match PyTorch, dynamic batch axis, embedded metadata."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xraytriage.commands import export as export_cmd
+from xraytriage.config import ModelConfig, PreprocessConfig
+from xraytriage.deploy import export as exp
+from xraytriage.models import load_bundle
+from xraytriage.models.bundle import save_bundle
+from xraytriage.models.factory import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """One thread is faster on the shared 2-core CI box; leave the setting as found for later tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="resnet18", weights=None, task="binary")
+    model = build_model(cfg, 1).eval()
+    path = tmp_path_factory.mktemp("bundle") / "model.pt"
+    save_bundle(
+        path,
+        model,
+        cfg,
+        PreprocessConfig(image_size=64, mean=0.4, std=0.3),
+        ["finding"],
+        {"finding": 0.37},
+        "binary",
+        temperature=1.7,
+    )
+    return path
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base = {"opset": 17, "atol": 1e-4, "rtol": 1e-3, "no_check": False}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_outputs_calibrated_probabilities_for_any_batch_size(
+    bundle_path: Path, tmp_path: Path, fmt: str
+) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    out = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'ts'}"
+    assert export_cmd.run(_args(model=bundle_path, format=fmt, out=out)) == 0
+    bundle = load_bundle(bundle_path)
+    for n in (1, 3):
+        x = torch.randn(n, 1, 64, 64, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            logits = bundle.model(x)
+        expected = torch.sigmoid(logits / 1.7).numpy()
+        got = exp.run_exported(out, fmt, x.numpy())
+        assert got.shape == (n, 1)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+        # probabilities, not logits: the temperature is applied inside the graph
+        assert not np.allclose(got, torch.sigmoid(logits).numpy(), atol=1e-4)
+
+    for meta in (exp.read_export_metadata(out), json.loads(out.with_name(out.name + ".json").read_text())):
+        assert meta["labels"] == ["finding"]
+        assert meta["thresholds"] == {"finding": pytest.approx(0.37)}
+        assert meta["task"] == "binary" and meta["temperature"] == pytest.approx(1.7)
+        assert meta["model_id"] == bundle.model_id
+        assert PreprocessConfig.model_validate(meta["preprocess"]) == bundle.preprocess
+
+
+def test_onnx_graph_has_dynamic_batch_and_opset(bundle_path: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    exp.export_bundle(bundle_path, "onnx", out, check=False)
+    proto = onnx.load(str(out))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value
+    keys = {p.key for p in proto.metadata_props}
+    assert {"labels", "thresholds", "preprocess", "model_id", "task", "temperature"} <= keys
+
+
+def test_export_exits_nonzero_when_outputs_differ(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = exp.run_exported
+    monkeypatch.setattr(exp, "run_exported", lambda path, fmt, batch: real(path, fmt, batch) + 0.01)
+    rc = export_cmd.run(_args(model=bundle_path, format="torchscript", out=tmp_path / "m.ts"))
+    assert rc == export_cmd.EXIT_MISMATCH
+
+
+def test_export_reports_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = export_cmd.run(_args(model=tmp_path / "nope.pt", format="onnx", out=tmp_path / "m.onnx"))
+    assert rc == 1 and "model bundle not found" in capsys.readouterr().out
