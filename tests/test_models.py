@@ -98,3 +98,17 @@ def test_bad_bundle_is_a_clear_error(tmp_path: Path) -> None:
         load_bundle(bad)
     with pytest.raises(FileNotFoundError, match="model bundle not found"):
         load_bundle(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    "arch", ["resnet18", "densenet121", "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny"]
+)
+def test_any_torchvision_classifier_by_name(arch: str) -> None:
+    model = build_model(ModelConfig(arch=arch, weights=None, in_channels=1), num_outputs=4).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 4)
+
+
+def test_unknown_arch_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="not a torchvision classification model"):
+        build_model(ModelConfig(arch="resnet5000", weights=None), 1)

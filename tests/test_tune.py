@@ -21,9 +21,9 @@ optuna = pytest.importorskip("optuna")
 
 @pytest.fixture(autouse=True, scope="module")
 def _restore_torch_threads():
-    """Trials run with train.threads=1 (faster on a shared 2-core box); leave the setting as found for later tests."""
+    """Trials run with train.threads=1 (faster on a shared 2-core box): restore it for later tests."""
     before = torch.get_num_threads()
-        yield
+    yield
     torch.set_num_threads(before)
 
 
@@ -36,7 +36,11 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "model": {"arch": "resnet18", "task": "binary"},
         "preprocess": {"image_size": 32},
         "train": {
-            "epochs": 2, "batch_size": 4, "max_steps_per_epoch": 2, "histogram_every_epochs": 0, "log_every_steps": 1,
+            "epochs": 2,
+            "batch_size": 4,
+            "max_steps_per_epoch": 2,
+            "histogram_every_epochs": 0,
+            "log_every_steps": 1,
             "threads": 1,
         },
         "evaluation": {"bootstrap_iterations": 0, "min_group_size": 1},
@@ -59,9 +63,18 @@ def _space(tmp_path: Path) -> Path:
 
 def _args(config: Path, out: Path, trials: int, space: Path, **kw: object) -> argparse.Namespace:
     base = {
-        "config": config, "out": out, "trials": trials, "space": space, "storage": None,
-        "study_name": "xraytriage", "pruner": "median", "objective": "auroc", "specificity": 0.9,
-        "timeout": None, "seed": 3, "overrides": [],
+        "config": config,
+        "out": out,
+        "trials": trials,
+        "space": space,
+        "storage": None,
+        "study_name": "xraytriage",
+        "pruner": "median",
+        "objective": "auroc",
+        "specificity": 0.9,
+        "timeout": None,
+        "seed": 3,
+        "overrides": [],
     }
     base.update(kw)
     return argparse.Namespace(**base)
@@ -128,7 +141,9 @@ def test_sensitivity_at_specificity() -> None:
 
 def test_space_values_round_trip_through_config_overrides() -> None:
     assert format_value(1e-05) == "1.0e-05"
-    cfg = load_config(None, to_overrides({"train.lr": 1e-05, "train.batch_size": 16, "augment.enabled": False}))
+    cfg = load_config(
+        None, to_overrides({"train.lr": 1e-05, "train.batch_size": 16, "augment.enabled": False})
+    )
     assert cfg.train.lr == pytest.approx(1e-05) and cfg.train.batch_size == 16 and not cfg.augment.enabled
     assert {p.key for p in load_space(None)} >= {"train.lr", "train.freeze_epochs"}
 

@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, type=Path, metavar="BUNDLE", help="model bundle (RUN_DIR/model.pt)")
+    p.add_argument(
+        "--model", required=True, type=Path, metavar="BUNDLE", help="model bundle (RUN_DIR/model.pt)"
+    )
     p.add_argument(
         "--format",
         required=True,
@@ -41,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="onnx (needs the onnx and onnxruntime packages) or torchscript",
     )
     p.add_argument(
-        "--out", required=True, type=Path, metavar="FILE", help="file to write (FILE.json is written beside it)"
+        "--out",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="file to write (FILE.json is written beside it)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version, 17 or newer (default 17)")
     p.add_argument(

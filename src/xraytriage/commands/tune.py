@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trials", required=True, type=int, help="total number of finished trials wanted in the study"
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="study folder (trial runs, best.yaml)")
+    p.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="study folder (trial runs, best.yaml)"
+    )
     p.add_argument(
         "--space", type=Path, default=None, metavar="FILE", help="search-space YAML (default: see above)"
     )

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -116,7 +116,9 @@ def _example(bundle: Bundle, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, bundle.model_config.in_channels, size, size, generator=gen)
 
 
-def _export_onnx(wrapped: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any], opset: int) -> None:
+def _export_onnx(
+    wrapped: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any], opset: int
+) -> None:
     import onnx
 
     with atomic_path(out) as tmp, _quiet_deprecations():
@@ -212,7 +214,9 @@ def check_parity(
             expected = bundle.probabilities(model(x)).numpy()
         got = run_exported(path, fmt, x.numpy())
         if got.shape != expected.shape:
-            raise ExportError(f"{path}: output shape {got.shape} for batch {n}, PyTorch gives {expected.shape}")
+            raise ExportError(
+                f"{path}: output shape {got.shape} for batch {n}, PyTorch gives {expected.shape}"
+            )
         worst = max(worst, float(np.max(np.abs(got - expected))) if got.size else 0.0)
         ok = ok and bool(np.allclose(got, expected, atol=atol, rtol=rtol))
     return ParityResult(list(batch_sizes), worst, atol, rtol, ok)

@@ -83,18 +83,20 @@ def _fold_to_grayscale(model: nn.Module) -> None:
 
 
 def _replace_head(model: nn.Module, num_outputs: int, dropout: float) -> None:
+    """Swap the final Linear for dropout + a fresh Linear; earlier head layers (norms, MLPs) are kept."""
     for attr in ("fc", "classifier", "head", "heads"):
         head = getattr(model, attr, None)
-        if head is None:
-            continue
-        linear = head if isinstance(head, nn.Linear) else None
-        if linear is None and isinstance(head, nn.Sequential):
-            linears = [m for m in head if isinstance(m, nn.Linear)]
-            linear = linears[-1] if linears else None
-        if linear is None:
-            continue
-        setattr(model, attr, nn.Sequential(nn.Dropout(dropout), nn.Linear(linear.in_features, num_outputs)))
-        return
+        if isinstance(head, nn.Linear):
+            setattr(model, attr, nn.Sequential(nn.Dropout(dropout), nn.Linear(head.in_features, num_outputs)))
+            return
+        if isinstance(head, nn.Sequential):
+            positions = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
+            if not positions:
+                continue
+            last = positions[-1]
+            old = head[last]
+            head[last] = nn.Sequential(nn.Dropout(dropout), nn.Linear(old.in_features, num_outputs))
+            return
     raise ValueError(f"do not know how to replace the classification head of {type(model).__name__}")
 
 

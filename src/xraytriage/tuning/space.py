@@ -106,7 +106,8 @@ def parse_space(tree: Any, source: str = "<default space>") -> list[Param]:
         key = str(key)
         if not _config_field_exists(key):
             raise ConfigError(
-                f"{source}: '{key}' is not a config key (use dotted names such as train.lr, augment.probability)"
+                f"{source}: '{key}' is not a config key "
+                "(use dotted names such as train.lr, augment.probability)"
             )
         if not isinstance(spec, dict) or spec.get("type") not in _TYPES:
             raise ConfigError(f"{source}: key '{key}': needs 'type' set to one of {', '.join(_TYPES)}")

@@ -42,13 +42,16 @@ def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float)
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def objective_value(metrics: dict[str, Any], frame: pd.DataFrame, labels: list[str], objective: str,
-                    specificity: float) -> float:
+def objective_value(
+    metrics: dict[str, Any], frame: pd.DataFrame, labels: list[str], objective: str, specificity: float
+) -> float:
     """The number a trial maximises, from one validation pass."""
     if objective == "auroc":
         return float(metrics["val_mean_auroc"])
     values = [
-        sensitivity_at_specificity(frame[lab].to_numpy(float), frame[f"prob_{lab}"].to_numpy(float), specificity)
+        sensitivity_at_specificity(
+            frame[lab].to_numpy(float), frame[f"prob_{lab}"].to_numpy(float), specificity
+        )
         for lab in labels
     ]
     finite = [v for v in values if math.isfinite(v)]
@@ -58,8 +61,9 @@ def objective_value(metrics: dict[str, Any], frame: pd.DataFrame, labels: list[s
 class TrialTrainer(Trainer):
     """A Trainer that reports each epoch's objective to an Optuna trial and stops when pruned."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, trial: Any, objective: str = "auroc",
-                 specificity: float = 0.9) -> None:
+    def __init__(
+        self, cfg: Config, run_dir: str | Path, trial: Any, objective: str = "auroc", specificity: float = 0.9
+    ) -> None:
         super().__init__(cfg, run_dir)
         self.trial = trial
         self.objective = objective
@@ -114,7 +118,9 @@ def _check_space_against_config(config: Path | None, base: list[str], space: lis
             try:
                 load_config(config, [*base, *to_overrides({param.key: value})])
             except ConfigError as exc:
-                raise ConfigError(f"search space key '{param.key}' value {value!r} is not allowed: {exc}") from None
+                raise ConfigError(
+                    f"search space key '{param.key}' value {value!r} is not allowed: {exc}"
+                ) from None
 
 
 def run_study(
@@ -191,7 +197,10 @@ def _write_outputs(study: Any, config: str | Path | None, out: Path, done_before
     trials_csv = out / "trials.csv"
     with atomic_path(trials_csv) as tmp:
         frame.to_csv(tmp, index=False)
-    counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    counts = {
+        s: sum(t.state == s for t in trials)
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
     finished_now = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     best_value, best_params, best_config, best_run = None, {}, None, None
     if counts[TrialState.COMPLETE]:
