@@ -14,7 +14,7 @@ RUN apt-get update \
 WORKDIR /opt/xraytriage
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install ".[parquet]" grad-cam
+RUN pip install ".[parquet,cam,export]"
 
 RUN useradd --create-home --uid 1000 xray
 USER xray

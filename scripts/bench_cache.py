@@ -133,7 +133,7 @@ def main() -> None:
                 ScanDataset(epoch_frame, ["finding"], pp, 1, augment, source), args.workers, args.batch_size
             )
             rows.append(
-                (size, report.decoded, build_s, decode_rate, cache_rate, read_rate, decode_epoch, cache_epoch)
+                (size, build_s, decode_rate, cache_rate, read_rate, nocrc_rate, decode_epoch, cache_epoch)
             )
             print(
                 f"size {size}: build {report.decoded} scans in {build_s:.1f} s; per worker after "

@@ -105,3 +105,27 @@ def test_export_exits_nonzero_when_outputs_differ(
 def test_export_reports_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = export_cmd.run(_args(model=tmp_path / "nope.pt", format="onnx", out=tmp_path / "m.onnx"))
     assert rc == 1 and "model bundle not found" in capsys.readouterr().out
+
+
+def test_multiclass_export_outputs_softmax(tmp_path: Path) -> None:
+    cfg = ModelConfig(arch="resnet18", weights=None, task="multiclass")
+    labels = ["normal", "nodule", "effusion"]
+    path = tmp_path / "mc.pt"
+    save_bundle(
+        path,
+        build_model(cfg, 3).eval(),
+        cfg,
+        PreprocessConfig(image_size=64),
+        labels,
+        dict.fromkeys(labels, 0.5),
+        "multiclass",
+        temperature=2.0,
+    )
+    out = tmp_path / "mc.ts"
+    result = exp.export_bundle(path, "torchscript", out)
+    assert result.parity is not None and result.parity.ok
+    x = np.random.default_rng(0).standard_normal((3, 1, 64, 64)).astype(np.float32)
+    got = exp.run_exported(out, "torchscript", x)
+    assert got.shape == (3, 3)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    assert exp.read_export_metadata(out)["labels"] == labels

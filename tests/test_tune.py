@@ -167,3 +167,12 @@ def test_space_range_invalid_for_config_fails_before_training(tiny_config: Path,
     space.write_text(yaml.safe_dump({"train.freeze_epochs": {"type": "int", "low": 0, "high": 5}}))
     assert tune_cmd.run(_args(tiny_config, tmp_path / "s", 1, space)) == 2
     assert not list((tmp_path / "s").glob("trial_*"))
+
+
+def test_sens_at_spec_objective_with_hyperband(tiny_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    args = _args(tiny_config, out, 1, _space(tmp_path), objective="sens_at_spec", pruner="hyperband")
+    assert tune_cmd.run(args) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials["state"]) == ["COMPLETE"] and 0.0 <= trials["value"][0] <= 1.0
+    assert (out / "best.yaml").is_file()

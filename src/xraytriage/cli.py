@@ -11,7 +11,7 @@ from xraytriage import __version__
 from xraytriage.config import ConfigError
 
 # Order is the order shown by --help. Each module has ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = ("demo", "prepare", "split", "audit", "train", "evaluate", "score")
+COMMANDS = ("demo", "prepare", "split", "audit", "cache", "train", "tune", "evaluate", "score", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

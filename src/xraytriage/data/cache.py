@@ -372,7 +372,7 @@ def build_cache(
     report = BuildReport(store=store, total=len(wanted))
     with store_lock(store):
         index = None if rebuild else read_index(store)
-        if index is None or index.config_hash != config_hash(preprocess):
+        if index is None or index.config_hash != config_hash(preprocess) or index.dtype != dtype:
             index = Index(config_hash(preprocess), dtype, preprocess.image_size, config_key(preprocess))
             for old in store.glob("shard-*.bin"):
                 old.unlink()
