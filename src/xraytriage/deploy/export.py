@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xraytriage.models.bundle import Bundle, load_bundle
+from xraytriage.models.bundle import Bundle, load_bundle, logits_to_probabilities
 from xraytriage.utils.atomic import atomic_path, atomic_write_text
 
 FORMATS = ("onnx", "torchscript")
@@ -52,14 +52,11 @@ class ProbabilityModel(nn.Module):
     def __init__(self, model: nn.Module, task: str, temperature: float) -> None:
         super().__init__()
         self.model = model
-        self.multiclass = task == "multiclass"
-        self.inv_temperature = float(1.0 / temperature)
+        self.task = task
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        scaled = self.model(image).float() * self.inv_temperature
-        if self.multiclass:
-            return torch.softmax(scaled, dim=1)
-        return torch.sigmoid(scaled)
+        return logits_to_probabilities(self.model(image), self.task, self.temperature)
 
 
 @dataclass

@@ -21,6 +21,15 @@ from xraytriage.utils.atomic import atomic_path
 BUNDLE_FORMAT = 1
 
 
+def logits_to_probabilities(logits: torch.Tensor, task: str, temperature: float = 1.0) -> torch.Tensor:
+    """The one place logits become probabilities: softmax for multiclass, sigmoid otherwise, after the
+    calibration temperature. Validation, evaluation, scoring and exported graphs all use it."""
+    scaled = logits.float() / temperature
+    if task == "multiclass":
+        return torch.softmax(scaled, dim=1)
+    return torch.sigmoid(scaled)
+
+
 @dataclass
 class Bundle:
     model: nn.Module
@@ -35,10 +44,7 @@ class Bundle:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> per-class probabilities under the bundle's task (and calibration temperature)."""
-        scaled = logits.float() / self.temperature
-        if self.task == "multiclass":
-            return torch.softmax(scaled, dim=1)
-        return torch.sigmoid(scaled)
+        return logits_to_probabilities(logits, self.task, self.temperature)
 
 
 def state_dict_id(state: dict[str, torch.Tensor]) -> str:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from xraytriage.data.dataset import Failure, ScanDataset, collate_skip
-from xraytriage.models.bundle import Bundle
+from xraytriage.models.bundle import Bundle, logits_to_probabilities
 from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,7 @@ def predict_loader(
 
 
 def probabilities(logits: np.ndarray, task: str, temperature: float = 1.0) -> np.ndarray:
-    t = torch.from_numpy(logits) / temperature
-    return (torch.softmax(t, dim=1) if task == "multiclass" else torch.sigmoid(t)).numpy()
+    return logits_to_probabilities(torch.from_numpy(logits), task, temperature).numpy()
 
 
 def predictions_frame(

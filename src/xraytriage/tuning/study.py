@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xraytriage.config import Config, ConfigError, load_config, save_config
+from xraytriage.config import Config, ConfigError, OperatingPointConfig, load_config, save_config
+from xraytriage.evaluation.metrics import binary_metrics, known_mask
+from xraytriage.evaluation.thresholds import choose_threshold
 from xraytriage.training.engine import Trainer
 from xraytriage.tuning.space import Param, to_overrides
 from xraytriage.utils.atomic import atomic_path
@@ -30,16 +32,17 @@ STUDY_DB = "study.db"
 
 
 def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float) -> float:
-    """Highest sensitivity among thresholds whose specificity is at least ``specificity``."""
-    from sklearn.metrics import roc_curve
+    """Highest sensitivity among thresholds whose specificity is at least ``specificity``.
 
-    known = np.isin(y, (0.0, 1.0)) & np.isfinite(p)
-    y, p = y[known], p[known]
-    if len(np.unique(y)) < 2:
+    That threshold is the evaluation module's ``target_specificity`` operating point; NaN when the
+    validation labels hold only one class (the policy would fall back to a fixed threshold).
+    """
+    known = known_mask(y, p)
+    if len(np.unique(np.asarray(y, dtype=float)[known])) < 2:
         return float("nan")
-    fpr, tpr, _ = roc_curve(y, p)
-    ok = (1.0 - fpr) >= specificity - 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
+    policy = OperatingPointConfig(policy="target_specificity", target=specificity)
+    sensitivity = binary_metrics(y, p, choose_threshold(y, p, policy))["sensitivity"]
+    return float("nan") if sensitivity is None else float(sensitivity)
 
 
 def objective_value(
