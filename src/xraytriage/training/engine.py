@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,15 @@ BUNDLE_NAME = "model.pt"
 
 class TrainingDiverged(RuntimeError):
     """Loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class _StopAtStep(KeyboardInterrupt):
+    """Ctrl-C honoured at an optimiser-step boundary; carries the exact mid-epoch state to save."""
+
+    def __init__(self, epoch: int, partial: dict[str, Any]) -> None:
+        super().__init__()
+        self.epoch = epoch
+        self.partial = partial
 
 
 @dataclass
@@ -129,7 +140,6 @@ class Trainer:
         self.labels = list(cfg.data.labels)
         self.writer: Any = None
         self._stop_requested = False
-        self._progress: tuple[list[dict[str, Any]], tuple[float, int], int] = ([], (-math.inf, -1), 0)
 
     # ------------------------------------------------------------------ set-up
     def _log_main(self, msg: str, *args: Any) -> None:
@@ -276,7 +286,7 @@ class Trainer:
             "labels": self.labels,
         }
 
-    def _restore(self) -> tuple[int, list[dict[str, Any]], tuple[float, int], int]:
+    def _restore(self) -> tuple[int, list[dict[str, Any]], tuple[float, int], int, dict[str, Any]]:
         path = self.run_dir / CHECKPOINT_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from (was this run directory trained?)")
@@ -292,16 +302,17 @@ class Trainer:
         restore_rng_state(state["rng"])
         self.generator.set_state(state["loader_generator"])
         history = json.loads(state["history_json"])
-        self._resume_partial = dict(state.get("partial") or {})
+        partial = dict(state.get("partial") or {})
         where = f"epoch {state['epoch']}"
-        if self._resume_partial:
-            where += f" and {self._resume_partial['micro']} batch(es) of epoch {state['epoch'] + 1}"
+        if partial:
+            where += f" and {partial['micro']} batch(es) of epoch {state['epoch'] + 1}"
         self._log_main("resuming %s after %s", self.run_dir, where)
         return (
             int(state["epoch"]),
             history,
             (float(state["best_score"]), int(state["best_epoch"])),
             int(state["bad_epochs"]),
+            partial,
         )
 
     # ------------------------------------------------------------------ loop
@@ -387,7 +398,7 @@ class Trainer:
                 break
             if micro % cfg.grad_accum_steps == 0 and self._should_stop(epoch, steps):
                 bar.close()
-                self._save_interrupted(
+                raise _StopAtStep(
                     epoch,
                     {
                         "epoch_generator": epoch_generator,
@@ -414,28 +425,8 @@ class Trainer:
             "train_seconds": elapsed,
         }
 
-    def _save_interrupted(self, epoch: int, partial: dict[str, Any]) -> None:
-        """Ctrl-C: save the exact mid-epoch state at this step boundary, then stop."""
-        if self.dist.is_main:
-            history, best, bad_epochs = self._progress
-            save_checkpoint(
-                self.run_dir / CHECKPOINT_NAME, self._state(epoch, history, best, bad_epochs, partial)
-            )
-            log.warning(
-                "interrupted: saved epoch %d after %d batch(es) to %s; continue with "
-                "`xraytriage train --resume --config ... --out %s`",
-                epoch + 1,
-                partial["micro"],
-                self.run_dir / CHECKPOINT_NAME,
-                self.run_dir,
-            )
-        raise KeyboardInterrupt
-
     def _install_interrupt_handler(self) -> Any:
         """First Ctrl-C finishes the current step and saves; a second one aborts at once."""
-        import signal
-        import threading
-
         if self.dist.enabled or threading.current_thread() is not threading.main_thread():
             return None
 
@@ -552,9 +543,9 @@ class Trainer:
         self._data()
         self._model()
         start_epoch, history, best, bad_epochs = 0, [], (-math.inf, -1), 0
-        self._resume_partial: dict[str, Any] = {}
+        partial: dict[str, Any] = {}
         if self.resume:
-            start_epoch, history, best, bad_epochs = self._restore()
+            start_epoch, history, best, bad_epochs, partial = self._restore()
         elif self.dist.is_main and (self.run_dir / CHECKPOINT_NAME).exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a training checkpoint: pass --resume to continue it, "
@@ -575,10 +566,9 @@ class Trainer:
         previous_handler = self._install_interrupt_handler()
         try:
             for epoch in range(start_epoch, cfg.train.epochs):
-                self._progress = (history, best, bad_epochs)
                 record: dict[str, Any] = {"epoch": epoch + 1}
-                partial, self._resume_partial = self._resume_partial, {}
                 record.update(self._train_one_epoch(epoch, partial or None))
+                partial = {}
                 metrics, val_frame = self._validate(epoch)
                 record.update(metrics)
                 history.append(record)
@@ -616,8 +606,21 @@ class Trainer:
                 if patience and bad_epochs >= patience:
                     self._log_main("early stopping: no val AUROC improvement for %d epoch(s)", patience)
                     break
+        except _StopAtStep as stop:
+            if self.dist.is_main:
+                state = self._state(stop.epoch, history, best, bad_epochs, stop.partial)
+                save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+                log.warning(
+                    "interrupted: saved epoch %d after %d batch(es) to %s; continue with "
+                    "`xraytriage train --resume --config ... --out %s`",
+                    stop.epoch + 1,
+                    stop.partial["micro"],
+                    self.run_dir / CHECKPOINT_NAME,
+                    self.run_dir,
+                )
+            raise
         except KeyboardInterrupt:
-            if self.dist.is_main and not self._stop_requested:
+            if self.dist.is_main:
                 log.warning(
                     "interrupted: the checkpoint of the last finished epoch is in %s; continue with --resume",
                     self.run_dir,
@@ -625,8 +628,6 @@ class Trainer:
             raise
         finally:
             if previous_handler is not None:
-                import signal
-
                 signal.signal(signal.SIGINT, previous_handler)
         return self._finish(history, best)
 
