@@ -38,6 +38,9 @@ class DataConfig(_Section):
     test_split: str = "test"
     num_workers: int = Field(2, ge=0, le=256)
     cache_dir: Path | None = Field(None, description="preprocessing cache folder (decode once)")
+    cache_dtype: Literal["uint8", "uint16", "float32"] = Field(
+        "uint16", description="stored pixel type of the preprocessing cache"
+    )
 
     @field_validator("labels")
     @classmethod
@@ -59,6 +62,15 @@ class PreprocessConfig(_Section):
     multiframe: Literal["first", "reject"] = "first"
     max_pixels: int = Field(80_000_000, ge=1, description="refuse images larger than this many pixels")
     reduce_jpeg2000: bool = Field(True, description="decode only the JPEG 2000 resolution level needed")
+    jpeg2000_min_fraction: float = Field(
+        1.0,
+        gt=0.5,
+        le=1.0,
+        description="accept a JPEG 2000 level this fraction of the target size (then upsampled a little)",
+    )
+    resize_reducing_gap: float = Field(
+        2.0, ge=1.0, le=16.0, description="integer box pre-reduction kicks in above this downscale factor"
+    )
     mean: float = Field(0.5, ge=0.0, le=1.0)
     std: float = Field(0.25, gt=0.0, le=1.0)
     patient_id_salt: str = Field(
@@ -78,6 +90,9 @@ class ModelConfig(_Section):
 
 class AugmentConfig(_Section):
     enabled: bool = True
+    backend: Literal["fast", "albumentations"] = Field(
+        "fast", description="fast: fused OpenCV ops; albumentations: the reference Compose pipeline"
+    )
     affine_degrees: float = Field(7.0, ge=0.0, le=45.0)
     affine_scale: float = Field(0.08, ge=0.0, le=0.5)
     affine_translate: float = Field(0.05, ge=0.0, le=0.3)
