@@ -68,6 +68,9 @@ class PreprocessConfig(_Section):
         le=1.0,
         description="accept a JPEG 2000 level this fraction of the target size (then upsampled a little)",
     )
+    gpu_decode: Literal["off", "auto"] = Field(
+        "off", description="auto: JPEG 2000 on the GPU via nvImageCodec when installed and a GPU is seen"
+    )
     resize_reducing_gap: float = Field(
         2.0, ge=1.0, le=16.0, description="integer box pre-reduction kicks in above this downscale factor"
     )
