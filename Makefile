@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/xraytriage demo --out $(DEMO_OUT)
 
 lint: install
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts notebooks
 
 test: install lint
 	$(BIN)/pytest

@@ -4,7 +4,11 @@ Prints files/s (one process pinned to one core, every library limited to one thr
 target size, and the ratios against the baselines measured in the same run. Figures are noisy on a
 shared machine; compare ratios, not absolute numbers across runs.
 
-    .venv/bin/python scripts/bench_io.py [--sizes 224 512] [--min-seconds 1.0] [--no-monai]
+    .venv/bin/python scripts/bench_io.py [--sizes 224 512] [--min-seconds 1.0] [--no-monai] [--no-gpu]
+        [--files RG3_UNCI RG1_J2KR] [--jpeg2000-min-fraction 0.85]
+
+The GPU section (nvImageCodec full-resolution JPEG 2000 decode vs the CPU decoder) prints
+"skipped: <reason>" when nvImageCodec or a CUDA device is missing.
 """
 
 from __future__ import annotations
@@ -41,6 +45,54 @@ def _files(shared: Path) -> list[Path]:
     return out
 
 
+def _gpu_section(sizes: list[int], min_seconds: float, fraction: float) -> None:
+    """Full-resolution RG1_J2KR decode on the GPU (nvImageCodec, with the copy to host) vs the CPU."""
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import get_frame
+
+    from xraytriage.io import gpu
+
+    print("\n## GPU JPEG 2000 decode (nvImageCodec) vs CPU, files/s")
+    reason = gpu.unavailable_reason()
+    path = get_testdata_file("RG1_J2KR.dcm")
+    if reason is None and path is None:
+        reason = "RG1_J2KR.dcm not available (pip install pydicom-data)"
+    if reason is not None:
+        print(f"skipped: {reason}")
+        return
+    ds = pydicom.dcmread(path)
+    rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsStored)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    try:
+        on_gpu = gpu.decode_frame(frame, rows, cols, bits)
+    except Exception as exc:
+        print(f"skipped: GPU decode failed ({exc.__class__.__name__}: {str(exc)[:200]})")
+        return
+    on_cpu = pydicom.pixels.pixel_array(ds)
+    same = bool(np.array_equal(on_gpu, on_cpu))
+    g = rate(lambda _p: gpu.decode_frame(frame, rows, cols, bits), Path(path), min_seconds)
+    c = rate(lambda _p: pydicom.pixels.pixel_array(ds), Path(path), min_seconds)
+    print("| what | GPU files/s | CPU files/s | x CPU |")
+    print("|---|---|---|---|")
+    print(f"| RG1_J2KR full-resolution decode (identical: {same}) | {g:.1f} | {c:.1f} | {g / c:.1f}x |")
+    for size in sizes:
+        for name in ("RG1_J2KR.dcm", "RG3_J2KR.dcm"):
+            p = get_testdata_file(name)
+            if p is None:
+                continue
+            on = PreprocessConfig(image_size=size, gpu_decode="auto", jpeg2000_min_fraction=fraction)
+            off = PreprocessConfig(image_size=size, jpeg2000_min_fraction=fraction)
+            _, m_on = load_image(p, on)
+            _, m_off = load_image(p, off)
+            g = rate(lambda q, c=on: load_image(q, c), Path(p), min_seconds)
+            c = rate(lambda q, c=off: load_image(q, c), Path(p), min_seconds)
+            print(
+                f"| load_image {name[:-4]} {size}: {m_on.decode_path} vs {m_off.decode_path} "
+                f"| {g:.1f} | {c:.1f} | {g / c:.1f}x |",
+                flush=True,
+            )
+
+
 def naive(path: Path, size: int) -> np.ndarray:
     """What most pipelines do: full decode, float, PIL resize."""
     arr = pydicom.dcmread(path).pixel_array.astype(np.float32)
@@ -74,20 +126,31 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="target side lengths")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timing window per cell")
     parser.add_argument("--no-monai", action="store_true", help="skip the MONAI column")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the nvImageCodec section")
+    parser.add_argument("--files", nargs="+", default=None, help="only names containing one of these")
+    parser.add_argument(
+        "--jpeg2000-min-fraction", type=float, default=None, help="override preprocess.jpeg2000_min_fraction"
+    )
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the ../shared folder")
     args = parser.parse_args()
+    extra = {}
+    if args.jpeg2000_min_fraction is not None:
+        extra["jpeg2000_min_fraction"] = args.jpeg2000_min_fraction
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     cv2.setNumThreads(1)
     warnings.simplefilter("ignore")
     files = _files(args.shared)
+    if args.files:
+        files = [p for p in files if any(f in p.name for f in args.files)]
     print(f"# bench_io  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  1 core")
     print(f"# pydicom {pydicom.__version__}, opencv {cv2.__version__}, numpy {np.__version__}")
+    print(f"# preprocess overrides: {extra or 'none'}")
     print("| file | size | decode path | ours files/s | naive files/s | MONAI files/s | x naive | x MONAI |")
     print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        cfg = PreprocessConfig(image_size=size)
+        cfg = PreprocessConfig(image_size=size, **extra)
         monai = None if args.no_monai else _monai(size)
         for path in files:
             _, meta = load_image(path, cfg)
@@ -104,6 +167,9 @@ def main() -> int:
             )
     if not args.no_monai and _monai(args.sizes[0]) is None:
         print("# MONAI not installed: its column is n/a")
+    if not args.no_gpu:
+        fraction = PreprocessConfig(**extra).jpeg2000_min_fraction
+        _gpu_section(args.sizes, args.min_seconds, fraction)
     return 0
 
 

@@ -1,8 +1,10 @@
-"""The demo end to end (reduced size), the synthetic DICOMs it is built on, and the review notebook."""
+"""The demo end to end (reduced size), the synthetic DICOMs it is built on, and the review notebook
+executed on the demo's evaluation by a real Jupyter kernel (nbclient)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,30 +54,34 @@ def test_nodule_is_bright_whatever_the_photometric_interpretation(tmp_path: Path
     assert abs(means["MONOCHROME1"] - means["MONOCHROME2"]) < 0.03
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_and_notebook_reads_its_outputs(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
+DEMO_ARGS = [
+    "--patients",
+    "30",
+    "train.epochs=1",
+    "preprocess.image_size=32",
+    "model.arch=resnet18",
+    "data.num_workers=0",
+    "evaluation.bootstrap_iterations=30",
+    "evaluation.min_group_size=2",
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One reduced demo run, shared by the end-to-end test and the notebook test."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xraytriage",
-            "demo",
-            "--out",
-            str(out),
-            "--patients",
-            "30",
-            "train.epochs=1",
-            "preprocess.image_size=32",
-            "model.arch=resnet18",
-            "data.num_workers=0",
-            "evaluation.bootstrap_iterations=30",
-            "evaluation.min_group_size=2",
-        ],
+        [sys.executable, "-m", "xraytriage", "demo", "--out", str(out), *DEMO_ARGS],
         capture_output=True,
         text=True,
         timeout=600,
     )
+    return out, proc
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(demo: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, proc = demo
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rel in (
         "run/model.pt",
@@ -107,15 +113,120 @@ def test_demo_runs_end_to_end_and_notebook_reads_its_outputs(tmp_path: Path) -> 
     ):
         assert "Demo^Patient" not in text and "19500101" not in text
 
-    notebook = json.loads((ROOT / "notebooks" / "review.ipynb").read_text())
-    namespace: dict = {}
-    import os
 
-    os.environ["XRAYTRIAGE_EVAL_DIR"] = str(out / "eval")
-    try:
-        for cell in notebook["cells"]:
-            if cell["cell_type"] == "code":
-                exec(compile("".join(cell["source"]), "review.ipynb", "exec"), namespace)
-    finally:
-        del os.environ["XRAYTRIAGE_EVAL_DIR"]
-    assert not namespace["misses"].empty or namespace["predictions"]["finding"].sum() == 0
+def execute_notebook(path: Path, workdir: Path):
+    """Run every cell in a fresh kernel of *this* interpreter (the venv's ipykernel), whatever kernels
+    the machine has registered: the kernelspec is written to ``workdir`` and found through JUPYTER_PATH
+    (set by the caller), so nothing is installed into the user's Jupyter directories."""
+    import nbclient
+    import nbformat
+
+    spec_dir = workdir / "jupyter" / "kernels" / "xraytriage-test"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "xraytriage tests",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name="xraytriage-test",
+        timeout=300,
+        allow_errors=True,  # errors are asserted on below, with the traceback in the message
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
+    return notebook
+
+
+def _outputs(notebook, cell_id: str) -> list:
+    cells = [c for c in notebook.cells if c.get("id") == cell_id]
+    assert len(cells) == 1, f"notebook has no cell with id {cell_id!r}"
+    return cells[0].outputs
+
+
+def _text(outputs: list) -> str:
+    parts = []
+    for out in outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif "data" in out:
+            parts.append(out.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def _images(outputs: list) -> int:
+    return sum("image/png" in out.get("data", {}) for out in outputs)
+
+
+@pytest.mark.slow
+def test_review_notebook_runs_on_the_demo_evaluation(
+    demo: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, proc = demo
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eval_dir = out / "eval"
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("XRAYTRIAGE_EVAL_DIR", str(eval_dir))
+    monkeypatch.delenv("XRAYTRIAGE_MODEL", raising=False)  # the default must find the demo's run/model.pt
+    monkeypatch.setenv("XRAYTRIAGE_CAM_DIR", str(tmp_path / "cams"))
+    notebook = execute_notebook(ROOT / "notebooks" / "review.ipynb", tmp_path)
+
+    errors = [
+        f"cell {cell.get('id')}: {o.ename}: {o.evalue}\n" + "\n".join(o.traceback)
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if o.output_type == "error"
+    ]
+    assert not errors, errors[0]
+
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    predictions = pd.read_csv(eval_dir / "predictions.csv")
+    subgroups = pd.read_csv(eval_dir / "subgroups.csv")
+    labels = metrics["labels"]
+
+    # the operating point shown is metrics.json's threshold, to the last digit
+    shown = dict(
+        re.findall(
+            r"operating point \[(.+?)\]: threshold = (\S+)", _text(_outputs(notebook, "operating-point"))
+        )
+    )
+    assert set(shown) == set(labels)
+    for label in labels:
+        assert float(shown[label]) == metrics["classes"][label]["threshold"]
+
+    # figures from xraytriage.evaluation.plots: ROC/PR, subgroup and calibration per class
+    assert _images(_outputs(notebook, "roc-pr")) == len(labels)
+    assert _images(_outputs(notebook, "subgroups")) == len(labels)
+    assert _images(_outputs(notebook, "calibration")) == len(labels)
+    assert "DIFFERS" not in _text(_outputs(notebook, "calibration"))
+
+    # the subgroup table lists every group of the evaluation, including the insufficient ones
+    table = _text(_outputs(notebook, "subgroups"))
+    for group in subgroups["group"]:
+        assert group in table, group
+    assert (subgroups["status"] != "ok").any() and "insufficient data" in table
+
+    # worst misses: the lowest-scored positives, with one Grad-CAM overlay each, from the evaluated model
+    label = labels[0]
+    positives = predictions[predictions[label] == 1].sort_values(f"prob_{label}")
+    assert len(positives) > 0
+    expected = positives.head(8)
+    worst_text = _text(_outputs(notebook, "worst"))
+    for path in expected["path"]:
+        assert Path(path).name in worst_text
+    cams = _outputs(notebook, "worst-cams")
+    cam_text = _text(cams)
+    assert f"model id {metrics['model_id']}, matches metrics.json" in cam_text
+    assert _images(cams) == len(labels)
+    assert len(list((tmp_path / "cams").glob("*.png"))) == len(expected)
+    drift = float(re.search(r"evaluated probability (\S+)", cam_text).group(1))
+    assert drift < 1e-4
+
+    # the committed notebook stays without outputs
+    committed = json.loads((ROOT / "notebooks" / "review.ipynb").read_text())
+    assert all(not c.get("outputs") for c in committed["cells"] if c["cell_type"] == "code")

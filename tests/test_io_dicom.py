@@ -22,7 +22,8 @@ RADIOGRAPHS = {
 
 @pytest.mark.parametrize("series", sorted(RADIOGRAPHS))
 def test_monochrome1_radiographs_bone_bright_and_identical_across_compression(series, pydicom_test_file):
-    cfg = PreprocessConfig(image_size=256)
+    # Whole wavelet levels only: jpeg2000_min_fraction < 1 is tested in test_io_jpeg2000.py.
+    cfg = PreprocessConfig(image_size=256, jpeg2000_min_fraction=1.0)
     images = {}
     for name in RADIOGRAPHS[series]:
         image, meta = load_image(pydicom_test_file(name), cfg)
@@ -57,10 +58,10 @@ def test_chest_radiograph_spine_brighter_than_lungs(pydicom_test_file):
 @pytest.mark.parametrize("size", [224, 512])
 def test_reduced_jpeg2000_matches_full_decode_and_resize(name, size, pydicom_test_file):
     path = pydicom_test_file(name)
-    reduced, meta = load_image(path, PreprocessConfig(image_size=size))
+    reduced, meta = load_image(path, PreprocessConfig(image_size=size, jpeg2000_min_fraction=1.0))
     full, full_meta = load_image(path, PreprocessConfig(image_size=size, reduce_jpeg2000=False))
     assert full_meta.decode_path == "pydicom"
-    expect_level = choose_level(meta.rows, meta.columns, size, False, 5)
+    expect_level = choose_level(meta.rows, meta.columns, size, False, 5, 1.0)
     if expect_level:
         assert meta.decode_path == f"jpeg2000_reduced/{1 << expect_level}"
     diff = np.abs(reduced - full)

@@ -112,3 +112,19 @@ def test_any_torchvision_classifier_by_name(arch: str) -> None:
 def test_unknown_arch_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="not a torchvision classification model"):
         build_model(ModelConfig(arch="resnet5000", weights=None), 1)
+
+
+def test_bundle_written_before_a_preprocess_key_existed_keeps_its_pixels(tmp_path: Path) -> None:
+    """A new default (JPEG 2000 level tolerance) must not change what an older model is fed."""
+    cfg = ModelConfig(arch="resnet18")
+    model = build_model(cfg, 1, load_weights=False)
+    path = tmp_path / "old.pt"
+    save_bundle(path, model, cfg, PreprocessConfig(image_size=64), ["finding"], {"finding": 0.5}, "binary")
+    payload = torch.load(path, weights_only=True)
+    del payload["preprocess"]["jpeg2000_min_fraction"]
+    torch.save(payload, path)
+    assert load_bundle(path).preprocess.jpeg2000_min_fraction == 1.0
+    assert PreprocessConfig().jpeg2000_min_fraction < 1.0  # new bundles take the faster default...
+    fresh = tmp_path / "new.pt"
+    save_bundle(fresh, model, cfg, PreprocessConfig(image_size=64), ["finding"], {"finding": 0.5}, "binary")
+    assert load_bundle(fresh).preprocess.jpeg2000_min_fraction == PreprocessConfig().jpeg2000_min_fraction

@@ -63,7 +63,7 @@ class PreprocessConfig(_Section):
     max_pixels: int = Field(80_000_000, ge=1, description="refuse images larger than this many pixels")
     reduce_jpeg2000: bool = Field(True, description="decode only the JPEG 2000 resolution level needed")
     jpeg2000_min_fraction: float = Field(
-        1.0,
+        0.85,
         gt=0.5,
         le=1.0,
         description="accept a JPEG 2000 level this fraction of the target size (then upsampled a little)",
@@ -72,7 +72,11 @@ class PreprocessConfig(_Section):
         "off", description="auto: JPEG 2000 on the GPU via nvImageCodec when installed and a GPU is seen"
     )
     resize_reducing_gap: float = Field(
-        2.0, ge=1.0, le=16.0, description="integer box pre-reduction kicks in above this downscale factor"
+        2.0,
+        ge=1.0,
+        le=16.0,
+        description="a shrink by more than this factor starts with an exact integer box average; "
+        "the area stage left after it is at most this factor",
     )
     mean: float = Field(0.5, ge=0.0, le=1.0)
     std: float = Field(0.25, gt=0.0, le=1.0)

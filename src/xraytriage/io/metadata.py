@@ -72,7 +72,7 @@ class ImageMeta:
     transfer_syntax: str | None = None
     bits_stored: int | None = None
     frames: int = 1
-    decode_path: str | None = None  # native | pydicom | jpeg2000_reduced/<factor> | pillow
+    decode_path: str | None = None  # native | pydicom | jpeg2000_reduced/<factor> | nvimgcodec | pillow
     normalization: str | None = None  # voi_window | voi_lut | percentile | minmax | full_scale
     notes: list[str] = field(default_factory=list)
 

@@ -15,7 +15,7 @@ import pydicom
 
 from xraytriage.config import PreprocessConfig
 from xraytriage.io import dicom as dcm
-from xraytriage.io import jpeg2000
+from xraytriage.io import gpu, jpeg2000
 from xraytriage.io.detect import sniff_format
 from xraytriage.io.errors import UnreadableImage
 from xraytriage.io.metadata import ImageMeta
@@ -58,9 +58,25 @@ def _resize_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray 
     return small >= 128
 
 
-def _option(cfg: PreprocessConfig, key: str, default: float) -> float:
-    """Keys not (yet) in PreprocessConfig: read with a default so older configs keep working."""
-    return float(getattr(cfg, key, default))
+def _gpu_jpeg2000(ds, geo: dcm.Geometry, meta: ImageMeta) -> np.ndarray | None:
+    """Full-resolution stored values decoded on the GPU (``gpu_decode: auto``), or None for the CPU path."""
+    if geo.samples != 1 or geo.signed:
+        meta.notes.append("gpu_decode: only unsigned greyscale JPEG 2000 is decoded on the GPU; used the CPU")
+        return None
+    reason = gpu.unavailable_reason()
+    if reason is not None:
+        meta.notes.append(f"gpu_decode: {reason}; used the CPU decoder")
+        return None
+    frame = dcm.first_frame_bytes(ds, geo)
+    if not frame:
+        return None
+    try:
+        arr = gpu.decode_frame(frame, geo.rows, geo.cols, geo.bits_stored)
+    except Exception as exc:  # any GPU-side failure: the CPU decoders still can
+        meta.notes.append(f"gpu_decode: GPU decode failed ({exc.__class__.__name__}); used the CPU decoder")
+        return None
+    meta.decode_path = "nvimgcodec"
+    return arr
 
 
 def _reduced_jpeg2000(ds, path: Path, geo: dcm.Geometry, cfg: PreprocessConfig, meta: ImageMeta):
@@ -79,7 +95,7 @@ def _reduced_jpeg2000(ds, path: Path, geo: dcm.Geometry, cfg: PreprocessConfig, 
         cfg.image_size,
         cfg.resize_mode == "stretch",
         info["levels"],
-        _option(cfg, "jpeg2000_min_fraction", 1.0),
+        cfg.jpeg2000_min_fraction,
     )
     if level == 0:
         return None
@@ -99,11 +115,13 @@ def _load_dicom(path: Path, cfg: PreprocessConfig, resize: bool) -> tuple[np.nda
     if geo.frames > 1:
         meta.notes.append(f"multi-frame ({geo.frames} frames): first frame used")
     out_shape = fit_shape(geo.rows, geo.cols, cfg.image_size, cfg.resize_mode) if resize else None
-    gap = _option(cfg, "resize_reducing_gap", 2.0)
+    gap = cfg.resize_reducing_gap
     colour = dcm.is_colour(ds)
 
     stored = None
-    if resize and cfg.reduce_jpeg2000 and not colour:
+    if cfg.gpu_decode == "auto" and not colour and dcm.transfer_syntax(ds) in jpeg2000.J2K_SYNTAXES:
+        stored = _gpu_jpeg2000(ds, geo, meta)
+    if stored is None and resize and cfg.reduce_jpeg2000 and not colour:
         stored = _reduced_jpeg2000(ds, path, geo, cfg, meta)
     if stored is None and not colour:
         stored = dcm.native_frame(ds, path, geo)
@@ -158,7 +176,7 @@ def _load_raster(path: Path, fmt: str, cfg: PreprocessConfig, resize: bool) -> t
     meta.decode_path = "pillow"
     if resize:
         shape = fit_shape(pixels.shape[0], pixels.shape[1], cfg.image_size, cfg.resize_mode)
-        pixels = resize_to(pixels, shape, _option(cfg, "resize_reducing_gap", 2.0))
+        pixels = resize_to(pixels, shape, cfg.resize_reducing_gap)
     if cfg.normalization == "voi":
         meta.normalization = "full_scale"
         out = np.clip(pixels.astype(np.float32) * np.float32(1.0 / full_scale), 0.0, 1.0)

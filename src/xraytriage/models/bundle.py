@@ -116,7 +116,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> B
     return Bundle(
         model=model,
         model_config=model_cfg,
-        preprocess=PreprocessConfig.model_validate(payload["preprocess"]),
+        preprocess=_preprocess_from_payload(payload["preprocess"]),
         labels=labels,
         thresholds=dict(payload["thresholds"]),
         task=payload["task"],
@@ -124,3 +124,15 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> B
         metadata=dict(payload.get("metadata", {})),
         model_id=str(payload.get("model_id", "")),
     )
+
+
+# Preprocessing keys added after bundles were first written, with the value those older bundles
+# were trained with: a new default must never silently change the pixels an existing model sees.
+_KEYS_ADDED_LATER = {"jpeg2000_min_fraction": 1.0}
+
+
+def _preprocess_from_payload(stored: dict[str, Any]) -> PreprocessConfig:
+    values = dict(stored)
+    for key, trained_with in _KEYS_ADDED_LATER.items():
+        values.setdefault(key, trained_with)
+    return PreprocessConfig.model_validate(values)

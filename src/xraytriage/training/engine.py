@@ -192,6 +192,9 @@ class Trainer:
         }
         if workers > 0:
             common["prefetch_factor"] = 4
+            if cfg.preprocess.gpu_decode == "auto":
+                # CUDA cannot be initialised in a forked child; GPU JPEG 2000 decoding needs spawned workers.
+                common["multiprocessing_context"] = "spawn"
         self.train_loader = DataLoader(
             self.train_set,
             batch_size=cfg.train.batch_size,
