@@ -1,13 +1,21 @@
 """Benchmark ``xraytriage score`` against a naive loop, and check that its memory stays flat.
 
-Throughput: writes N uncompressed DICOMs (default 2048 x 2500, 12-bit), a random-weight bundle of the
-chosen architecture, then times, on the same files in the same process:
-  naive   - for each file: load_image -> image_to_tensor -> model(one scan), torch's default threads
-  command - xraytriage.scoring.score (DataLoader workers, batching, AMP + channels_last on GPU)
-and prints scans/s and the ratio. Memory: ``--memory N`` scores N tiny PNGs in a subprocess and
-samples the resident memory of it and its workers as the run progresses.
+Throughput: writes N DICOMs (default 2048 x 2500, 12-bit) of each input kind -- uncompressed (Explicit
+VR Little Endian) and JPEG 2000 lossless (PACS exports; the project decodes only the wavelet level the
+network input needs) -- and a random-weight bundle of the chosen architecture. Then, per kind, on the
+same files in the same process:
+  decode   - load_image -> image_to_tensor alone, one core (what one decoding worker sustains)
+  naive    - for each file: load_image -> image_to_tensor -> model(one scan), torch's default threads
+  command  - xraytriage.scoring.score (DataLoader workers, batching, BN folding + channels_last on CPU,
+             AMP + channels_last on GPU), end to end including model load and worker start
+and, once, the model-only ceiling: batched forward passes on pre-made tensors with the command's
+runner (BatchNorm folded, channels_last, inference_mode), i.e. the most any pipeline could reach.
+``--split W:T ...`` times the command for several (decoding workers, inference threads) splits.
+Memory: ``--memory N`` scores N tiny PNGs in a subprocess and samples the resident memory of it and
+its workers as the run progresses.
 
-    python scripts/bench_score.py --count 64 --arch resnet50            # throughput
+    python scripts/bench_score.py --count 64 --arch resnet50            # throughput, both kinds
+    python scripts/bench_score.py --count 64 --split 2:2 1:2 1:1        # worker/thread splits too
     python scripts/bench_score.py --memory 10000 --arch resnet18        # flat memory
 """
 
@@ -25,11 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+KINDS = ("uncompressed", "jpeg2000-lossless")
 
-def make_dicoms(folder: Path, count: int, rows: int, cols: int) -> list[Path]:
-    """Uncompressed 16-bit DX files: a smooth synthetic body plus noise, distinct UIDs."""
+
+def make_dicoms(folder: Path, count: int, rows: int, cols: int, kind: str = "uncompressed") -> list[Path]:
+    """16-bit DX files: a smooth synthetic body plus noise, distinct UIDs.
+
+    JPEG 2000 lossless encoding of a 2k x 2.5k image takes seconds, so at most 4 distinct images are
+    encoded and their codestreams reused (every file is still decoded in full by the contenders).
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
@@ -39,8 +53,11 @@ def make_dicoms(folder: Path, count: int, rows: int, cols: int) -> list[Path]:
     rng = np.random.default_rng(0)
     study = generate_uid()
     paths = []
+    encoded: list[tuple[bytes, object]] = []  # (PixelData, file meta transfer syntax) of compressed images
     for i in range(count):
-        pixels = np.clip(base + rng.normal(0, 60, base.shape), 0, 4095).astype(np.uint16)
+        pixels = None
+        if kind == "uncompressed" or len(encoded) < 4:
+            pixels = np.clip(base + rng.normal(0, 60, base.shape), 0, 4095).astype(np.uint16)
         meta = FileMetaDataset()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -53,7 +70,16 @@ def make_dicoms(folder: Path, count: int, rows: int, cols: int) -> list[Path]:
         ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.WindowCenter, ds.WindowWidth = 2750, 3000
-        ds.PixelData = pixels.tobytes()
+        if kind == "uncompressed":
+            ds.PixelData = pixels.tobytes()
+        elif pixels is not None:
+            ds.PixelData = pixels.tobytes()
+            ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+            encoded.append((ds.PixelData, ds.file_meta.TransferSyntaxUID))
+        else:
+            ds.PixelData, ds.file_meta.TransferSyntaxUID = encoded[i % len(encoded)]
+            ds["PixelData"].is_undefined_length = True
+            ds["PixelData"].VR = "OB"
         path = folder / f"scan{i:05d}"  # no extension: found by content
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -100,6 +126,80 @@ def naive(paths: list[Path], bundle_path: Path, device: torch.device, threads: i
     return rate
 
 
+def decode_only(paths: list[Path], bundle_path: Path) -> float:
+    """Scans/s of read -> decode -> preprocess alone, on one core (one decoding worker's rate)."""
+    import cv2
+
+    from xraytriage.data.tensors import image_to_tensor
+    from xraytriage.io import load_image
+    from xraytriage.models import load_bundle
+
+    b = load_bundle(bundle_path)
+    default_threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        t0 = time.perf_counter()
+        for p in paths:
+            image, _ = load_image(p, b.preprocess)
+            image_to_tensor(image, b.preprocess, b.model_config.in_channels)
+        return len(paths) / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(default_threads)
+        cv2.setNumThreads(cv_threads)
+
+
+def model_ceiling(
+    bundle_path: Path,
+    device: torch.device,
+    batch_size: int,
+    threads: int | None,
+    seconds: float = 5.0,
+    compile: bool = False,
+) -> dict[str, float]:
+    """Forward passes alone on pre-made tensors: eager batch 1 (the naive loop's model) and the
+    command's runner (BatchNorm folded, channels_last, inference_mode) at ``batch_size``; with
+    ``compile``, also the runner under ``torch.compile`` (compilation not timed)."""
+    from xraytriage.models import load_bundle
+    from xraytriage.scoring.runner import _cpu_runner, _prepare_model
+
+    b = load_bundle(bundle_path)
+    size, channels = b.preprocess.image_size, b.model_config.in_channels
+    default_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    eager = b.model.to(device).eval()
+    model = _prepare_model(b.model, device)
+    runner = _cpu_runner(model) if device.type == "cpu" else model
+
+    def rate(net: torch.nn.Module, n: int, channels_last: bool) -> float:
+        x = torch.randn(n, channels, size, size, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            net(x)  # warm-up: kernel selection, allocations
+            done, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds or done < 2 * n:
+                net(x)
+                done += n
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return done / (time.perf_counter() - t0)
+
+    try:
+        rates = {
+            "eager batch 1": rate(eager, 1, False),
+            f"runner batch {batch_size}": rate(runner, batch_size, True),
+        }
+        if compile:
+            rates[f"compiled runner batch {batch_size}"] = rate(
+                torch.compile(runner, dynamic=False), batch_size, True
+            )
+        return rates
+    finally:
+        torch.set_num_threads(default_threads)
+
+
 def fresh(path: Path) -> Path:
     """The command resumes existing outputs: start from none so every scan is timed."""
     path.unlink(missing_ok=True)
@@ -107,7 +207,14 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def command(folder: Path, bundle: Path, out: Path, args: argparse.Namespace) -> float:
+def command(
+    folder: Path,
+    bundle: Path,
+    out: Path,
+    args: argparse.Namespace,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> float:
     from xraytriage.scoring import ScoreOptions, score
 
     default_threads = torch.get_num_threads()
@@ -118,10 +225,10 @@ def command(folder: Path, bundle: Path, out: Path, args: argparse.Namespace) -> 
             input=folder,
             out=out,
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=args.workers if workers is None else workers,
             device=args.device,
             compile=args.compile,
-            threads=args.threads,
+            threads=args.threads if threads is None else threads,
             progress=False,
         )
     )
@@ -191,9 +298,10 @@ def memory_check(n: int, args: argparse.Namespace, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=64)
+    ap.add_argument("--count", type=int, default=64, help="files per input kind")
     ap.add_argument("--rows", type=int, default=2500)
     ap.add_argument("--cols", type=int, default=2048)
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="input kinds to time")
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -201,8 +309,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--threads", type=int, help="CPU inference threads for the command (default: its own)")
+    ap.add_argument(
+        "--split",
+        nargs="*",
+        default=[],
+        metavar="W:T",
+        help="also time the command with W decoding workers and T inference threads (T=0: default)",
+    )
     ap.add_argument("--skip-naive", action="store_true", help="time only the command")
     ap.add_argument("--naive-count", type=int, default=0, help="files for the naive loop (default: all)")
+    ap.add_argument("--ceiling-seconds", type=float, default=5.0, help="time per model-only measurement")
     ap.add_argument("--memory", type=int, default=0, metavar="N", help="flat-memory check on N tiny PNGs")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     args = ap.parse_args()
@@ -214,23 +330,43 @@ def main() -> None:
 
     device = resolve_device(args.device)
     t0 = time.perf_counter()
-    paths = make_dicoms(work / "dicom", args.count, args.rows, args.cols)
+    files = {kind: make_dicoms(work / kind, args.count, args.rows, args.cols, kind) for kind in args.kinds}
     bundle = make_bundle(work / "model.pt", args.arch, args.image_size)
-    print(
-        f"wrote {len(paths)} DICOMs {args.cols}x{args.rows} in {time.perf_counter() - t0:.0f} s; "
-        f"device={device}, arch={args.arch}, image_size={args.image_size}, cores={os.cpu_count()}"
+    sizes = ", ".join(
+        f"{k} {sum(p.stat().st_size for p in v) / len(v) / 2**20:.1f} MiB" for k, v in files.items()
     )
-    subset = paths[: args.naive_count] if args.naive_count else paths
-    naive(subset[:2], bundle, device, None)  # warm caches and kernels for both contenders
-    results = {
-        "naive (default threads)": naive(subset, bundle, device, None),
-        "naive (1 thread)": naive(subset, bundle, device, 1) if device.type == "cpu" else None,
-        "command": command(work / "dicom", bundle, fresh(work / "scores.csv"), args),
-    }
-    base = results["naive (default threads)"]
-    for name, rate in results.items():
-        if rate is not None:
-            print(f"{name:26s} {rate:8.1f} scans/s   x{rate / base:.2f} vs naive")
+    print(
+        f"wrote {args.count} DICOMs {args.cols}x{args.rows} per kind in {time.perf_counter() - t0:.0f} s "
+        f"(mean file: {sizes}); device={device}, arch={args.arch}, image_size={args.image_size}, "
+        f"batch={args.batch_size}, workers={args.workers}, cores={os.cpu_count()}, "
+        f"torch threads={torch.get_num_threads()}"
+    )
+    first = files[args.kinds[0]]
+    naive(first[:2], bundle, device, None)  # warm caches and kernels for every contender
+    ceiling = model_ceiling(bundle, device, args.batch_size, args.threads, args.ceiling_seconds, args.compile)
+    print("model only (pre-made tensors, no decoding):")
+    for name, rate in ceiling.items():
+        print(f"  {name:34s} {rate:8.1f} scans/s")
+    for kind, paths in files.items():
+        subset = paths[: args.naive_count] if args.naive_count else paths
+        print(f"{kind}:")
+        results: dict[str, float | None] = {"decode + preprocess only (1 core)": decode_only(subset, bundle)}
+        if not args.skip_naive:
+            results["naive (default threads)"] = naive(subset, bundle, device, None)
+            results["naive (1 thread)"] = naive(subset, bundle, device, 1) if device.type == "cpu" else None
+        results["command"] = command(work / kind, bundle, fresh(work / f"scores_{kind}.csv"), args)
+        for split in args.split:
+            w, t = (int(v) for v in split.split(":"))
+            out = fresh(work / f"scores_{kind}_{w}_{t}.csv")
+            results[f"command ({w} workers, {t or 'default'} threads)"] = command(
+                work / kind, bundle, out, args, workers=w, threads=t or None
+            )
+        base = results.get("naive (default threads)")
+        for name, rate in results.items():
+            if rate is None:
+                continue
+            ratio = f"x{rate / base:.2f} vs naive" if base and not name.startswith("decode") else ""
+            print(f"  {name:34s} {rate:8.1f} scans/s   {ratio}")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--dtype",
         choices=("uint16", "uint8", "float32"),
-        default="uint16",
-        help="stored sample type: uint16 (default; error <= 1/131070), uint8 (half the disk; "
-        "error <= 1/510), "
-        "float32 (lossless: bit-identical to decoding, twice the disk of uint16)",
+        default=None,
+        help="stored sample type (default: data.cache_dtype from --config/overrides, else uint16): uint16 "
+        "(error <= 1/131070), uint8 (half the disk; error <= 1/510), float32 (lossless: bit-identical "
+        "to decoding, twice the disk of uint16). Training reads the store of data.cache_dtype",
     )
     build.add_argument("--workers", type=int, help="decoding processes (default: all CPU cores)")
     build.add_argument(
@@ -101,7 +101,7 @@ def _build(args: argparse.Namespace) -> int:
             frame["path"].astype(str).tolist(),
             cache_dir,
             cfg.preprocess,
-            dtype=args.dtype,
+            dtype=args.dtype or cfg.data.cache_dtype,
             workers=args.workers,
             verify=not args.no_verify,
             rebuild=args.rebuild,

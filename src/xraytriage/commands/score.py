@@ -65,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GPU mixed precision (default auto: bf16 if supported)",
     )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU inference threads (default: all cores)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (long runs)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: compiles once at start (tens of seconds); for long GPU runs",
+    )
     parser.add_argument(
         "--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of flagged scans into DIR"
     )
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         workers=workers,
         device=str(pick("device", cfg.device)),
         amp=str(pick("amp", cfg.amp)),
-        compile=bool(getattr(args, "compile", False)),
+        # score.compile in the config (when ScoreConfig has the key) or --compile
+        compile=bool(getattr(args, "compile", False) or getattr(cfg, "compile", False)),
         cam_dir=getattr(args, "cam", None),
         studies=getattr(args, "studies", None),
         retry_failed=bool(getattr(args, "retry_failed", False)),

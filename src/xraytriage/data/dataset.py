@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import Iterator
@@ -80,8 +81,6 @@ _INDEX_MASK = (1 << _EPOCH_SHIFT) - 1
 
 
 def _mix(*values: int) -> int:
-    import hashlib
-
     digest = hashlib.blake2b(",".join(map(str, values)).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little")
 

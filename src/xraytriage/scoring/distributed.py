@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,18 +76,56 @@ def find_parts(out: str | Path) -> list[Path]:
 def read_keys(path: Path, key: str = "path") -> set[str]:
     """Keys of complete rows in a journal someone else may be writing (read-only, no repair)."""
     keys: set[str] = set()
-    if not path.exists():
-        return keys
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header or key not in header:
-            return keys
-        index = header.index(key)
-        for row in reader:
-            if len(row) == len(header):
-                keys.add(row[index])
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header or key not in header:
+                return keys
+            index = header.index(key)
+            for row in reader:
+                if len(row) == len(header):
+                    keys.add(row[index])
+    except FileNotFoundError:  # absent, or deleted by rank 0 since it was listed
+        pass
     return keys
+
+
+def part_rank(part: Path) -> int | None:
+    """The rank of a part file's name (``SCORES.csv.rank3.part`` -> 3); None for another name."""
+    match = re.fullmatch(r".*\.rank(\d+)\.part", part.name)
+    return int(match.group(1)) if match else None
+
+
+def previous_failures(errors_out: str | Path) -> set[str]:
+    """Paths recorded as failed: the errors file and any part files an interrupted run left."""
+    keys = read_keys(Path(errors_out))
+    for part in find_parts(errors_out):
+        keys |= read_keys(part)
+    return keys
+
+
+def clear_failures(errors_out: str | Path, ctx: DistContext) -> list[Path]:
+    """``--retry-failed``: forget the recorded failures; returns the files deleted.
+
+    Call it only once every rank has read :func:`previous_failures` (a barrier between). Each rank
+    deletes its own errors part; rank 0 also deletes the errors file and the parts of ranks that this
+    run does not have (left by a run with more ranks). Without torchrun that is all of them. A scan
+    that fails again gets a new row; a run killed after this point simply scores them as new.
+    """
+    errors_out = Path(errors_out)
+    doomed = [part_path(errors_out, ctx.rank)]
+    if ctx.is_main:
+        doomed.append(errors_out)
+        doomed += [p for p in find_parts(errors_out) if (part_rank(p) or 0) >= ctx.world_size]
+    deleted = []
+    for path in doomed:
+        try:
+            path.unlink()
+            deleted.append(path)
+        except FileNotFoundError:
+            pass
+    return deleted
 
 
 def merge_parts(

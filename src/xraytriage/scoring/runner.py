@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from xraytriage.scoring.outputs import (
     read_scores,
     score_columns,
 )
+from xraytriage.training.predict import BatchLogits, iter_logits
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +201,16 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     columns = score_columns(labels)
     summary = ScoreSummary(flagged=dict.fromkeys(labels, 0), rank=ctx.rank, world_size=ctx.world_size)
 
+    # --retry-failed: the recorded failures are scored again (each rank its shard of them, like any
+    # path). Every rank reads them before any rank clears them; rank 0 merges the new failures as usual.
+    retry: set[str] = set()
+    if opts.retry_failed:
+        retry = dist_utils.previous_failures(errors_out)
+        dist_utils.sum_across_ranks(ctx, [0])  # barrier: all ranks have read the errors file
+        dist_utils.clear_failures(errors_out, ctx)
+
     # Outputs this process appends to, and the set of paths that already have an answer.
     if ctx.initialized:
-        if opts.retry_failed:
-            raise ValueError("--retry-failed is not supported under torchrun; run it once without torchrun")
         scores_j = CsvJournal(dist_utils.part_path(journal_path, ctx.rank), columns)
         errors_j = CsvJournal(dist_utils.part_path(errors_out, ctx.rank), ERROR_COLUMNS)
         done = dist_utils.read_keys(journal_path)
@@ -215,7 +222,7 @@ def score(opts: ScoreOptions) -> ScoreSummary:
         for part in dist_utils.find_parts(errors_out):
             error_keys |= dist_utils.read_keys(part)
         done |= scores_j.open(expect)
-        error_keys |= errors_j.open()
+        error_keys = (error_keys - retry) | errors_j.open()  # rank 0 may clear the file while we read
     else:
         scores_j = CsvJournal(journal_path, columns)
         errors_j = CsvJournal(errors_out, ERROR_COLUMNS)
@@ -224,8 +231,6 @@ def score(opts: ScoreOptions) -> ScoreSummary:
             done |= parquet_done(out)
         parts = dist_utils.find_parts(journal_path)
         summary.merged_rows += dist_utils.merge_parts(scores_j, done, parts, expect)
-        if opts.retry_failed and errors_out.exists():
-            errors_out.unlink()  # previous failures are rescored; their rows come back if they fail again
         error_keys = errors_j.open()
         summary.merged_rows += dist_utils.merge_parts(errors_j, error_keys, dist_utils.find_parts(errors_out))
     if scores_j.repaired_bytes or errors_j.repaired_bytes:
@@ -251,7 +256,8 @@ def score(opts: ScoreOptions) -> ScoreSummary:
         torch.set_num_threads(opts.threads)
     model = _prepare_model(bundle.model, device)
     runner = _cpu_runner(model) if device.type == "cpu" else model
-    runner = torch.compile(runner) if opts.compile else runner
+    if opts.compile:  # one static shape: short batches are padded (iter_logits), so it compiles once
+        runner = torch.compile(runner, dynamic=False)
     amp_dtype = resolve_amp_dtype(opts.amp, device)
     cuda = device.type == "cuda"
     in_channels = bundle.model_config.in_channels
@@ -284,14 +290,24 @@ def score(opts: ScoreOptions) -> ScoreSummary:
         smoothing=0.05,
     )
 
-    def process(batch: ScanBatch) -> None:
+    def infer(batches: Iterable[ScanBatch]) -> Iterator[BatchLogits[ScanBatch]]:
+        """The shared inference loop (also validation's and evaluate's), one batch at a time."""
+        return iter_logits(
+            runner,
+            batches,
+            device,
+            lambda b: b.tensor,
+            amp_dtype,
+            channels_last=True,
+            inference_mode=True,
+            pad_to=opts.batch_size if opts.compile else None,
+        )
+
+    def process(result: BatchLogits[ScanBatch]) -> None:
+        batch, x, logits = result.batch, result.inputs, result.logits
         now = _now()
         rows: list[list[object]] = []
-        if batch.tensor is not None:
-            x = batch.tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-            with torch.inference_mode(), autocast:
-                logits = runner(x)
+        if logits is not None:
             probs = bundle.probabilities(logits).double().cpu().numpy()
             flags = probs >= thr
             for k, label in enumerate(labels):
@@ -338,8 +354,8 @@ def score(opts: ScoreOptions) -> ScoreSummary:
         log.warning("a decoding process died; retrying %d in-flight scans one at a time", len(suspects))
         for path in suspects:
             try:
-                for batch in make_loader(iter([path]), 1, 1):
-                    process(batch)
+                for result in infer(make_loader(iter([path]), 1, 1)):
+                    process(result)
             except RuntimeError as exc:
                 if not _worker_died(exc):
                     raise
@@ -359,8 +375,8 @@ def score(opts: ScoreOptions) -> ScoreSummary:
                 counter = _Counter(source, bar)  # started after the fork, never inherited by workers
                 counter.start()
             try:
-                for batch in batches:
-                    process(batch)
+                for result in infer(batches):
+                    process(result)
                 break
             except RuntimeError as exc:
                 if opts.workers == 0 or not _worker_died(exc):

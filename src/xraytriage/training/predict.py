@@ -1,10 +1,12 @@
-"""Batched inference over a manifest, shared by validation, ``evaluate`` and tests."""
+"""Batched inference: one loop (:func:`iter_logits`) for validation, ``evaluate``, tests and batch scoring."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -18,11 +20,71 @@ from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
+B = TypeVar("B")
+
 
 def autocast_for(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
     if amp_dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@dataclass
+class BatchLogits(Generic[B]):
+    """One batch of :func:`iter_logits`: the loader's batch, the network input and its logits.
+
+    ``inputs`` (on ``device``, in the requested memory format) and ``logits`` (float32, still on
+    ``device``) are None when the batch held no decodable scan.
+    """
+
+    batch: B
+    inputs: torch.Tensor | None
+    logits: torch.Tensor | None
+
+
+def iter_logits(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[B],
+    device: torch.device,
+    images: Callable[[B], torch.Tensor | None],
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+    inference_mode: bool = False,
+    pad_to: int | None = None,
+) -> Iterator[BatchLogits[B]]:
+    """The one batched inference loop: validation, ``evaluate`` and batch scoring all run through it.
+
+    ``images(batch)`` picks the input tensor out of a loader batch (None: nothing decodable). Inputs go
+    to ``device`` with a non-blocking copy, in channels_last by default, and the forward pass runs
+    under autocast (``amp_dtype``) and ``no_grad`` (``inference_mode=True``: ``torch.inference_mode``,
+    a little cheaper, for callers that never reuse the outputs in autograd). Batches are yielded one at
+    a time, so a caller can stream results; the grad mode is entered per forward pass only, never
+    across a ``yield``, so the caller's own code between batches (Grad-CAM) keeps autograd.
+    ``pad_to``: zero-pad smaller batches to this many rows and drop the padding from the logits, so a
+    ``torch.compile``d model sees one shape (no recompilation for a short last batch); eval-mode
+    rows are independent, so padding does not change the other rows' logits.
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    no_grad = torch.inference_mode if inference_mode else torch.no_grad
+    for batch in batches:
+        x = images(batch)
+        if x is None:
+            yield BatchLogits(batch, None, None)
+            continue
+        n = x.shape[0]
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        net_in = x
+        if pad_to is not None and n < pad_to:
+            # Same strides as a full batch (for C=1 both layouts are "contiguous" but stride differently,
+            # and a compiled graph guards on strides).
+            net_in = x.new_empty_strided((pad_to, *x.shape[1:]), (x[0].numel(), *x.stride()[1:]))
+            net_in[:n] = x
+            net_in[n:] = 0
+        with no_grad(), autocast_for(device, amp_dtype):
+            logits = model(net_in)[:n].float()
+        yield BatchLogits(batch, x, logits)
 
 
 @torch.no_grad()
@@ -34,20 +96,15 @@ def predict_loader(
     channels_last: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
     """Logits (N x C, float32) and the dataset indices they belong to, plus decode failures."""
-    model.eval()
     logits_parts: list[torch.Tensor] = []
     index_parts: list[torch.Tensor] = []
     failures: list[Failure] = []
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for batch in loader:
-        failures.extend(batch["failed"])
-        if batch["image"] is None:
+    for out in iter_logits(model, loader, device, lambda b: b["image"], amp_dtype, channels_last):
+        failures.extend(out.batch["failed"])
+        if out.logits is None:
             continue
-        images = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
-        with autocast_for(device, amp_dtype):
-            logits = model(images)
-        logits_parts.append(logits.float())  # stays on device: no sync per batch
-        index_parts.append(batch["index"])
+        logits_parts.append(out.logits)  # stays on device: no sync per batch
+        index_parts.append(out.batch["index"])
     if not logits_parts:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failures
     logits_all = torch.cat(logits_parts).cpu().numpy()
