@@ -367,3 +367,39 @@ def test_workers_do_not_hang_after_the_parent_used_opencv_threads(tmp_path: Path
         Image.fromarray(np.full((1800, 1500), 40 * i, np.uint8)).save(folder / f"big{i}.png")
     assert run_score(folder, bundle, tmp_path / "s.csv", "--workers", "1") == 0
     assert len(read_csv_rows(tmp_path / "s.csv")) == 3
+
+
+def test_gpu_decode_bundle_scores_in_spawned_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gpu_decode: auto`` needs spawned workers (CUDA cannot start in a fork); without a GPU they must
+    still decode on the CPU and give the rows of an in-process run."""
+    contexts: list[object] = []
+    original_init = torch.utils.data.DataLoader.__init__
+
+    def recording_init(self, *args, **kwargs):
+        contexts.append(kwargs.get("multiprocessing_context"))
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", recording_init)
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="resnet18", weights=None, task="binary")
+    model = build_model(cfg, num_outputs=1)
+    bundle = tmp_path / "gpu.pt"
+    pre = PreprocessConfig(image_size=32, gpu_decode="auto")
+    save_bundle(bundle, model, cfg, pre, ["finding"], {"finding": 0.5}, task="binary")
+    write_pngs(tmp_path / "in", 5)
+    spawned, inline = tmp_path / "spawned.csv", tmp_path / "inline.csv"
+    assert run_score(tmp_path / "in", bundle, spawned, "--workers", "1") == 0
+    assert contexts and set(contexts) == {"spawn"}
+    assert run_score(tmp_path / "in", bundle, inline, "--workers", "0") == 0
+    got = {r["path"]: float(r["prob_finding"]) for r in read_csv_rows(spawned)}
+    want = {r["path"]: float(r["prob_finding"]) for r in read_csv_rows(inline)}
+    assert got.keys() == want.keys() and len(got) == 5
+    assert all(abs(got[p] - want[p]) < 1e-5 for p in got)
+
+
+def test_worker_start_method_is_spawn_only_for_gpu_decoding() -> None:
+    from xraytriage.utils.runtime import worker_start_method
+
+    assert worker_start_method("auto", 2) == {"multiprocessing_context": "spawn"}
+    assert worker_start_method("auto", 0) == {}
+    assert worker_start_method("off", 4) == {}

@@ -178,6 +178,7 @@ class ScoreConfig(_Section):
     num_workers: int = Field(2, ge=0, le=256)
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    compile: bool = Field(False, description="torch.compile the scoring model (same as --compile)")
 
 
 class Config(_Section):

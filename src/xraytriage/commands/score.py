@@ -129,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
         workers=workers,
         device=str(pick("device", cfg.device)),
         amp=str(pick("amp", cfg.amp)),
-        # score.compile in the config (when ScoreConfig has the key) or --compile
-        compile=bool(getattr(args, "compile", False) or getattr(cfg, "compile", False)),
+        compile=bool(getattr(args, "compile", False) or cfg.compile),
         cam_dir=getattr(args, "cam", None),
         studies=getattr(args, "studies", None),
         retry_failed=bool(getattr(args, "retry_failed", False)),

@@ -172,7 +172,7 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     from tqdm import tqdm
 
     from xraytriage.models import load_bundle
-    from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device
+    from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, worker_start_method
 
     t0 = time.perf_counter()
     ctx = dist_utils.init_from_env()
@@ -279,6 +279,7 @@ def score(opts: ScoreOptions) -> ScoreSummary:
             pin_memory=cuda,
             worker_init_fn=worker_init if workers > 0 else None,
             prefetch_factor=opts.prefetch_factor if workers > 0 else None,
+            **worker_start_method(bundle.preprocess.gpu_decode, workers),
         )
 
     failures: Counter[str] = Counter()

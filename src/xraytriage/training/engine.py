@@ -42,7 +42,7 @@ from xraytriage.training.losses import masked_bce, multiclass_ce
 from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.training.schedule import warmup_cosine
 from xraytriage.utils.atomic import atomic_write_text
-from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, seed_everything
+from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, seed_everything, worker_start_method
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +192,7 @@ class Trainer:
         }
         if workers > 0:
             common["prefetch_factor"] = 4
-            if cfg.preprocess.gpu_decode == "auto":
-                # CUDA cannot be initialised in a forked child; GPU JPEG 2000 decoding needs spawned workers.
-                common["multiprocessing_context"] = "spawn"
+            common.update(worker_start_method(cfg.preprocess.gpu_decode, workers))
         self.train_loader = DataLoader(
             self.train_set,
             batch_size=cfg.train.batch_size,

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from xraytriage.data.dataset import Failure, ScanDataset, collate_skip
 from xraytriage.models.bundle import Bundle, logits_to_probabilities
-from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device
+from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, worker_start_method
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ def predict_manifest(
         collate_fn=collate_skip,
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
+        **worker_start_method(bundle.preprocess.gpu_decode, num_workers),
     )
     logits, indices, failures = predict_loader(
         model, loader, dev, resolve_amp_dtype(amp, dev), dev.type == "cuda"

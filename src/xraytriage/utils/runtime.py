@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,13 @@ def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def worker_start_method(gpu_decode: str, workers: int) -> dict[str, Any]:
+    """DataLoader keywords: spawned workers when they decode on the GPU (CUDA cannot start in a fork)."""
+    if gpu_decode == "auto" and workers > 0:
+        return {"multiprocessing_context": "spawn"}
+    return {}
 
 
 def seed_everything(seed: int) -> None:
