@@ -48,13 +48,14 @@ BACKENDS = ("fast", "albumentations")
 
 
 def rate(step: Callable[[int], object], n: int, min_seconds: float, repeats: int) -> float:
-    """Best calls/s of ``step(i)`` over ``repeats`` runs, each cycling i over range(n) >= min_seconds."""
+    """Best calls/s of ``step(k)`` over ``repeats`` runs of >= min_seconds, k = 0, 1, 2, ... in each run
+    (checked every ``n`` calls)."""
     best = 0.0
     for _ in range(repeats):
         done, start = 0, time.perf_counter()
         while True:
-            for i in range(n):
-                step(i)
+            for k in range(done, done + n):
+                step(k)
             done += n
             elapsed = time.perf_counter() - start
             if elapsed >= min_seconds:
@@ -64,112 +65,129 @@ def rate(step: Callable[[int], object], n: int, min_seconds: float, repeats: int
 
 
 def per_worker(dataset: ScanDataset, min_seconds: float, repeats: int) -> float:
-    """Samples/s of ``ScanDataset.__getitem__`` in this process (epoch 1, so augmentation is seeded)."""
-    tag = 1 << 32
-    return rate(lambda i: dataset[tag | i], len(dataset), min_seconds, repeats)
+    """Samples/s of ``ScanDataset.__getitem__`` in this process, one thread.
 
-
-def micros(fn: Callable[[], object], inner: int, repeats: int) -> float:
-    """Best over ``repeats`` of the mean microseconds of ``inner`` calls (as the img/s figures: the
-    least disturbed run on a shared machine)."""
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        runs.append((time.perf_counter() - start) / inner * 1e6)
-    return min(runs)
+    Sample k is scan k % n in epoch 1 + k // n: every pass over the scans draws new augmentations (the
+    same sequence for every backend and run), so the op firing rates approach their probabilities
+    instead of repeating the n draws of one epoch.
+    """
+    n = len(dataset)
+    return rate(lambda k: dataset[((1 + k // n) << 32) | (k % n)], n, min_seconds, repeats)
 
 
 def stage_table(
-    source: CacheSource, paths: list[str], pp: PreprocessConfig, cfg: AugmentConfig, repeats: int
+    dataset: ScanDataset, source: CacheSource, pp: PreprocessConfig, cfg: AugmentConfig, rounds: int
 ) -> list[tuple[str, float, float]]:
-    """(stage, us when it runs, us amortised per sample) for one cache-hit sample, fast backend."""
+    """(stage, us when it runs, us amortised per sample) for a cache-hit sample, fast backend.
+
+    Every stage is timed once per round, round-robin, and keeps its best round, so all stages (and the
+    whole ``__getitem__``, timed the same way) see the same mix of quiet and busy moments.
+    """
+    paths = dataset.paths
+    n = len(paths)
     entries = [source.index.entries[os.path.abspath(p)] for p in paths]
     records = [source._record(e[2], e[3]) for e in entries]
     images = [dequantise(r, source.index.dtype) for r in records]
-    scratch = [im.copy() for im in images]
-    n = len(paths)
-    inner = max(200 // n, 1)
+    # Augmentation ops and image_to_tensor run on one image, hot in the CPU cache as in __getitem__
+    # (where each stage reads what the previous one just wrote); cycling over all images would time
+    # memory traffic instead (16 images at 512 px are 16 MB).
+    # Brightness/contrast, the clip and gamma write into a scratch array, as they work in place after
+    # the warp; gamma reads a warped, floored image (warp borders are zeros: see augment.POW_FLOOR).
+    hot, scratch = images[0], images[0].copy()
+    clipped = warped_hot = aug._clip01(
+        aug.warp(hot, aug.affine_matrix(hot.shape, 6.0, 0.95, 0.95, 8, -8)), aug.POW_FLOOR
+    )
     transform = aug.FastAugmentation(cfg, 0)
-
-    def per_image(fn: Callable[[int], object]) -> float:
-        def one_pass() -> None:
-            for i in range(n):
-                fn(i)  # results dropped at once: keeping them would measure page faults, not the op
-
-        return micros(one_pass, inner, repeats) / n
-
+    epochs = range(1, 1 + max(400 // n, 1))
+    draws = []  # exactly the augmentations of the "whole" stage: epochs x scans, as ScanDataset seeds them
+    for epoch in epochs:
+        for i in range(n):
+            transform.set_random_seed(_mix(dataset.augment_seed, epoch, i))
+            draws.append(transform.sample_params(hot.shape))
     off = CacheSource(source.store, source.index, pp, verify_reads="off")
-    lookup_deq = per_image(lambda i: off.lookup(paths[i]))
-    deq = per_image(lambda i: dequantise(records[i], source.index.dtype))
-    crc = per_image(lambda i: zlib.crc32(records[i]))
 
-    def draw(i: int) -> aug.FastParams:
+    def draw(i: int) -> None:
         transform.set_random_seed(_mix(0, 1, i))
-        return transform.sample_params(images[i].shape)
+        transform.sample_params(hot.shape)
 
-    params_us = per_image(draw)
-    # Many draws, so the firing rates and the per-op inputs are representative.
-    draws = []
-    for k in range(max(400 // n, 1) * n):
-        transform.set_random_seed(_mix(0, 1, k))
-        draws.append((k % n, transform.sample_params(images[k % n].shape)))
-    total = len(draws)
+    def warped(p: aug.FastParams) -> None:
+        aug.warp(hot, aug.affine_matrix(hot.shape, *p[:6]))
 
-    def op_stats(
-        name: str, fired: list[tuple[int, aug.FastParams]], fn: Callable
-    ) -> tuple[str, float, float]:
-        if not fired:
-            return name, 0.0, 0.0
-        k = len(fired)
-
-        def one_pass() -> None:
-            for i, p in fired:
-                fn(i, p)
-
-        us = micros(one_pass, 1, repeats) / k
-        return name, us, us * k / total
-
-    def warped(i: int, p: aug.FastParams) -> np.ndarray:
-        m = aug.affine_matrix(
-            images[i].shape, p.angle, p.scale_x, p.scale_y, p.translate_x, p.translate_y, p.hflip
-        )
-        return aug.warp(images[i], m)
-
-    rows = [
-        ("cache lookup (index, stat, record view)", lookup_deq - deq, lookup_deq - deq),
-        ("CRC32 of the record (verify_reads=always)", crc, 0.0),
-        ("dequantise", deq, deq),
-        ("augmentation: reseed + draw parameters", params_us, params_us),
-        op_stats("  affine (matrix + warpAffine)", [d for d in draws if d[1].angle is not None], warped),
-        op_stats(
-            "  brightness/contrast + clip",
-            [d for d in draws if d[1].alpha is not None],
-            lambda i, p: aug.brightness_contrast(images[i], p.alpha, p.beta),
-        ),
-        op_stats(
-            "  clip alone (warped, no b/c)",
-            [d for d in draws if d[1].alpha is None and d[1].angle is not None],
-            lambda i, p: aug._clip01(scratch[i]),
-        ),
-        op_stats(
-            "  gamma (cv2.pow)",
-            [d for d in draws if d[1].gamma is not None],
-            lambda i, p: aug.gamma(images[i], p.gamma),
-        ),
-        op_stats(
-            "  CLAHE (uint8 round trip)",
-            [d for d in draws if d[1].clahe_clip is not None],
-            lambda i, p: aug.clahe(images[i], p.clahe_clip),
-        ),
-        ("image_to_tensor", *([per_image(lambda i: image_to_tensor(images[i], pp))] * 2)),
+    # name -> (function of a sample index or a FastParams, the inputs, fraction of samples it runs on)
+    per_sample = [
+        ("lookup+dequantise", lambda i: off.lookup(paths[i])),
+        ("dequantise", lambda i: dequantise(records[i], source.index.dtype)),
+        ("crc", lambda i: zlib.crc32(records[i])),
+        ("draw", draw),
+        ("image_to_tensor", lambda i: image_to_tensor(hot, pp)),
     ]
+    per_op = [
+        ("  affine (matrix + warpAffine)", warped, [d for d in draws if d.angle is not None]),
+        (
+            "  brightness/contrast + clip",
+            lambda p: aug._clip01(
+                cv2.addWeighted(hot, p.alpha, hot, 0.0, p.beta, dst=scratch), aug.POW_FLOOR
+            ),
+            [d for d in draws if d.alpha is not None],
+        ),
+        (
+            "  clip alone (warped, no b/c)",
+            lambda p: aug._clip01(clipped, aug.POW_FLOOR),  # idempotent: the same work every call
+            [d for d in draws if d.alpha is None and d.angle is not None],
+        ),
+        (
+            "  gamma (cv2.pow)",
+            lambda p: cv2.pow(warped_hot, p.gamma, dst=scratch),
+            [d for d in draws if d.gamma is not None],
+        ),
+        (
+            "  CLAHE (uint8 round trip)",
+            lambda p: aug.clahe(hot, p.clahe_clip),
+            [d for d in draws if d.clahe_clip is not None],
+        ),
+    ]
+    best: dict[str, float] = {}
+    inner = max(200 // n, 1)
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for epoch in epochs:
+            for i in range(n):
+                dataset[(epoch << 32) | i]
+        us = (time.perf_counter() - start) / len(draws) * 1e6
+        best["whole"] = min(best.get("whole", us), us)
+        for name, fn in per_sample:
+            start = time.perf_counter()
+            for _ in range(inner):
+                for i in range(n):
+                    fn(i)  # results dropped at once: keeping them would time page faults
+            us = (time.perf_counter() - start) / (inner * n) * 1e6
+            best[name] = min(best.get(name, us), us)
+        for name, fn, inputs in per_op:
+            if not inputs:
+                best[name] = 0.0
+                continue
+            start = time.perf_counter()
+            for p in inputs:
+                fn(p)
+            us = (time.perf_counter() - start) / len(inputs) * 1e6
+            best[name] = min(best.get(name, us), us)
+    lookup = best["lookup+dequantise"] - best["dequantise"]
+    rows = [
+        ("cache lookup (index, stat, record view)", lookup, lookup),
+        ("CRC32 of the record (first read; every read with always)", best["crc"], 0.0),
+        ("dequantise", best["dequantise"], best["dequantise"]),
+        ("augmentation: reseed + draw parameters", best["draw"], best["draw"]),
+    ]
+    for name, _, inputs in per_op:
+        rows.append((name, best[name], best[name] * len(inputs) / len(draws)))
+    rows.append(("image_to_tensor", best["image_to_tensor"], best["image_to_tensor"]))
+    rows.append(("whole __getitem__, same method", best["whole"], best["whole"]))
     return rows
 
 
 def raw_reads(source: CacheSource, paths: list[str], min_seconds: float, repeats: int) -> float:
-    return rate(lambda i: source(i, paths[i]), len(paths), min_seconds, repeats)
+    n = len(paths)
+    return rate(lambda k: source(k % n, paths[k % n]), n, min_seconds, repeats)
 
 
 def epoch_seconds(dataset: ScanDataset, workers: int, batch_size: int) -> float:
@@ -272,16 +290,23 @@ def main() -> None:
                 f"raw cache read img/s (lookup + CRC + dequantise): CRC every read {reads['always']:.0f}, "
                 f"once per record (default, steady state) {reads['once']:.0f}, never {reads['off']:.0f}"
             )
-            rows = stage_table(source, paths, pp, cfgs["fast"], max(args.repeats, 5))
-            print("cache-hit sample, fast backend, by stage (best of repeats):")
+            rows = stage_table(
+                ScanDataset(frame, ["finding"], pp, 1, aug.build_augmentation(cfgs["fast"], 0), source),
+                source,
+                pp,
+                cfgs["fast"],
+                max(3 * args.repeats, 9),
+            )
+            print("cache-hit sample, fast backend, by stage (best of interleaved rounds):")
             print("| stage | us when it runs | us per sample (amortised) |")
             print("|---|---|---|")
             for name, when, amortised in rows:
                 print(f"| {name} | {when:.1f} | {amortised:.1f} |")
-            stages = sum(r[2] for r in rows)
+            stages = sum(r[2] for r in rows[:-1])
+            whole = rows[-1][2]
             print(
-                f"| sum of stages | | {stages:.1f} |\n| whole __getitem__ (1e6 / img/s) | | {1e6 / fast:.1f} "
-                f"|\n| rest (Python glue, targets, dict) | | {1e6 / fast - stages:.1f} |"
+                f"| sum of the stages above | | {stages:.1f} |\n"
+                f"| rest: Python glue, targets, dict (whole - sum) | | {whole - stages:.1f} |"
             )
 
             epochs = {}

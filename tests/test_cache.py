@@ -234,7 +234,8 @@ def test_training_is_identical_with_and_without_cache(
     caplog.set_level("INFO", logger="xraytriage.data.cache")
     plain = engine.train(load_config(None, common), tmp_path / "plain")
     cached = engine.train(
-        load_config(None, [*common, f"data.cache_dir={tmp_path / 'c'}"]), tmp_path / "cached"
+        load_config(None, [*common, f"data.cache_dir={tmp_path / 'c'}", "data.cache_dtype=float32"]),
+        tmp_path / "cached",
     )
     assert "using preprocessing cache" in caplog.text
     timing = ("train_images_per_sec", "train_seconds")

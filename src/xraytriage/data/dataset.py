@@ -67,12 +67,15 @@ class ScanDataset(Dataset):
         except UnreadableImage as exc:
             log.warning("skipping unreadable scan: %s", exc)
             return Failure(index, self.paths[index], exc.reason, str(exc))
+        owned = False
         if self.transform is not None:
             # Seeded per (run seed, epoch, scan): identical augmentations whatever the worker count,
             # and a resumed run continues exactly where it stopped.
             self.transform.set_random_seed(_mix(self.augment_seed, epoch, index))
-            image = apply_augmentation(self.transform, image)
-        tensor = image_to_tensor(image, self.preprocess, self.in_channels)
+            augmented = apply_augmentation(self.transform, image)
+            owned = augmented is not image  # a new array made by the augmentation: normalise it in place
+            image = augmented
+        tensor = image_to_tensor(image, self.preprocess, self.in_channels, inplace=owned)
         return {"image": tensor, "target": torch.from_numpy(self.targets[index]), "index": index}
 
 

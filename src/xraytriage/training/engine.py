@@ -215,7 +215,7 @@ class Trainer:
             from xraytriage.data.cache import open_matching_cache
         except ImportError:
             return None
-        return open_matching_cache(cache_dir, self.cfg.preprocess)
+        return open_matching_cache(cache_dir, self.cfg.preprocess, dtype=self.cfg.data.cache_dtype)
 
     def _audit(self, frame: pd.DataFrame) -> None:
         if not self.dist.is_main:
