@@ -25,7 +25,7 @@ def test_two_process_ddp_training_matches_single_process_evaluation(tmp_path: Pa
         tmp_path / "data", SyntheticSpec(n_patients=24, size=64, seed=11), progress=False
     )
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "TMPDIR": str(tmp_path)}
     proc = subprocess.run(
         [
             sys.executable,

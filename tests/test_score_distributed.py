@@ -97,6 +97,7 @@ def _torchrun(inp: Path, bundle: Path, out: Path, *extra: str) -> subprocess.Com
     cmd += ["--model", str(bundle), "--out", str(out), "--workers", "0", "--batch-size", "1"]
     cmd += ["--threads", "1", "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(ROOT / "src")}
+    env["TMPDIR"] = str(out.parent)  # torchrun's scratch folders go with the test's, not into /tmp
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
 
 
