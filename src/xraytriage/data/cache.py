@@ -75,9 +75,13 @@ def config_hash(preprocess: PreprocessConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def store_dir(cache_dir: str | Path, preprocess: PreprocessConfig, dtype: str) -> Path:
+def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise CacheError(f"cache dtype '{dtype}' not supported; use one of {', '.join(DTYPES)}")
+
+
+def store_dir(cache_dir: str | Path, preprocess: PreprocessConfig, dtype: str) -> Path:
+    _check_dtype(dtype)
     return Path(cache_dir) / f"pp-{config_hash(preprocess)}-{dtype}"
 
 
@@ -329,8 +333,8 @@ def open_matching_cache(
     pixels a run trains on do not depend on which other stores happen to exist; a store of another
     dtype is then only named in the log. None takes the best store present (float32, uint16, uint8).
     """
-    if dtype is not None and dtype not in DTYPES:
-        raise CacheError(f"cache dtype '{dtype}' not supported; use one of {', '.join(DTYPES)}")
+    if dtype is not None:
+        _check_dtype(dtype)
     stores = find_stores(cache_dir, preprocess)
     if dtype is not None:
         others = [s for s in stores if not s.name.endswith(f"-{dtype}")]

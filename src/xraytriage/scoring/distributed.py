@@ -97,10 +97,10 @@ def part_rank(part: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def previous_failures(errors_out: str | Path) -> set[str]:
-    """Paths recorded as failed: the errors file and any part files an interrupted run left."""
-    keys = read_keys(Path(errors_out))
-    for part in find_parts(errors_out):
+def recorded_keys(out: str | Path) -> set[str]:
+    """Paths with a row in ``out`` or in any rank's part file beside it (e.g. left by an interrupted run)."""
+    keys = read_keys(Path(out))
+    for part in find_parts(out):
         keys |= read_keys(part)
     return keys
 
@@ -108,7 +108,7 @@ def previous_failures(errors_out: str | Path) -> set[str]:
 def clear_failures(errors_out: str | Path, ctx: DistContext) -> list[Path]:
     """``--retry-failed``: forget the recorded failures; returns the files deleted.
 
-    Call it only once every rank has read :func:`previous_failures` (a barrier between). Each rank
+    Call it only once every rank has read the failures (:func:`recorded_keys`) (a barrier between). Each rank
     deletes its own errors part; rank 0 also deletes the errors file and the parts of ranks that this
     run does not have (left by a run with more ranks). Without torchrun that is all of them. A scan
     that fails again gets a new row; a run killed after this point simply scores them as new.

@@ -205,7 +205,7 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     # path). Every rank reads them before any rank clears them; rank 0 merges the new failures as usual.
     retry: set[str] = set()
     if opts.retry_failed:
-        retry = dist_utils.previous_failures(errors_out)
+        retry = dist_utils.recorded_keys(errors_out)
         dist_utils.sum_across_ranks(ctx, [0])  # barrier: all ranks have read the errors file
         dist_utils.clear_failures(errors_out, ctx)
 
@@ -213,14 +213,10 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     if ctx.initialized:
         scores_j = CsvJournal(dist_utils.part_path(journal_path, ctx.rank), columns)
         errors_j = CsvJournal(dist_utils.part_path(errors_out, ctx.rank), ERROR_COLUMNS)
-        done = dist_utils.read_keys(journal_path)
+        done = dist_utils.recorded_keys(journal_path)
         if is_parquet(out):
             done |= parquet_done(out)
-        for part in dist_utils.find_parts(journal_path):
-            done |= dist_utils.read_keys(part)
-        error_keys = dist_utils.read_keys(errors_out)
-        for part in dist_utils.find_parts(errors_out):
-            error_keys |= dist_utils.read_keys(part)
+        error_keys = dist_utils.recorded_keys(errors_out)
         done |= scores_j.open(expect)
         error_keys = (error_keys - retry) | errors_j.open()  # rank 0 may clear the file while we read
     else:

@@ -87,7 +87,6 @@ def iter_logits(
         yield BatchLogits(batch, x, logits)
 
 
-@torch.no_grad()
 def predict_loader(
     model: nn.Module,
     loader: DataLoader,
