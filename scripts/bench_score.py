@@ -8,15 +8,19 @@ the same process:
   decode   - load_image -> image_to_tensor alone, one core (what one decoding worker sustains)
   naive    - the issue's baseline: for each file pydicom dcmread -> pixel_array -> modality/VOI LUT ->
              PIL resize -> model(one scan); and the same loop decoding with load_image
-  command  - xraytriage.scoring.score (DataLoader workers, batching, BN folding + channels_last on CPU,
-             AMP + channels_last on GPU), end to end including model load and worker start
-and, once, the model-only ceiling: batched forward passes on pre-made tensors with the command's
-runner (BatchNorm folded, channels_last, inference_mode), i.e. the most any pipeline could reach.
-``--split W:T ...`` times the command for several (decoding workers, inference threads) splits.
+  command  - xraytriage.scoring.score (DataLoader workers, batching; on CPU the default engine is ONNX
+             Runtime, and with ``--engines`` the PyTorch engine, BN folded + channels_last, is timed
+             too; AMP + channels_last on GPU), end to end including model load, ONNX export and
+             worker start
+and, once, the model-only ceiling: batched forward passes on pre-made tensors with each engine's
+forward pass (inference_mode), i.e. the most any pipeline could reach.
+``--split W:T ...`` times the command for several (decoding workers, inference threads) splits;
+``--repeat N`` times every contender N times, interleaved, and prints medians with their range. The
+exported-graph cache lives in the scratch folder and is emptied before each timed first run.
 Memory: ``--memory N`` scores N tiny PNGs in a subprocess and samples the resident memory of it and
 its workers as the run progresses.
 
-    python scripts/bench_score.py --count 64 --arch resnet50            # throughput, both kinds
+    python scripts/bench_score.py --count 240 --naive-count 48 --repeat 3   # throughput, both kinds
     python scripts/bench_score.py --count 64 --split 2:2 1:2 1:1        # worker/thread splits too
     python scripts/bench_score.py --memory 10000 --arch resnet18        # flat memory
 """
@@ -26,10 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -209,12 +215,14 @@ def model_ceiling(
     threads: int | None,
     seconds: float = 5.0,
     compile: bool = False,
+    extra_batches: tuple[int, ...] = (),
 ) -> dict[str, float]:
-    """Forward passes alone on pre-made tensors: eager batch 1 (the naive loop's model) and the
-    command's runner (BatchNorm folded, channels_last, inference_mode) at ``batch_size``; with
-    ``compile``, also the runner under ``torch.compile`` (compilation not timed)."""
+    """Forward passes alone on pre-made tensors: eager batch 1 (the naive loop's model), and at
+    ``batch_size`` each engine's forward pass (PyTorch: BatchNorm folded, channels_last; ONNX
+    Runtime on CPU), also at ``extra_batches``; with ``compile``, also PyTorch under ``torch.compile``
+    (compilation not timed)."""
     from xraytriage.models import load_bundle
-    from xraytriage.scoring.runner import _cpu_runner, _prepare_model
+    from xraytriage.scoring.engine import prepare_model, select_runner
 
     b = load_bundle(bundle_path)
     size, channels = b.preprocess.image_size, b.model_config.in_channels
@@ -222,10 +230,14 @@ def model_ceiling(
     if threads:
         torch.set_num_threads(threads)
     eager = b.model.to(device).eval()
-    model = _prepare_model(b.model, device)
-    runner = _cpu_runner(model) if device.type == "cpu" else model
+    model = prepare_model(b.model, device)
 
-    def rate(net: torch.nn.Module, n: int, channels_last: bool) -> float:
+    def runner(engine: str, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        return select_runner(
+            model, device, engine, compile=compile, in_channels=channels, image_size=size
+        ).forward
+
+    def rate(net: Callable[[torch.Tensor], torch.Tensor], n: int, channels_last: bool) -> float:
         x = torch.randn(n, channels, size, size, device=device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -240,13 +252,16 @@ def model_ceiling(
         return done / (time.perf_counter() - t0)
 
     try:
-        rates = {
-            "eager batch 1": rate(eager, 1, False),
-            f"runner batch {batch_size}": rate(runner, batch_size, True),
-        }
+        rates = {"eager batch 1": rate(eager, 1, False)}
+        engines = [("torch", runner("torch"), True)]
+        if device.type == "cpu":
+            engines.append(("onnxruntime", runner("onnxruntime"), False))
+        for n in dict.fromkeys([*extra_batches, batch_size]):  # the engines alternate at each size
+            for name, forward, channels_last in engines:
+                rates[f"{name} engine batch {n}"] = rate(forward, n, channels_last)
         if compile:
-            rates[f"compiled runner batch {batch_size}"] = rate(
-                torch.compile(runner, dynamic=False), batch_size, True
+            rates[f"compiled torch engine batch {batch_size}"] = rate(
+                runner("torch", compile=True), batch_size, True
             )
         return rates
     finally:
@@ -267,6 +282,7 @@ def command(
     args: argparse.Namespace,
     workers: int | None = None,
     threads: int | None = None,
+    engine: str = "auto",
 ) -> float:
     from xraytriage.scoring import ScoreOptions, score
 
@@ -281,6 +297,7 @@ def command(
             workers=args.workers if workers is None else workers,
             device=args.device,
             compile=args.compile,
+            engine=engine,
             threads=args.threads if threads is None else threads,
             progress=False,
         )
@@ -369,13 +386,34 @@ def main() -> None:
         metavar="W:T",
         help="also time the command with W decoding workers and T inference threads (T=0: default)",
     )
+    ap.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["auto", "torch", "onnxruntime"],
+        default=["auto", "torch"],
+        help="time the command with each of these --engine values (auto = its default)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="time every contender N times, interleaved; report medians"
+    )
     ap.add_argument("--skip-naive", action="store_true", help="time only the command")
     ap.add_argument("--naive-count", type=int, default=0, help="files for the naive loop (default: all)")
     ap.add_argument("--ceiling-seconds", type=float, default=5.0, help="time per model-only measurement")
+    ap.add_argument(
+        "--ceiling-batches",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also time the model-only ceiling of each engine at these batch sizes",
+    )
     ap.add_argument("--memory", type=int, default=0, metavar="N", help="flat-memory check on N tiny PNGs")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_score_"))
+    graphs = work / "user-cache"  # the exported-graph cache starts empty: the first run pays the export
+    shutil.rmtree(graphs, ignore_errors=True)
+    os.environ["XRAYTRIAGE_CACHE_DIR"] = str(graphs)
     if args.memory:
         print(json.dumps(memory_check(args.memory, args, work), indent=1))
         return
@@ -402,38 +440,81 @@ def main() -> None:
     )
     first = files[args.kinds[0]]
     naive(first[:2], bundle, device, None)  # warm caches and kernels for every contender
-    ceiling = model_ceiling(bundle, device, args.batch_size, args.threads, args.ceiling_seconds, args.compile)
+    ceiling = model_ceiling(
+        bundle,
+        device,
+        args.batch_size,
+        args.threads,
+        args.ceiling_seconds,
+        args.compile,
+        tuple(args.ceiling_batches),
+    )
     print("model only (pre-made tensors, no decoding):")
     for name, rate in ceiling.items():
         print(f"  {name:34s} {rate:8.1f} scans/s")
     for kind, paths in files.items():
         subset = paths[: args.naive_count] if args.naive_count else paths
         print(f"{kind}:")
-        results: dict[str, float | None] = {"decode + preprocess only (1 core)": decode_only(subset, bundle)}
-        if not args.skip_naive:
-            results["naive: pydicom + PIL, 1 scan at a time"] = pydicom_naive(subset, bundle, device)
-            results["naive: our decoder, 1 scan at a time"] = naive(subset, bundle, device, None)
-            results["naive: our decoder, 1 thread"] = (
-                naive(subset, bundle, device, 1) if device.type == "cpu" else None
-            )
-        results["command"] = command(work / kind, bundle, fresh(work / f"scores_{kind}.csv"), args)
-        for split in args.split:
-            w, t = (int(v) for v in split.split(":"))
-            out = fresh(work / f"scores_{kind}_{w}_{t}.csv")
-            results[f"command ({w} workers, {t or 'default'} threads)"] = command(
-                work / kind, bundle, out, args, workers=w, threads=t or None
-            )
-        base = results.get("naive: pydicom + PIL, 1 scan at a time")
-        ours = results.get("naive: our decoder, 1 scan at a time")
-        for name, rate in results.items():
-            if rate is None:
-                continue
-            ratio = ""
-            if base and not name.startswith("decode"):
-                ratio = f"x{rate / base:.2f} vs naive"
-                if ours:
-                    ratio += f", x{rate / ours:.2f} vs naive with our decoder"
-            print(f"  {name:40s} {rate:8.1f} scans/s   {ratio}")
+        runs: dict[str, list[float]] = {"decode + preprocess only (1 core)": [decode_only(subset, bundle)]}
+        for _ in range(args.repeat):  # contenders interleaved, so drift on a shared machine hits all alike
+            for name, rate in contenders(kind, subset, bundle, device, work, graphs, args).items():
+                runs.setdefault(name, []).append(rate)
+        report(runs, args.repeat)
+
+
+def contenders(
+    kind: str,
+    subset: list[Path],
+    bundle: Path,
+    device: torch.device,
+    work: Path,
+    graphs: Path,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """One timing of every contender on one input kind."""
+    results: dict[str, float] = {}
+    if not args.skip_naive:
+        results["naive: pydicom + PIL, 1 scan at a time"] = pydicom_naive(subset, bundle, device)
+        results["naive: our decoder, 1 scan at a time"] = naive(subset, bundle, device, None)
+        if device.type == "cpu":
+            results["naive: our decoder, 1 thread"] = naive(subset, bundle, device, 1)
+    for engine in args.engines:
+        name = "command" if engine == "auto" else f"command --engine {engine}"
+        if engine == "auto":
+            shutil.rmtree(graphs, ignore_errors=True)  # a first run: the export is timed
+        out = fresh(work / f"scores_{kind}_{engine}.csv")
+        results[name] = command(work / kind, bundle, out, args, engine=engine)
+    if "auto" in args.engines and device.type == "cpu":  # a rerun finds the exported graph cached
+        out = fresh(work / f"scores_{kind}_auto_rerun.csv")
+        results["command, graph already cached"] = command(work / kind, bundle, out, args)
+    for split in args.split:
+        w, t = (int(v) for v in split.split(":"))
+        out = fresh(work / f"scores_{kind}_{w}_{t}.csv")
+        results[f"command ({w} workers, {t or 'default'} threads)"] = command(
+            work / kind, bundle, out, args, workers=w, threads=t or None
+        )
+    return results
+
+
+def report(runs: dict[str, list[float]], repeat: int) -> None:
+    """Median scans/s per contender; ratios against the naive loops are medians of the per-repetition
+    ratios (each measured in the same repetition), with their range when repeated."""
+    base = runs.get("naive: pydicom + PIL, 1 scan at a time")
+    ours = runs.get("naive: our decoder, 1 scan at a time")
+
+    def ratio(rates: list[float], against: list[float], label: str) -> str:
+        per_run = [r / b for r, b in zip(rates, against)]
+        text = f"x{float(np.median(per_run)):.2f} {label}"
+        return text + (f" ({min(per_run):.2f}-{max(per_run):.2f})" if repeat > 1 else "")
+
+    for name, rates in runs.items():
+        text = ""
+        if base and not name.startswith("decode"):
+            text = ratio(rates, base, "vs naive")
+            if ours:
+                text += ", " + ratio(rates, ours, "vs naive with our decoder")
+        spread = f" ({min(rates):.1f}-{max(rates):.1f})" if len(rates) > 1 else ""
+        print(f"  {name:40s} {float(np.median(rates)):8.1f} scans/s{spread}   {text}")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XRAYTRIAGE_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the processes they start) never write exported graphs into the user's ~/.cache."""
+    before = os.environ.get("XRAYTRIAGE_CACHE_DIR")
+    os.environ["XRAYTRIAGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XRAYTRIAGE_CACHE_DIR", None)
+    else:
+        os.environ["XRAYTRIAGE_CACHE_DIR"] = before
 
 
 @pytest.fixture(autouse=True)

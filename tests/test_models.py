@@ -91,6 +91,44 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     assert save_bundle(tmp_path / "again.pt", model, cfg, pre, ["a", "b"], {}, "multilabel") == model_id
 
 
+@pytest.mark.parametrize("arch", ["resnet50", "densenet121", "efficientnet_b0", "swin_t"])
+def test_loaded_bundle_is_the_saved_network_with_real_trainable_tensors(tmp_path: Path, arch: str) -> None:
+    cfg = ModelConfig(arch=arch, weights=None, task="binary")
+    torch.manual_seed(0)
+    model = build_model(cfg, 1).eval()
+    save_bundle(tmp_path / "m.pt", model, cfg, PreprocessConfig(image_size=64), ["x"], {}, "binary")
+    loaded = load_bundle(tmp_path / "m.pt").model
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not loaded.training and not any(t.is_meta for t in tensors)  # built on meta, then given weights
+    assert all(p.requires_grad for p in loaded.parameters())  # fine-tuning and Grad-CAM need autograd
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_state_the_bundle_does_not_hold_is_built_normally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xraytriage.models.bundle as bundle_mod
+
+    cfg = ModelConfig(arch="resnet18", weights=None, task="binary")
+    model = build_model(cfg, 1).eval()
+    save_bundle(tmp_path / "m.pt", model, cfg, PreprocessConfig(image_size=32), ["x"], {}, "binary")
+    real_build = bundle_mod.build_model
+
+    def with_unsaved_buffer(*args: object, **kwargs: object) -> torch.nn.Module:
+        built = real_build(*args, **kwargs)
+        built.register_buffer("scale", torch.full((1,), 2.0), persistent=False)  # not in any state_dict
+        return built
+
+    monkeypatch.setattr(bundle_mod, "build_model", with_unsaved_buffer)
+    loaded = load_bundle(tmp_path / "m.pt").model
+    assert loaded.scale.device.type == "cpu" and loaded.scale.item() == 2.0
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_bad_bundle_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a bundle")

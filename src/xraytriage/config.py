@@ -179,6 +179,10 @@ class ScoreConfig(_Section):
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     compile: bool = Field(False, description="torch.compile the scoring model (same as --compile)")
+    engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="forward pass: auto = ONNX Runtime on CPU (checked against PyTorch), PyTorch on GPU",
+    )
 
 
 class Config(_Section):

@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile the model: compiles once at start (tens of seconds); for long GPU runs",
     )
     parser.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnxruntime"],
+        help="what runs the network: auto (default) = ONNX Runtime on CPU (1.3-1.6x PyTorch there; logits "
+        "checked against PyTorch at start), PyTorch on GPU or with --compile",
+    )
+    parser.add_argument(
         "--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of flagged scans into DIR"
     )
     parser.add_argument(
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     """Returns 0 (all scored), 1 (some files failed) or 2 (usage/config error)."""
     from xraytriage.config import ConfigError, ScoreConfig, load_config
     from xraytriage.scoring import ScoreOptions, score
+    from xraytriage.scoring.engine import EngineUnavailable
     from xraytriage.scoring.journal import JournalMismatch
 
     try:
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         device=str(pick("device", cfg.device)),
         amp=str(pick("amp", cfg.amp)),
         compile=bool(getattr(args, "compile", False) or cfg.compile),
+        engine=str(pick("engine", cfg.engine)),
         cam_dir=getattr(args, "cam", None),
         studies=getattr(args, "studies", None),
         retry_failed=bool(getattr(args, "retry_failed", False)),
@@ -138,10 +146,10 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         summary = score(opts)
-    except (JournalMismatch, ImportError, FileNotFoundError) as exc:
+    except (JournalMismatch, EngineUnavailable, ImportError, FileNotFoundError) as exc:
         return _fail(str(exc))
     except (ValueError, RuntimeError) as exc:
-        if "bundle" in str(exc) or "device" in str(exc) or "manifest" in str(exc) or "torchrun" in str(exc):
+        if any(word in str(exc) for word in ("bundle", "device", "manifest", "torchrun", "engine")):
             return _fail(str(exc))
         raise
     if summary.rank == 0:

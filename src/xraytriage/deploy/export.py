@@ -113,33 +113,45 @@ def _example(bundle: Bundle, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, bundle.model_config.in_channels, size, size, generator=gen)
 
 
+def onnx_graph(
+    module: nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET, output_name: str = OUTPUT_NAME
+) -> bytes:
+    """``module`` as a serialized ONNX graph with a dynamic batch axis (also the CPU scoring engine's
+    graph, see :mod:`xraytriage.scoring.engine`). Needs the onnx package."""
+    import io
+
+    buffer = io.BytesIO()
+    with _quiet_deprecations(), torch.no_grad():
+        # The legacy TorchScript-based exporter (dynamo=False): the dynamo exporter needs the extra
+        # onnxscript package and gives nothing these plain CNNs need.
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[output_name],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
 def _export_onnx(
     wrapped: nn.Module, example: torch.Tensor, out: Path, meta: dict[str, Any], opset: int
 ) -> None:
     import onnx
 
-    with atomic_path(out) as tmp, _quiet_deprecations():
-        # The legacy TorchScript-based exporter (dynamo=False): the dynamo exporter needs the extra
-        # onnxscript package and gives nothing these plain CNNs need.
-        torch.onnx.export(
-            wrapped,
-            (example,),
-            str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key = key
-            entry.value = value if isinstance(value, str) else json.dumps(value)
-        proto.producer_name = "xraytriage"
+    proto = onnx.load_from_string(onnx_graph(wrapped, example, opset))
+    onnx.checker.check_model(proto)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    proto.producer_name = "xraytriage"
+    with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
 
 
@@ -248,7 +260,7 @@ def export_bundle(
             import onnxruntime  # noqa: F401
         except ImportError:
             raise ExportError(
-                "ONNX export needs the onnx and onnxruntime packages: pip install 'xraytriage[export]'"
+                "ONNX export needs the onnx and onnxruntime packages: pip install onnx onnxruntime"
             ) from None
         _export_onnx(wrapped, example, out_path, meta, opset)
     else:

@@ -94,6 +94,19 @@ def save_bundle(
     return model_id
 
 
+def _model_with_weights(cfg: ModelConfig, outputs: int, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The network with the bundle's weights, eval mode. Built on the meta device (no random
+    initialisation to throw away: 0.4 s of every command's start-up for ResNet-50), then given the
+    stored tensors; an architecture with state the bundle does not hold is built the ordinary way."""
+    with torch.device("meta"):
+        model = build_model(cfg, outputs, load_weights=False)
+    model.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model = build_model(cfg, outputs, load_weights=False)
+        model.load_state_dict(state)
+    return model.eval()
+
+
 def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> Bundle:
     """Rebuild the network from a bundle (no download: the weights are in the file)."""
     p = Path(path)
@@ -110,9 +123,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> B
     model_cfg = ModelConfig.model_validate(payload["model"])
     labels = list(payload["labels"])
     outputs = len(labels) if payload["task"] != "binary" else 1
-    model = build_model(model_cfg, outputs, load_weights=False)
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
+    model = _model_with_weights(model_cfg, outputs, payload["state_dict"])
     return Bundle(
         model=model,
         model_config=model_cfg,

@@ -2,8 +2,9 @@
 
 Flow (per rank under torchrun): stream candidate paths -> skip those already in the outputs -> keep
 this rank's shard -> DataLoader workers decode + preprocess (bundle's PreprocessConfig, via
-``image_to_tensor``) -> batched inference (AMP + channels_last on GPU) -> one durable append per batch
-to the scores and errors journals. Rank 0 merges the part files after all ranks finish.
+``image_to_tensor``) -> batched inference (AMP + channels_last on GPU; ONNX Runtime on CPU, see
+``scoring.engine``) -> one durable append per batch to the scores and errors journals. Rank 0 merges
+the part files after all ranks finish.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from xraytriage.scoring.dataset import (
     worker_init,
 )
 from xraytriage.scoring.discovery import iter_inputs, shard_of
+from xraytriage.scoring.engine import Runner, check_engine, prepare_model, select_runner
 from xraytriage.scoring.journal import CsvJournal
 from xraytriage.scoring.outputs import (
     ERROR_COLUMNS,
@@ -57,6 +59,7 @@ class ScoreOptions:
     device: str = "auto"
     amp: str = "auto"
     compile: bool = False
+    engine: str = "auto"  # see xraytriage.scoring.engine
     cam_dir: Path | None = None
     studies: Path | None = None
     retry_failed: bool = False
@@ -79,6 +82,7 @@ class ScoreSummary:
     elapsed_s: float = 0.0
     rank: int = 0
     world_size: int = 1
+    engine: str = ""
 
     @property
     def rate(self) -> float:
@@ -92,7 +96,8 @@ class ScoreSummary:
             f"flagged per class: {flagged}",
             f"skipped (already in the outputs): {self.already_done}",
             f"rows in the errors file: {self.errors_total}",
-            f"elapsed {self.elapsed_s:.1f} s, {self.rate:.1f} scans/s",
+            f"elapsed {self.elapsed_s:.1f} s, {self.rate:.1f} scans/s"
+            + (f" (engine: {self.engine})" if self.engine else ""),
         ]
         if self.world_size > 1:
             lines.insert(0, f"{self.world_size} ranks; merged {self.merged_rows} rows from part files")
@@ -118,31 +123,6 @@ def _thresholds(bundle_thresholds: dict[str, float], labels: list[str]) -> dict[
             log.warning("bundle has no operating point for class %r; flagging at 0.5", label)
         out[label] = float(bundle_thresholds.get(label, 0.5))
     return out
-
-
-def _prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    model = model.to(device).eval()
-    model = model.to(memory_format=torch.channels_last)  # cuDNN and oneDNN both prefer NHWC
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
-    return model
-
-
-def _cpu_runner(model: torch.nn.Module) -> torch.nn.Module:
-    """Inference copy with BatchNorm folded into the convolutions (eval only; logits equal to ~1e-5).
-
-    About 1.2x on a 2-core CPU for ResNet-50; the original module stays for Grad-CAM. Architectures
-    torch.fx cannot trace run unfused.
-    """
-    import copy
-
-    try:
-        from torch.fx.experimental.optimization import fuse
-
-        return fuse(copy.deepcopy(model))
-    except Exception as exc:  # fx tracing is best-effort for arbitrary torchvision models
-        log.debug("conv-bn folding skipped (%s: %s)", exc.__class__.__name__, exc)
-        return model
 
 
 class _Counter(threading.Thread):
@@ -201,6 +181,8 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     columns = score_columns(labels)
     summary = ScoreSummary(flagged=dict.fromkeys(labels, 0), rank=ctx.rank, world_size=ctx.world_size)
 
+    check_engine(opts.engine, device, opts.compile)  # a choice that cannot work fails before any output
+
     # --retry-failed: the recorded failures are scored again (each rank its shard of them, like any
     # path). Every rank reads them before any rank clears them; rank 0 merges the new failures as usual.
     retry: set[str] = set()
@@ -250,10 +232,23 @@ def score(opts: ScoreOptions) -> ScoreSummary:
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    model = _prepare_model(bundle.model, device)
-    runner = _cpu_runner(model) if device.type == "cpu" else model
-    if opts.compile:  # one static shape: short batches are padded (iter_logits), so it compiles once
-        runner = torch.compile(runner, dynamic=False)
+    model = prepare_model(bundle.model, device)
+    runner: Runner | None = None  # built once the decoding workers are running (export overlaps decoding)
+
+    def build_runner() -> Runner:
+        built = select_runner(
+            model,
+            device,
+            opts.engine,
+            compile=opts.compile,
+            in_channels=bundle.model_config.in_channels,
+            image_size=bundle.preprocess.image_size,
+            weights_id=bundle.model_id,
+        )
+        summary.engine = built.description
+        log.info("scoring engine: %s", built.description)
+        return built
+
     amp_dtype = resolve_amp_dtype(opts.amp, device)
     cuda = device.type == "cuda"
     in_channels = bundle.model_config.in_channels
@@ -289,13 +284,14 @@ def score(opts: ScoreOptions) -> ScoreSummary:
 
     def infer(batches: Iterable[ScanBatch]) -> Iterator[BatchLogits[ScanBatch]]:
         """The shared inference loop (also validation's and evaluate's), one batch at a time."""
+        assert runner is not None
         return iter_logits(
-            runner,
+            runner.forward,
             batches,
             device,
             lambda b: b.tensor,
             amp_dtype,
-            channels_last=True,
+            channels_last=runner.channels_last,
             inference_mode=True,
             pad_to=opts.batch_size if opts.compile else None,
         )
@@ -368,6 +364,8 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     try:
         while True:
             batches = iter(make_loader(stream, opts.workers, opts.batch_size))  # workers fork here
+            if runner is None:
+                runner = build_runner()  # the workers decode the first batches meanwhile
             if counter is None and opts.progress and ctx.is_main:
                 counter = _Counter(source, bar)  # started after the fork, never inherited by workers
                 counter.start()
