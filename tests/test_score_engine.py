@@ -112,6 +112,23 @@ def test_a_graph_that_disagrees_with_pytorch_is_never_used(
         select_runner(model, CPU, "onnxruntime", **_shape(two_class_bundle))
 
 
+def test_an_export_that_fails_falls_back_under_auto(
+    two_class_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import xraytriage.deploy.export as export_mod
+
+    def removed(*args: object, **kwargs: object) -> bytes:
+        raise RuntimeError("the TorchScript-based exporter was removed")  # e.g. a future torch
+
+    monkeypatch.setattr(export_mod, "onnx_graph", removed)
+    model = _model(two_class_bundle)
+    with caplog.at_level(logging.WARNING, logger="xraytriage.scoring.engine"):
+        assert select_runner(model, CPU, "auto", **_shape(two_class_bundle)).engine == "torch"
+    assert "exporting the network to ONNX failed (the TorchScript-based exporter was removed)" in caplog.text
+    with pytest.raises(EngineUnavailable, match="exporting the network to ONNX failed"):
+        select_runner(model, CPU, "onnxruntime", **_shape(two_class_bundle))
+
+
 def test_both_engines_write_the_same_scores_and_flags(tmp_path: Path, two_class_bundle: Path) -> None:
     write_pngs(tmp_path / "in", 7)
     outs = {}
