@@ -231,3 +231,35 @@ def test_cache_can_be_turned_off_and_an_unwritable_one_costs_nothing_but_time(
     monkeypatch.delenv("XRAYTRIAGE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert engine_mod.graph_cache_dir() == tmp_path / "xdg" / "xraytriage" / "onnx"
+
+
+def test_cache_keeps_to_its_size_limit_dropping_the_least_recently_used(
+    tmp_path: Path, two_class_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XRAYTRIAGE_CACHE_DIR", str(cache))
+    b = load_bundle(two_class_bundle)
+    model, shape = _model(two_class_bundle), _shape(two_class_bundle)
+    select_runner(model, CPU, "auto", weights_id=b.model_id, **shape)
+    (graph,) = _graphs(cache)
+    size = graph.stat().st_size
+    graph.unlink()
+
+    now = time.time()
+    fakes = []
+    for age in (300, 200, 100):  # other bundles' graphs, used 5, 3 and 1 minutes ago
+        fake = cache / "onnx" / f"other{age}.onnx"
+        fake.write_bytes(b"\0" * 1000)
+        os.utime(fake, (now - age, now - age))
+        fakes.append(fake)
+    monkeypatch.setattr(engine_mod, "CACHE_MAX_BYTES", size + 1500)
+    select_runner(model, CPU, "auto", weights_id=b.model_id, **shape)
+    assert [f.exists() for f in fakes] == [False, False, True]  # oldest first, until it fits
+    assert graph.is_file()
+
+    os.utime(graph, (now - 1000, now - 1000))
+    select_runner(model, CPU, "auto", weights_id=b.model_id, **shape)  # a hit marks it recently used
+    assert graph.stat().st_mtime > now - 60

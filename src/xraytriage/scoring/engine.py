@@ -11,6 +11,7 @@ The exported graph is kept in a user cache (``$XRAYTRIAGE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/xraytriage`` or ``~/.cache/xraytriage``; ``XRAYTRIAGE_CACHE_DIR=off`` disables it),
 keyed by the weights' hash, the input shape and the torch version, so a rerun skips the export. A
 cached graph passes the same check as a fresh one; one that fails it is deleted and exported again.
+The folder stays under ``CACHE_MAX_BYTES``, the least recently used graphs going first.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ PARITY_ATOL = 1e-3  # logits; float32 kernels differ by ~1e-5 on ResNet-50
 PARITY_RTOL = 1e-3
 CACHE_ENV = "XRAYTRIAGE_CACHE_DIR"
 GRAPH_FORMAT = 1  # bump when the exported graph changes for the same weights and torch version
+CACHE_MAX_BYTES = 2 * 1024**3  # ~20 ResNet-50 graphs; the least recently used go first
 
 
 class EngineUnavailable(RuntimeError):
@@ -149,6 +151,26 @@ def _store(path: Path, graph: bytes) -> None:
         )
 
 
+def _evict(directory: Path, keep: Path, max_bytes: int) -> None:
+    """Delete the least recently used graphs (mtime, refreshed on every hit) until the folder fits."""
+    try:
+        others = [(f.stat(), f) for f in directory.glob("*.onnx") if f != keep]
+        total = sum(st.st_size for st, _ in others) + keep.stat().st_size
+    except OSError:  # another process is changing the folder: a later run tidies up
+        return
+    for st, path in sorted(others, key=lambda entry: entry[0].st_mtime):
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= st.st_size
+            log.info(
+                "removed the least recently used ONNX graph %s (cache over %d MiB)",
+                path.name,
+                max_bytes >> 20,
+            )
+
+
 def _checked_forward(model: nn.Module, graph: bytes, check: torch.Tensor, threads: int) -> OnnxRuntimeForward:
     try:
         forward = OnnxRuntimeForward(graph, threads)
@@ -192,7 +214,10 @@ def onnxruntime_forward(
     cached = _graph_path(weights_id, in_channels, image_size)
     if cached is not None and cached.is_file():
         try:
-            return _checked_forward(model, cached.read_bytes(), check, threads)
+            forward = _checked_forward(model, cached.read_bytes(), check, threads)
+            with contextlib.suppress(OSError):
+                os.utime(cached)  # recently used: last to be evicted
+            return forward
         except (EngineUnavailable, OSError) as exc:
             log.warning("cached ONNX graph %s is unusable (%s); exporting it again", cached, exc)
             cached.unlink(missing_ok=True)
@@ -203,6 +228,7 @@ def onnxruntime_forward(
     forward = _checked_forward(model, graph, check, threads)
     if cached is not None:
         _store(cached, graph)
+        _evict(cached.parent, cached, CACHE_MAX_BYTES)
     return forward
 
 
