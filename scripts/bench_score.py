@@ -459,7 +459,7 @@ def main() -> None:
         for _ in range(args.repeat):  # contenders interleaved, so drift on a shared machine hits all alike
             for name, rate in contenders(kind, subset, bundle, device, work, graphs, args).items():
                 runs.setdefault(name, []).append(rate)
-        report(runs, args.repeat)
+        report(runs)
 
 
 def contenders(
@@ -496,7 +496,7 @@ def contenders(
     return results
 
 
-def report(runs: dict[str, list[float]], repeat: int) -> None:
+def report(runs: dict[str, list[float]]) -> None:
     """Median scans/s per contender; ratios against the naive loops are medians of the per-repetition
     ratios (each measured in the same repetition), with their range when repeated."""
     base = runs.get("naive: pydicom + PIL, 1 scan at a time")
@@ -505,7 +505,7 @@ def report(runs: dict[str, list[float]], repeat: int) -> None:
     def ratio(rates: list[float], against: list[float], label: str) -> str:
         per_run = [r / b for r, b in zip(rates, against)]
         text = f"x{float(np.median(per_run)):.2f} {label}"
-        return text + (f" ({min(per_run):.2f}-{max(per_run):.2f})" if repeat > 1 else "")
+        return text + (f" ({min(per_run):.2f}-{max(per_run):.2f})" if len(per_run) > 1 else "")
 
     for name, rates in runs.items():
         text = ""
