@@ -7,8 +7,9 @@ shared machine; compare ratios, not absolute numbers across runs.
     .venv/bin/python scripts/bench_io.py [--sizes 224 512] [--min-seconds 1.0] [--no-monai] [--no-gpu]
         [--files RG3_UNCI RG1_J2KR] [--jpeg2000-min-fraction 0.85]
 
-The GPU section (nvImageCodec full-resolution JPEG 2000 decode vs the CPU decoder) prints
-"skipped: <reason>" when nvImageCodec or a CUDA device is missing.
+The GPU section (nvImageCodec full-resolution JPEG 2000 decode of RG1_J2KR, RG3_J2KR and the lossy
+RG1_J2KI vs the CPU decoder, per file, with the largest pixel difference) prints "skipped: <reason>" when
+nvImageCodec or a CUDA device is missing. ``--json PATH`` also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPJ_
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -45,8 +47,12 @@ def _files(shared: Path) -> list[Path]:
     return out
 
 
-def _gpu_section(sizes: list[int], min_seconds: float, fraction: float) -> None:
-    """Full-resolution RG1_J2KR decode on the GPU (nvImageCodec, with the copy to host) vs the CPU."""
+GPU_FILES = ("RG1_J2KR.dcm", "RG3_J2KR.dcm", "RG1_J2KI.dcm")
+
+
+def _gpu_section(sizes: list[int], min_seconds: float, fraction: float) -> dict:
+    """Full-resolution JPEG 2000 decode on the GPU (nvImageCodec, with the copy to host) vs the CPU decoder
+    (pydicom + pylibjpeg-openjpeg), per file; then ``load_image`` with and without ``gpu_decode``."""
     from pydicom.data import get_testdata_file
     from pydicom.encaps import get_frame
 
@@ -54,43 +60,50 @@ def _gpu_section(sizes: list[int], min_seconds: float, fraction: float) -> None:
 
     print("\n## GPU JPEG 2000 decode (nvImageCodec) vs CPU, files/s")
     reason = gpu.unavailable_reason()
-    path = get_testdata_file("RG1_J2KR.dcm")
-    if reason is None and path is None:
-        reason = "RG1_J2KR.dcm not available (pip install pydicom-data)"
+    paths = {name: get_testdata_file(name) for name in GPU_FILES}
+    if reason is None and not all(paths.values()):
+        reason = "RG1/RG3 JPEG 2000 files not available (pip install pydicom-data)"
     if reason is not None:
         print(f"skipped: {reason}")
-        return
-    ds = pydicom.dcmread(path)
-    rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsStored)
-    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
-    try:
-        on_gpu = gpu.decode_frame(frame, rows, cols, bits)
-    except Exception as exc:
-        print(f"skipped: GPU decode failed ({exc.__class__.__name__}: {str(exc)[:200]})")
-        return
-    on_cpu = pydicom.pixels.pixel_array(ds)
-    same = bool(np.array_equal(on_gpu, on_cpu))
-    g = rate(lambda _p: gpu.decode_frame(frame, rows, cols, bits), Path(path), min_seconds)
-    c = rate(lambda _p: pydicom.pixels.pixel_array(ds), Path(path), min_seconds)
+        return {"skipped": reason}
+    out: dict = {"skipped": None, "full_resolution": [], "load_image": []}
     print("| what | GPU files/s | CPU files/s | x CPU |")
     print("|---|---|---|---|")
-    print(f"| RG1_J2KR full-resolution decode (identical: {same}) | {g:.1f} | {c:.1f} | {g / c:.1f}x |")
+    for name, path in paths.items():
+        ds = pydicom.dcmread(path)
+        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsStored)
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+        try:
+            on_gpu = gpu.decode_frame(frame, rows, cols, bits)
+        except Exception as exc:
+            print(f"| {name[:-4]}: GPU decode failed ({exc.__class__.__name__}: {str(exc)[:160]}) | | | |")
+            out["full_resolution"].append(
+                {"what": name[:-4], "error": f"{exc.__class__.__name__}: {exc}"[:300]}
+            )
+            continue
+        on_cpu = pydicom.pixels.pixel_array(ds)
+        diff = int(np.abs(on_gpu.astype(np.int64) - on_cpu.astype(np.int64)).max())
+        g = rate(
+            lambda _p, f=frame, r=rows, c=cols, b=bits: gpu.decode_frame(f, r, c, b), Path(path), min_seconds
+        )
+        c = rate(lambda _p, d=ds: pydicom.pixels.pixel_array(d), Path(path), min_seconds)
+        what = f"{name[:-4]} {cols}x{rows} full-resolution decode"
+        print(f"| {what} (max |GPU-CPU| {diff}) | {g:.1f} | {c:.1f} | {g / c:.1f}x |", flush=True)
+        row = {"what": what, "gpu": g, "cpu": c, "x_cpu": g / c, "identical": diff == 0, "max_abs_diff": diff}
+        out["full_resolution"].append(row)
     for size in sizes:
-        for name in ("RG1_J2KR.dcm", "RG3_J2KR.dcm"):
-            p = get_testdata_file(name)
-            if p is None:
-                continue
+        for name in GPU_FILES[:2]:
+            p = paths[name]
             on = PreprocessConfig(image_size=size, gpu_decode="auto", jpeg2000_min_fraction=fraction)
             off = PreprocessConfig(image_size=size, jpeg2000_min_fraction=fraction)
             _, m_on = load_image(p, on)
             _, m_off = load_image(p, off)
             g = rate(lambda q, c=on: load_image(q, c), Path(p), min_seconds)
             c = rate(lambda q, c=off: load_image(q, c), Path(p), min_seconds)
-            print(
-                f"| load_image {name[:-4]} {size}: {m_on.decode_path} vs {m_off.decode_path} "
-                f"| {g:.1f} | {c:.1f} | {g / c:.1f}x |",
-                flush=True,
-            )
+            what = f"load_image {name[:-4]} {size}: {m_on.decode_path} vs {m_off.decode_path}"
+            print(f"| {what} | {g:.1f} | {c:.1f} | {g / c:.1f}x |", flush=True)
+            out["load_image"].append({"what": what, "gpu": g, "cpu": c, "x_cpu": g / c})
+    return out
 
 
 def naive(path: Path, size: int) -> np.ndarray:
@@ -121,7 +134,7 @@ def rate(fn: Callable[[Path], object], path: Path, min_seconds: float, min_reps:
     return reps / (time.perf_counter() - start)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="target side lengths")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timing window per cell")
@@ -132,7 +145,13 @@ def main() -> int:
         "--jpeg2000-min-fraction", type=float, default=None, help="override preprocess.jpeg2000_min_fraction"
     )
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the ../shared folder")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    figures: dict = {"cpu": []}
     extra = {}
     if args.jpeg2000_min_fraction is not None:
         extra["jpeg2000_min_fraction"] = args.jpeg2000_min_fraction
@@ -165,11 +184,22 @@ def main() -> int:
                 f"| {ours / base:.1f}x | {ratio_m} |",
                 flush=True,
             )
+            figures["cpu"].append(
+                {
+                    "file": path.name,
+                    "size": size,
+                    "decode_path": meta.decode_path,
+                    "ours": ours,
+                    "naive": base,
+                }
+            )
     if not args.no_monai and _monai(args.sizes[0]) is None:
         print("# MONAI not installed: its column is n/a")
     if not args.no_gpu:
         fraction = PreprocessConfig(**extra).jpeg2000_min_fraction
-        _gpu_section(args.sizes, args.min_seconds, fraction)
+        figures["gpu"] = _gpu_section(args.sizes, args.min_seconds, fraction)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
     return 0
 
 

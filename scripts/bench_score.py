@@ -17,12 +17,20 @@ forward pass (inference_mode), i.e. the most any pipeline could reach.
 ``--split W:T ...`` times the command for several (decoding workers, inference threads) splits;
 ``--repeat N`` times every contender N times, interleaved, and prints medians with their range. The
 exported-graph cache lives in the scratch folder and is emptied before each timed first run.
+``--distinct N`` writes N distinct files per kind and hard-links them up to ``--count`` (a 2k x 2.5k
+file costs ~0.2 s to make and 10 MB of disk; a link costs nothing, and every link is its own path, row and
+decode). ``--marginal M`` also times the command on the first M files, so the steady-state rate
+(count - M) / (t_count - t_M) excludes the fixed start-up (model load, worker start, first batches; both
+runs are in one process after the model-only warm-up, so CUDA and cuDNN autotuning are warm for both).
+The report ends with where the bound is: decoding (one worker's rate x workers) or the model.
 Memory: ``--memory N`` scores N tiny PNGs in a subprocess and samples the resident memory of it and
 its workers as the run progresses.
 
     python scripts/bench_score.py --count 240 --naive-count 48 --repeat 3   # throughput, both kinds
     python scripts/bench_score.py --count 64 --split 2:2 1:2 1:1        # worker/thread splits too
     python scripts/bench_score.py --memory 10000 --arch resnet18        # flat memory
+    python scripts/bench_score.py --device cuda --kinds uncompressed --count 20000 --distinct 48 \
+        --marginal 4000 --workers 15 --batch-size 256 --naive-count 24   # GPU (scripts/gpu_check.py)
 """
 
 from __future__ import annotations
@@ -68,12 +76,16 @@ def copy_radiographs(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def make_dicoms(folder: Path, count: int, rows: int, cols: int, kind: str = "uncompressed") -> list[Path]:
-    """16-bit DX files: a smooth synthetic body plus noise, distinct UIDs.
+def make_dicoms(
+    folder: Path, count: int, rows: int, cols: int, kind: str = "uncompressed", distinct: int = 0
+) -> list[Path]:
+    """16-bit DX files: a smooth synthetic body plus noise, distinct UIDs; with ``distinct``, only that
+    many files are written and the rest of the ``count`` are hard links to them.
 
     JPEG 2000 lossless encoding of a 2k x 2.5k image takes seconds, so at most 4 distinct images are
     encoded and their codestreams reused (every file is still decoded in full by the contenders).
     """
+    written = min(count, distinct) if distinct else count
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
@@ -86,7 +98,7 @@ def make_dicoms(folder: Path, count: int, rows: int, cols: int, kind: str = "unc
     study = generate_uid()
     paths = []
     encoded: list[tuple[bytes, object]] = []  # (PixelData, file meta transfer syntax) of compressed images
-    for i in range(count):
+    for i in range(written):
         pixels = None
         if kind == "uncompressed" or len(encoded) < 4:
             pixels = np.clip(base + rng.normal(0, 60, base.shape), 0, 4095).astype(np.uint16)
@@ -115,7 +127,21 @@ def make_dicoms(folder: Path, count: int, rows: int, cols: int, kind: str = "unc
         path = folder / f"scan{i:05d}"  # no extension: found by content
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
+    for i in range(written, count):
+        path = folder / f"scan{i:05d}"
+        os.link(paths[i % written], path)
+        paths.append(path)
     return paths
+
+
+def link_subset(paths: list[Path], folder: Path) -> Path:
+    """A folder holding hard links to ``paths`` (the marginal-rate run scores exactly these)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        target = folder / path.name
+        if not target.exists():
+            os.link(path, target)
+    return folder
 
 
 def make_bundle(path: Path, arch: str, image_size: int) -> Path:
@@ -366,9 +392,12 @@ def memory_check(n: int, args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=64, help="files per input kind")
+    ap.add_argument(
+        "--distinct", type=int, default=0, help="distinct files per kind; the rest are hard links"
+    )
     ap.add_argument("--rows", type=int, default=2500)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=DEFAULT_KINDS, help="input kinds to time")
@@ -398,6 +427,9 @@ def main() -> None:
     )
     ap.add_argument("--skip-naive", action="store_true", help="time only the command")
     ap.add_argument("--naive-count", type=int, default=0, help="files for the naive loop (default: all)")
+    ap.add_argument(
+        "--marginal", type=int, default=0, metavar="M", help="also time the first M files: steady-state rate"
+    )
     ap.add_argument("--ceiling-seconds", type=float, default=5.0, help="time per model-only measurement")
     ap.add_argument(
         "--ceiling-batches",
@@ -409,7 +441,14 @@ def main() -> None:
     )
     ap.add_argument("--memory", type=int, default=0, metavar="N", help="flat-memory check on N tiny PNGs")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
-    args = ap.parse_args()
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.marginal and not 0 < args.marginal < args.count:
+        raise SystemExit("--marginal must be between 0 and --count")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_score_"))
     graphs = work / "user-cache"  # the exported-graph cache starts empty: the first run pays the export
     shutil.rmtree(graphs, ignore_errors=True)
@@ -424,7 +463,7 @@ def main() -> None:
     files = {
         kind: copy_radiographs(work / kind, args.count)
         if kind == "jpeg2000-radiographs"
-        else make_dicoms(work / kind, args.count, args.rows, args.cols, kind)
+        else make_dicoms(work / kind, args.count, args.rows, args.cols, kind, args.distinct)
         for kind in args.kinds
     }
     bundle = make_bundle(work / "model.pt", args.arch, args.image_size)
@@ -432,11 +471,12 @@ def main() -> None:
         f"{k} {sum(p.stat().st_size for p in v) / len(v) / 2**20:.1f} MiB" for k, v in files.items()
     )
     print(
-        f"wrote {args.count} DICOMs per kind (synthetic {args.cols}x{args.rows}; radiographs ~2k) "
-        f"in {time.perf_counter() - t0:.0f} s "
+        f"wrote {args.count} DICOMs per kind ({args.distinct or args.count} distinct; synthetic "
+        f"{args.cols}x{args.rows}; radiographs ~2k) in {time.perf_counter() - t0:.0f} s "
         f"(mean file: {sizes}); device={device}, arch={args.arch}, image_size={args.image_size}, "
         f"batch={args.batch_size}, workers={args.workers}, cores={os.cpu_count()}, "
-        f"torch threads={torch.get_num_threads()}"
+        f"torch threads={torch.get_num_threads()}",
+        flush=True,
     )
     first = files[args.kinds[0]]
     naive(first[:2], bundle, device, None)  # warm caches and kernels for every contender
@@ -452,14 +492,69 @@ def main() -> None:
     print("model only (pre-made tensors, no decoding):")
     for name, rate in ceiling.items():
         print(f"  {name:34s} {rate:8.1f} scans/s")
+    figures: dict = {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "batch": args.batch_size,
+        "workers": args.workers,
+        "cores": os.cpu_count(),
+        "ceiling": ceiling,
+        "kinds": {},
+    }
     for kind, paths in files.items():
         subset = paths[: args.naive_count] if args.naive_count else paths
-        print(f"{kind}:")
-        runs: dict[str, list[float]] = {"decode + preprocess only (1 core)": [decode_only(subset, bundle)]}
+        print(f"{kind}:", flush=True)
+        decode = decode_only(subset, bundle)
+        runs: dict[str, list[float]] = {"decode + preprocess only (1 core)": [decode]}
         for _ in range(args.repeat):  # contenders interleaved, so drift on a shared machine hits all alike
             for name, rate in contenders(kind, subset, bundle, device, work, graphs, args).items():
                 runs.setdefault(name, []).append(rate)
         report(runs)
+        summary = {"contenders": runs, "decode_per_core": decode}
+        command_rates = runs.get("command") or next(
+            (r for n, r in runs.items() if n.startswith("command")), []
+        )
+        if command_rates:
+            summary["command_scans_per_s"] = float(np.median(command_rates))
+        if args.marginal and command_rates:  # on CPU, the run that found the exported graph cached
+            rate = (runs.get("command, graph already cached") or command_rates)[-1]
+            summary["steady_state_scans_per_s"] = marginal_rate(kind, paths, bundle, work, args, rate)
+            steady = summary["steady_state_scans_per_s"]
+            print(f"  {'steady state (marginal files/s)':40s} {steady:8.1f} scans/s")
+        summary["bound"] = bound(decode, args.workers, ceiling, args.batch_size, summary)
+        print(f"  {summary['bound']}", flush=True)
+        figures["kinds"][kind] = summary
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+def marginal_rate(
+    kind: str, paths: list[Path], bundle: Path, work: Path, args: argparse.Namespace, full_rate: float
+) -> float:
+    """Scans/s of the files beyond the first M (``full_rate``: the command's rate on all of them, timed
+    already): the command's fixed start-up cancels out."""
+    small = link_subset(paths[: args.marginal], work / f"{kind}_first{args.marginal}")
+    engine = args.engines[0]
+    t_small = args.marginal / command(small, bundle, fresh(work / f"marg_{kind}.csv"), args, engine=engine)
+    return (len(paths) - args.marginal) / max(len(paths) / full_rate - t_small, 1e-9)
+
+
+def bound(decode: float, workers: int, ceiling: dict[str, float], batch: int, summary: dict) -> str:
+    """Which side limits the command: the decoding workers together, or the model's forward pass."""
+    feed = decode * workers
+    model = max((v for k, v in ceiling.items() if k.endswith(f"batch {batch}")), default=float("nan"))
+    side = "decoding" if feed < model else "the model"
+    reached = summary.get("steady_state_scans_per_s") or summary.get("command_scans_per_s")
+    share = (
+        f"; the command reached {reached:.0f}/s, {100 * reached / min(feed, model):.0f} % of it"
+        if reached
+        else ""
+    )
+    return (
+        f"bound: {side} ({workers} workers x {decode:.0f} scans/s = {feed:.0f}/s to decode, "
+        f"model {model:.0f}/s at batch {batch}){share}"
+    )
 
 
 def contenders(

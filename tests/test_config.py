@@ -74,6 +74,14 @@ def test_overrides_apply_and_validate(tmp_path: Path) -> None:
         load_config(None, ["train.nope=1"])
 
 
+def test_amp_off_as_yaml_reads_it(tmp_path: Path) -> None:
+    """YAML 1.1 reads a bare `off` as false; for the precision keys it means the documented "off" mode."""
+    cfg = load_config(write(tmp_path, "train:\n  amp: off\n"), ["score.amp=off"])
+    assert cfg.train.amp == "off" and cfg.score.amp == "off"
+    with pytest.raises(ConfigError, match=r"key 'train\.amp'.*got True"):
+        load_config(None, ["train.amp=on"])
+
+
 def test_relative_paths_are_relative_to_the_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,3 +76,36 @@ def test_two_process_ddp_training_matches_single_process_evaluation(tmp_path: Pa
     # The operating threshold is one of the validation scores (target-sensitivity policy): the gathered
     # predictions are the single-process ones, up to float noise from different batch sizes.
     assert np.min(np.abs(p - bundle.thresholds["finding"])) < 1e-5
+
+
+def test_torchrun_with_one_process_runs_the_ddp_path(tmp_path: Path) -> None:
+    """One process under torchrun joins a process group and trains through DDP, the same code several
+    processes run: a one-GPU machine checks the distributed path (NCCL there, gloo here)."""
+    manifest = generate_dataset(
+        tmp_path / "data", SyntheticSpec(n_patients=12, size=48, seed=2), progress=False
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "TMPDIR": str(tmp_path)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29573"]
+    train = ["-m", "xraytriage", "train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "run")]
+    overrides = [f"data.manifest={manifest}", "data.num_workers=0", "model.arch=resnet18", "train.epochs=1"]
+    overrides += ["preprocess.image_size=32", "train.batch_size=4", "train.device=cpu"]
+    proc = subprocess.run(
+        [*launcher, *train, *overrides, "train.histogram_every_epochs=0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DDP over gloo with 1 rank(s)" in proc.stderr
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_plain_run_joins_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xraytriage.training.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    info = init_distributed("cpu")
+    assert not info.enabled and info.world_size == 1 and info.backend == ""

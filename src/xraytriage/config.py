@@ -9,10 +9,26 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+def _yaml_off(value: Any) -> Any:
+    """YAML reads a bare ``off`` as false: ``train.amp=off`` (or ``amp: off``) means the "off" mode."""
+    return "off" if value is False else value
+
+
+AmpMode = Annotated[Literal["auto", "bf16", "fp16", "off"], BeforeValidator(_yaml_off)]
 
 
 class ConfigError(ValueError):
@@ -125,9 +141,13 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     imbalance: Literal["none", "pos_weight", "sampler"] = "none"
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: AmpMode = "auto"
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = Field(
+        False,
+        description="deterministic cuDNN/cuBLAS kernels: bit-for-bit GPU reruns and resumes, a little slower",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     early_stopping_patience: int = Field(0, ge=0, description="0 = off")
     max_steps_per_epoch: int = Field(0, ge=0, description="0 = whole epoch; small values for smoke tests")
@@ -177,7 +197,7 @@ class ScoreConfig(_Section):
     batch_size: int = Field(32, ge=1, le=65_536)
     num_workers: int = Field(2, ge=0, le=256)
     device: str = "auto"
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: AmpMode = "auto"
     compile: bool = Field(False, description="torch.compile the scoring model (same as --compile)")
     engine: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",

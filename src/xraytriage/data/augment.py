@@ -24,17 +24,19 @@ from __future__ import annotations
 import math
 import os
 import random
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 # albumentations checks PyPI for updates on import; hospitals run offline and tests must not reach out.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
 
 from xraytriage.config import AugmentConfig
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 CLAHE_CLIP_LIMIT = 2.0  # A.CLAHE(clip_limit=2.0) draws the limit uniformly from [1, 2]
 CLAHE_TILE_GRID = (8, 8)
@@ -244,7 +246,13 @@ class FastAugmentation:
 
 
 def build_albumentations(cfg: AugmentConfig, seed: int) -> A.Compose:
-    """The reference pipeline (``augment.backend: albumentations``)."""
+    """The reference pipeline (``augment.backend: albumentations``).
+
+    Imported here, not at module level: the default fast backend needs no albumentations, so a machine
+    without it (the GPU check's device image) still trains.
+    """
+    import albumentations as A
+
     p = cfg.probability
     ops: list[A.BasicTransform] = [
         A.Affine(

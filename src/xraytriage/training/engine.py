@@ -42,7 +42,13 @@ from xraytriage.training.losses import masked_bce, multiclass_ce
 from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.training.schedule import warmup_cosine
 from xraytriage.utils.atomic import atomic_write_text
-from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, seed_everything, worker_start_method
+from xraytriage.utils.runtime import (
+    resolve_amp_dtype,
+    resolve_device,
+    seed_everything,
+    use_deterministic_kernels,
+    worker_start_method,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +142,8 @@ class Trainer:
             self.device = resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
         self.amp_dtype = resolve_amp_dtype(cfg.train.amp, self.device)
         self.labels = list(cfg.data.labels)
         self.writer: Any = None
@@ -245,6 +253,7 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+            self._log_main("DDP over %s with %d rank(s)", self.dist.backend, self.dist.world_size)
         if cfg.train.compile:
             net = torch.compile(net)
         self.net = net

@@ -35,6 +35,17 @@ def worker_start_method(gpu_decode: str, workers: int) -> dict[str, Any]:
     return {}
 
 
+def use_deterministic_kernels() -> None:
+    """Deterministic cuDNN and cuBLAS kernels (``train.deterministic``), so a GPU run repeats and resumes
+    bit for bit. Process-wide, like the seeds. Ops without a deterministic CUDA kernel warn rather than
+    stop the run (``warn_only``): ResNet's only one, the adaptive average pool's backward, sums a single
+    value per input at 1 x 1 output, which is exact anyway."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
