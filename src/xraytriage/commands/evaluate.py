@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from xraytriage.commands._common import add_overrides
+from xraytriage.commands._common import add_overrides, add_progress_flag
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write EVAL_DIR/tensorboard")
+    add_progress_flag(p)
     add_overrides(p)
     p.set_defaults(handler=run)
 
@@ -164,14 +165,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
     predict = importlib.import_module("xraytriage.training.predict").predict_manifest
     kwargs = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
-    predictions = predict(bundle, rows, **kwargs)
+    predictions = predict(bundle, rows, progress=f"predicting {split}", **kwargs)
     skipped = list(predictions.attrs.get("failed", [])) if hasattr(predictions, "attrs") else []
     if skipped:
         print(f"xraytriage evaluate: {len(skipped)} scan(s) could not be read and were skipped")
     if predictions.empty:
         print("xraytriage evaluate: no scan could be decoded; nothing to evaluate")
         return 1
-    val_predictions = predict(bundle, val_rows, **kwargs) if val_rows is not None else None
+    val_predictions = (
+        predict(bundle, val_rows, progress="predicting validation", **kwargs)
+        if val_rows is not None
+        else None
+    )
     if val_predictions is not None and val_predictions.empty:
         val_predictions = None
 
