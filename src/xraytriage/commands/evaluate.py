@@ -165,18 +165,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     predict = importlib.import_module("xraytriage.training.predict").predict_manifest
     kwargs = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
-    predictions = predict(bundle, rows, progress=f"predicting {split}", **kwargs)
+    predictions = predict(bundle, rows, **kwargs)
     skipped = list(predictions.attrs.get("failed", [])) if hasattr(predictions, "attrs") else []
     if skipped:
         print(f"xraytriage evaluate: {len(skipped)} scan(s) could not be read and were skipped")
     if predictions.empty:
         print("xraytriage evaluate: no scan could be decoded; nothing to evaluate")
         return 1
-    val_predictions = (
-        predict(bundle, val_rows, progress="predicting validation", **kwargs)
-        if val_rows is not None
-        else None
-    )
+    val_predictions = predict(bundle, val_rows, **kwargs) if val_rows is not None else None
     if val_predictions is not None and val_predictions.empty:
         val_predictions = None
 

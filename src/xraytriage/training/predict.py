@@ -141,9 +141,12 @@ def predict_manifest(
     num_workers: int = 0,
     device: str = "auto",
     amp: str = "auto",
-    progress: str | None = None,
+    progress: str | None = "predicting",
 ) -> pd.DataFrame:
-    """Predictions for every decodable row; ``.attrs['failed']`` lists (path, reason) of skipped scans."""
+    """Predictions for every decodable row; ``.attrs['failed']`` lists (path, reason) of skipped scans.
+
+    ``progress``: label of the progress bar (drawn only on a terminal, see ``utils.progress``); None: none.
+    """
     dev = resolve_device(device)
     model = bundle.model.to(dev)
     if dev.type == "cuda":
