@@ -100,3 +100,44 @@ def test_parser_help_mentions_exit_code():
     args = parser.parse_args(["audit", "--manifest", "m.csv", "--labels", "a,b"])
     assert args.handler is audit_cmd.run and args.labels == "a,b"
     assert "exit code 4" in audit_cmd.HELP
+
+
+def test_tables_give_counts_and_prevalence_per_label_and_split():
+    df = _manifest(leak=False)
+    df["effusion"] = [float(i % 4 == 0) for i in range(len(df))]
+    df.loc[2, "sex"] = None
+    result = audit_manifest(df, ["finding", "effusion"], EvaluationConfig(subgroups=["sex", "site"]))
+    table = result.prevalence_table().set_index("label")
+    assert list(table.columns) == ["train", "val", "test", "all"]
+    for split in ("train", "val", "test"):
+        part = df[df["split"] == split]
+        for label in ("finding", "effusion"):
+            known = part[label].isin([0, 1])
+            pos, n = int((part[label] == 1).sum()), int(known.sum())
+            assert table.loc[label, split] == f"{pos}/{n} ({pos / n:.1%})"
+    unknown = result.unknown_table().set_index("attribute")
+    assert unknown.loc["sex", "unknown"] == 1 and unknown.loc["sex", "share"] == f"{1 / len(df):.1%}"
+    assert unknown.loc["site", "unknown"] == "all" and unknown.loc["site", "note"]
+    splits = result.split_table().set_index("split")
+    assert splits.loc["train", "scans"] == 20 and splits.loc["train", "patients"] == 10
+
+
+def test_cli_prints_one_row_per_label_and_json_on_request(tmp_path, capsys):
+    labels = [f"finding_{k:02d}" for k in range(18)]  # covid-chestxray has 18
+    df = _manifest(leak=False).drop(columns=["finding"])
+    for k, label in enumerate(labels):
+        df[label] = [float((i + k) % 5 == 0) for i in range(len(df))]
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    assert audit_cmd.run(_args(tmp_path, path, labels=",".join(labels), out=None)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for label in labels:
+        rows = [line for line in lines if line.split()[:1] == [label]]
+        assert len(rows) == 1 and len(rows[0].split()) == 1 + 2 * 4  # label, then count + share x 4 splits
+    assert max(len(line) for line in lines) < 120
+
+    assert audit_cmd.run(_args(tmp_path, path, labels=",".join(labels), out=None, json=True)) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # stdout is the JSON document and nothing else
+    assert document == audit_manifest(df, labels, EvaluationConfig()).to_dict()
+    assert document["labels"] == labels

@@ -135,8 +135,9 @@ def test_corrupt_record_is_detected_never_served_and_repaired(dataset, tmp_path:
     assert source.lookup(victim) is None  # CRC mismatch: not served
     assert np.array_equal(source(0, victim), load_image(victim, PP)[0])
 
-    assert cache_cmd.run(argparse.Namespace(cache_action="verify", cache_dir=tmp_path / "c", quiet=True)) == 1
-    assert cache_cmd.run(argparse.Namespace(cache_action="verify", cache_dir=tmp_path / "c", quiet=True)) == 0
+    verify = argparse.Namespace(cache_action="verify", cache_dir=tmp_path / "c", no_progress=True)
+    assert cache_cmd.run(verify) == 1
+    assert cache_cmd.run(verify) == 0
     repaired = _build(paths, tmp_path / "c", dtype="float32")
     assert repaired.decoded == 1 and repaired.reused == len(paths) - 1
     assert cache.open_matching_cache(tmp_path / "c", PP).lookup(victim) is not None

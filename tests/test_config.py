@@ -127,3 +127,40 @@ def test_cli_broken_config_exits_2_with_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and "model.archh" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rsna_txv_config_fits_its_weights_and_the_rsna_adapter(tmp_path: Path) -> None:
+    """configs/rsna_pneumonia_txv.yaml: the torchxrayvision weights' own input, on what `prepare
+    rsna-pneumonia` writes (the adapter's real file layout: one row per box, IDs as file names)."""
+    import pandas as pd
+
+    from xraytriage.cli import main
+    from xraytriage.data.manifest import read_manifest
+    from xraytriage.models import pretrained
+
+    root = tmp_path / "rsna"
+    (root / "stage_2_train_images").mkdir(parents=True)
+    ids = [f"{i:08x}-0000-0000-0000-000000000000" for i in range(40)]
+    rows = [{"patientId": pid, "x": None, "Target": int(i % 4 == 0)} for i, pid in enumerate(ids)]
+    rows += [{"patientId": ids[0], "x": 10.0, "Target": 1}]  # a second box of a positive image
+    pd.DataFrame(rows).to_csv(root / "stage_2_train_labels.csv", index=False)
+    for pid in ids:
+        (root / "stage_2_train_images" / f"{pid}.dcm").write_bytes(b"")
+    manifest = tmp_path / "manifest.csv"
+    assert (
+        main(["prepare", "rsna-pneumonia", "--root", str(root), "--out", str(manifest), "--no-headers"]) == 0
+    )
+    cfg = load_config(ROOT / "configs" / "rsna_pneumonia_txv.yaml", [f"data.manifest={manifest}"])
+    frame = read_manifest(cfg.data.manifest, labels=cfg.data.labels)
+    assert frame["pneumonia"].sum() == 10 and cfg.model.task == "binary"
+    entry = pretrained.published(cfg.model.weights)
+    assert entry is not None and entry.layout == pretrained.TORCHXRAYVISION
+    pre = cfg.preprocess
+    assert (
+        (pre.mean, pre.std, pre.image_size)
+        == (entry.mean, entry.std, entry.image_size)
+        == (0.5, 1 / 2048, 512)
+    )
+    assert cfg.model.arch == "resnet50" and cfg.model.in_channels == 1
+    assert pretrained.adopt_expected_input(pre, entry)[1:] == []  # nothing set against the weights
+    assert cfg.train.amp == "auto" and cfg.train.device == "auto"  # a GPU when there is one

@@ -99,11 +99,11 @@ def test_demo_runs_end_to_end(demo: tuple[Path, subprocess.CompletedProcess]) ->
     scores = pd.read_csv(out / "scores.csv")
     assert len(scores) == int((manifest["split"] == "test").sum())
     errors = pd.read_csv(out / "score_errors.csv")
-    assert sorted(Path(p).name for p in errors["path"]) == [
-        "empty.dcm",
-        "notes.txt",
-        "truncated_transfer.dcm",
-    ]
+    reasons = {Path(p).name: r for p, r in zip(errors["path"], errors["reason"], strict=True)}
+    assert sorted(reasons) == ["empty.dcm", "notes.txt", "truncated_transfer.dcm"]
+    assert reasons["notes.txt"] == "not_a_scan" and reasons["empty.dcm"] == "empty_file"
+    assert "2 bad files reported, 1 file(s) that are not scans skipped" in proc.stdout
+    assert "\r" not in proc.stderr  # output captured, not a terminal: no progress-bar fragments
     assert "tensorboard --logdir" in proc.stdout and "miss_rate" in proc.stdout
     for text in (
         proc.stdout,

@@ -131,14 +131,14 @@ def test_bad_files_go_to_errors_file_and_run_continues(
     rc = run_score(
         seeded_folder, bundle, out, "--workers", "2", "--batch-size", "3", "--studies", str(studies)
     )
-    assert rc == 1  # some files failed
+    assert rc == 1  # some files failed (the text file alone would not fail the run)
     rows = read_csv_rows(out)
     errors = read_csv_rows(tmp_path / "out" / "scores.errors.csv")
     scored = {Path(r["path"]).name for r in rows}
     assert scored == {"img0000.png", "img0001.png", "img0002.png", "IM0001", "im2.bin"}
     reasons = {Path(r["path"]).name: r["reason"] for r in errors}
     assert reasons["empty.dcm"] == "empty_file"
-    assert reasons["readme.txt"] == "not_an_image"
+    assert reasons["readme.txt"] == "not_a_scan"  # skipped, listed, not a failure
     assert reasons["corrupt.png"] == "decode_failed"
     assert reasons["truncated.dcm"] in {"truncated", "corrupt_header", "decode_failed", "no_pixel_data"}
     assert len(rows) + len(errors) == 11  # every file accounted for exactly once

@@ -176,3 +176,26 @@ def test_sens_at_spec_objective_with_hyperband(tiny_config: Path, tmp_path: Path
     trials = pd.read_csv(out / "trials.csv")
     assert list(trials["state"]) == ["COMPLETE"] and 0.0 <= trials["value"][0] <= 1.0
     assert (out / "best.yaml").is_file()
+
+
+def test_unavailable_weights_end_the_study_at_once_with_exit_2(
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import urllib.error
+
+    import torchvision
+
+    calls = []
+
+    def offline(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    args = _args(
+        tiny_config, tmp_path / "study", 3, _space(tmp_path), overrides=["model.weights=IMAGENET1K_V1"]
+    )
+    assert tune_cmd.run(args) == 2
+    assert len(calls) == 1  # one attempt, not one per trial
+    assert "resnet18-f37072fd.pth" in capsys.readouterr().out

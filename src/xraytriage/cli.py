@@ -9,6 +9,7 @@ import sys
 
 from xraytriage import __version__
 from xraytriage.config import ConfigError
+from xraytriage.utils.progress import set_progress
 
 # Order is the order shown by --help. Each module has ``register(subparsers)`` and ``run(args) -> int``.
 COMMANDS = ("demo", "prepare", "split", "audit", "cache", "train", "tune", "evaluate", "score", "export")
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    set_progress(not getattr(args, "no_progress", False))
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:

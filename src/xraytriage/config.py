@@ -35,6 +35,17 @@ class ConfigError(ValueError):
     """A configuration problem the user must fix; the CLI prints it as one line and exits 2."""
 
 
+# model.weights values that are names, not files: torchvision's ImageNet weights, and chest-X-ray
+# weights in their published layouts (xraytriage.models.pretrained: sources, layouts, input scaling).
+TORCHVISION_WEIGHT_NAMES = frozenset({"IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"})
+CXR_WEIGHT_NAMES = frozenset({"resnet50-res512-all", "radimagenet-resnet50"})
+
+
+def is_weights_name(value: str) -> bool:
+    """True for a named set of weights, False for what must be a file path."""
+    return value.upper() in TORCHVISION_WEIGHT_NAMES or value.strip().lower() in CXR_WEIGHT_NAMES
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -104,7 +115,9 @@ class PreprocessConfig(_Section):
 class ModelConfig(_Section):
     arch: str = Field("resnet50", description="any torchvision classification model name")
     weights: str | None = Field(
-        None, description="IMAGENET1K_V2 | IMAGENET1K_V1 | DEFAULT | path to a local state-dict file | null"
+        None,
+        description="IMAGENET1K_V2 | IMAGENET1K_V1 | DEFAULT (torchvision, ImageNet) | resnet50-res512-all "
+        "(torchxrayvision, chest X-rays) | radimagenet-resnet50 | path to a local weights file | null",
     )
     in_channels: Literal[1, 3] = 1
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
@@ -221,6 +234,9 @@ class Config(_Section):
             raise ValueError("train.freeze_epochs must not exceed train.epochs")
         if self.model.task == "binary" and len(self.data.labels) != 1:
             raise ValueError("model.task 'binary' needs exactly one entry in data.labels")
+        weights = (self.model.weights or "").strip().lower()
+        if weights in CXR_WEIGHT_NAMES and self.model.arch != "resnet50":
+            raise ValueError(f"model.weights '{weights}' is a ResNet-50: set model.arch=resnet50")
         return self
 
     def to_yaml_dict(self) -> dict[str, Any]:
@@ -331,14 +347,14 @@ def _resolve_paths(cfg: Config, base_dir: Path, source: str) -> None:
     if data.cache_dir is not None and not data.cache_dir.is_absolute():
         data.cache_dir = (base_dir / data.cache_dir).resolve()
     weights = cfg.model.weights
-    if weights and weights.upper() not in {"IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"}:
+    if weights and not is_weights_name(weights):
         wpath = Path(weights)
         if not wpath.is_absolute():
             wpath = base_dir / wpath
         if not wpath.is_file():
             raise ConfigError(
-                f"{source}: key 'model.weights': file not found: {wpath} "
-                "(use IMAGENET1K_V2, IMAGENET1K_V1, a local .pth state-dict file, or null)"
+                f"{source}: key 'model.weights': file not found: {wpath} (use IMAGENET1K_V2, "
+                "IMAGENET1K_V1, resnet50-res512-all, radimagenet-resnet50, a local weights file, or null)"
             )
         cfg.model.weights = str(wpath.resolve())
 

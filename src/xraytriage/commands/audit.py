@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 EXIT_LEAKAGE = 4
 
 HELP = """Audit a manifest before training or evaluating on it.
 
-Prints and (with --out) writes: scans, patients and label prevalence per split; the same per subgroup
-(sex, age band, view, site, ... from the config's evaluation.subgroups, and intersections) and split;
-how many scans lack each attribute; and patients whose scans appear in more than one split.
+Prints tables and (with --out) writes files: scans and patients per split; positives, labelled scans
+and prevalence per label and split; how many scans lack each subgroup attribute; and patients whose
+scans appear in more than one split. Per-subgroup counts (sex, age band, view, site, ... from the
+config's evaluation.subgroups, and intersections) are in audit_subgroups.csv and the JSON.
+--json prints the whole audit as one JSON document on stdout instead of the tables (the same content
+as audit.json: counts only, no patient ID).
 
 Patient leakage makes validation and test figures optimistic and is an error: exit code 4. The
 printed summary and audit.json hold counts only; with --out, leaking_patients.csv lists the
@@ -43,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "whose values are all 1/0/-1/blank)",
     )
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write audit files into this folder")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the audit as JSON on stdout (machine-readable; messages go to stderr)",
+    )
     p.add_argument(
         "--config",
         type=Path,
@@ -77,16 +86,21 @@ def run(args: argparse.Namespace) -> int:
             labels = list(cfg.data.labels)
     else:
         eval_cfg = EvaluationConfig()
+    as_json = bool(getattr(args, "json", False))
+    notes = sys.stderr if as_json else sys.stdout  # with --json, stdout holds the JSON document only
     try:
         df = read_manifest(args.manifest, labels=labels, leakage="ignore")  # reported below instead
     except ManifestError as exc:
-        print(f"xraytriage audit: {exc}")
+        print(f"xraytriage audit: {exc}", file=notes)
         return 1
     result = audit_manifest(df, labels, eval_cfg)
     if not result.labels:
-        print("xraytriage audit: no label column found; pass --labels a,b")
-    for line in result.summary_lines():
-        print(line)
+        print("xraytriage audit: no label column found; pass --labels a,b", file=notes)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        for line in result.summary_lines():
+            print(line)
     if args.out is not None:
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)
@@ -107,5 +121,5 @@ def run(args: argparse.Namespace) -> int:
                 rows.to_csv(tmp, index=False)
         elif leak_file.exists():
             leak_file.unlink()  # a stale list from an earlier run would mislead
-        print(f"audit files written to {out}")
+        print(f"audit files written to {out}", file=notes)
     return EXIT_LEAKAGE if result.has_leakage else 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xraytriage.commands._common import add_overrides
+from xraytriage.commands._common import add_overrides, add_progress_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--rebuild", action="store_true", help="discard the existing store and decode everything"
     )
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_flag(build, "--quiet")
     add_overrides(build)
     build.set_defaults(handler=run)
 
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Check every store under CACHE_DIR; exit 1 if any record or index was bad.",
     )
     verify.add_argument("cache_dir", type=Path, help="cache folder")
-    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_flag(verify, "--quiet")
     verify.set_defaults(handler=run)
 
     info = actions.add_parser("info", help="list the stores in a cache folder", description="List stores.")
@@ -105,7 +105,7 @@ def _build(args: argparse.Namespace) -> int:
             workers=args.workers,
             verify=not args.no_verify,
             rebuild=args.rebuild,
-            progress=not args.quiet,
+            progress=not args.no_progress,
         )
     except CacheError as exc:
         print(f"xraytriage cache build: {exc}", file=sys.stderr)
@@ -134,7 +134,7 @@ def _verify(args: argparse.Namespace) -> int:
     for store in stores:
         try:
             with store_lock(store):
-                problems += _verify_store(store, quiet=args.quiet)
+                problems += _verify_store(store, quiet=args.no_progress)
         except CacheError as exc:
             print(f"xraytriage cache verify: {exc}", file=sys.stderr)
             problems += 1

@@ -12,6 +12,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from xraytriage.commands._common import add_progress_flag
+
 HELP = """Run the whole pipeline on built-in synthetic chest-radiograph DICOMs:
 
   1. generate DICOMs (DX/CR, 12-16 bit, MONOCHROME1/2, uncompressed/RLE/JPEG 2000) and a manifest,
@@ -19,8 +21,8 @@ HELP = """Run the whole pipeline on built-in synthetic chest-radiograph DICOMs:
   2. fine-tune a torchvision ResNet-50 (random init offline; --weights IMAGENET1K_V2 when online);
   3. evaluate on the held-out patients: sensitivity, miss rate, specificity, AUROC with confidence
      intervals, per-subgroup table and report.html;
-  4. batch-score a folder of scans (including a corrupt, an empty and a non-image file, which are
-     reported and skipped) into a CSV.
+  4. batch-score a folder of scans (including a truncated and an empty file, reported as failures,
+     and a text file, reported as skipped) into a CSV.
 
 Every output location and the tensorboard command are printed at the end.
 """
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="training/evaluation config (default: the built-in configs/demo.yaml)",
     )
     p.add_argument("--data-only", action="store_true", help="only generate the DICOMs and manifest")
+    add_progress_flag(p)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -78,10 +81,12 @@ def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> int:
     return len(test)
 
 
-def _stage(argv: list[str]) -> int:
+def _stage(argv: list[str], no_progress: bool = False) -> int:
     """Each stage runs as its own process, exactly as a user would type it (and with fresh state:
     forking DataLoader workers from a process that already ran OpenCV/OpenMP thread pools can hang)."""
-    return subprocess.run([sys.executable, "-m", "xraytriage", *argv], check=False).returncode
+    flags = ["--no-progress"] if no_progress else []
+    command = [sys.executable, "-m", "xraytriage", argv[0], *flags, *argv[1:]]
+    return subprocess.run(command, check=False).returncode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     print("[2/4] fine-tuning (progress below; TensorBoard logs in run/tensorboard)")
-    code = _stage(["train", "--config", str(config), "--out", str(run_dir), *overrides])
+    quiet = bool(getattr(args, "no_progress", False))
+    code = _stage(["train", "--config", str(config), "--out", str(run_dir), *overrides], quiet)
     if code != 0:
         return code
     bundle = run_dir / "model.pt"
@@ -125,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
             "--config",
             str(config),
             *overrides,
-        ]
+        ],
+        quiet,
     )
     if code not in (0, 3):  # 3 = fairness gate failed: still a finished evaluation
         return code
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     scores, errors = out / "scores.csv", out / "score_errors.csv"
     for stale in (scores, errors):
         stale.unlink(missing_ok=True)
-    print(f"[4/4] batch-scoring {incoming} ({n_scans} scans + 3 deliberately bad files)")
+    print(f"[4/4] batch-scoring {incoming} ({n_scans} scans, 2 deliberately bad files and a text file)")
     score_code = _stage(
         [
             "score",
@@ -147,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
             str(errors),
             "--workers",
             "2",
-        ]
+        ],
+        quiet,
     )
     elapsed = time.perf_counter() - started
     _print_summary(out, run_dir, eval_dir, scores, errors, elapsed, score_code)
@@ -196,11 +204,14 @@ def _print_summary(
             print("per-subgroup sensitivity, miss rate and AUROC (test):")
             print(shown.to_string(index=False, max_rows=40))
     if scores.is_file():
+        from xraytriage.scoring.discovery import NOT_A_SCAN
+        from xraytriage.scoring.outputs import count_error_rows
+
         n_scored = sum(1 for _ in scores.open()) - 1
-        n_err = max(0, sum(1 for _ in errors.open()) - 1) if errors.is_file() else 0
+        n_err, n_skipped = count_error_rows(errors, NOT_A_SCAN)
         print(
-            f"scored {n_scored} scans; {n_err} bad files reported and skipped"
-            f"{' (as intended)' if n_err else ''} (score exit code {score_code})"
+            f"scored {n_scored} scans; {n_err} bad files reported, {n_skipped} file(s) that are not "
+            f"scans skipped{' (as intended)' if n_err else ''} (score exit code {score_code})"
         )
     print("\noutputs:")
     print(f"  data + manifest   {out / 'data'}")

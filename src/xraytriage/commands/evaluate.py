@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from xraytriage.commands._common import add_overrides
+from xraytriage.commands._common import add_overrides, add_progress_flag
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes (default 2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write EVAL_DIR/tensorboard")
+    add_progress_flag(p)
     add_overrides(p)
     p.set_defaults(handler=run)
 

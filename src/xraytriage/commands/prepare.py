@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from xraytriage.commands._common import add_progress_flag
+
 SOURCES = (
     "nih-cxr14",
     "rsna-pneumonia",
@@ -126,6 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write absolute paths (default: relative to the manifest folder when images lie under it)",
     )
     add_split_options(parser)
+    add_progress_flag(parser)
     parser.set_defaults(handler=run)
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from xraytriage.commands._common import add_progress_flag
+
 DESCRIPTION = """\
 Score every scan under INPUT with a model bundle and append one row per scan to --out.
 
@@ -13,10 +15,14 @@ INPUT is a folder (searched recursively; DICOM found by content whatever the ext
 by signature; hidden and system files skipped), a text file with one path per line, or a manifest
 (.csv/.tsv/.parquet with a 'path' column). The run is resumable: rerun the same command after an
 interruption (even kill -9) and only the missing scans are scored. Files that cannot be scored are
-listed in the errors file with a reason code; the run goes on.
+listed in the errors file with a reason code; the run goes on. Files that are plainly not scans (text
+such as a dataset's LICENSE or readme, CSV, JSON, XML, a DICOMDIR or another DICOM object without
+pixel data) are listed there too, with reason not_a_scan, counted as skipped and not as failures;
+--strict counts them as failures.
 
-exit codes: 0 every scan scored; 1 some files could not be scored (see the errors file);
-2 usage or configuration error (missing bundle/input, output from another model, bad config).
+exit codes: 0 every scan scored (files that are not scans skipped); 1 some files could not be scored
+(see the errors file); 2 usage or configuration error (missing bundle/input, output from another
+model, bad config).
 
 Under torchrun each rank scores a shard and rank 0 merges: see docs/scoring.md."""
 
@@ -90,7 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="rescore the files listed in the errors file (by default a rerun skips them)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and CI)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="count files that are plainly not scans (text, CSV, JSON, XML, DICOMDIR, DICOM without pixel "
+        "data) as failures (exit 1) instead of skipping them",
+    )
+    add_progress_flag(parser)
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="YAML config; its 'score' section sets the defaults above"
     )
@@ -142,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         studies=getattr(args, "studies", None),
         retry_failed=bool(getattr(args, "retry_failed", False)),
         progress=not getattr(args, "no_progress", False),
+        strict=bool(getattr(args, "strict", False)),
         threads=getattr(args, "threads", None),
     )
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xraytriage.commands._common import add_overrides
+from xraytriage.commands._common import add_overrides, add_progress_flag
 
 HELP = """Fine-tune a torchvision classifier (ResNet-50 by default) on the manifest named in the config.
 
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="continue the run in --out from its last finished epoch (uses its config.yaml "
         "unless --config differs deliberately)",
     )
+    add_progress_flag(p)
     add_overrides(p)
     p.set_defaults(handler=run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xraytriage.commands._common import add_overrides
+from xraytriage.commands._common import add_overrides, add_progress_flag
 
 HELP = """Search training hyper-parameters with Optuna (TPE sampler, seeded by --seed or the config's seed).
 
@@ -79,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=None, metavar="S", help="stop starting new trials after S seconds"
     )
     p.add_argument("--seed", type=int, default=None, help="sampler seed (default: the config's seed)")
+    add_progress_flag(p)
     add_overrides(p)
     p.set_defaults(handler=run)
 

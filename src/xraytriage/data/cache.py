@@ -418,10 +418,12 @@ def verify_records(store: Path, index: Index, progress: bool = False) -> list[st
     """Paths whose record fails its CRC32 (or cannot be read): the full, slow integrity check."""
     from tqdm import tqdm
 
+    from xraytriage.utils.progress import show_progress
+
     source = CacheSource(store, index, PreprocessConfig(image_size=index.image_size), verify_reads="off")
     bad = []
     for path, (_, _, shard, slot, crc) in tqdm(
-        list(index.entries.items()), desc="verify", unit="img", disable=not progress
+        list(index.entries.items()), desc="verify", unit="img", disable=not show_progress(progress)
     ):
         try:
             ok = zlib.crc32(source._record(shard, slot)) == crc
@@ -452,6 +454,8 @@ def build_cache(
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
+
+    from xraytriage.utils.progress import show_progress
 
     store = store_dir(cache_dir, preprocess, dtype)
     wanted = list(dict.fromkeys(os.path.abspath(str(p)) for p in paths))
@@ -497,7 +501,13 @@ def build_cache(
         slot = 0
         try:
             with open(store / _shard_name(shard), "ab") as out:
-                bar = tqdm(results, total=len(todo), desc="cache build", unit="img", disable=not progress)
+                bar = tqdm(
+                    results,
+                    total=len(todo),
+                    desc="cache build",
+                    unit="img",
+                    disable=not show_progress(progress),
+                )
                 for path, size, mtime_ns, data, reason, message in bar:
                     index.entries.pop(path, None)
                     index.failures.pop(path, None)

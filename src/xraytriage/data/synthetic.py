@@ -25,6 +25,7 @@ from pydicom.uid import (
 from tqdm import tqdm
 
 from xraytriage.utils.atomic import atomic_path, atomic_write
+from xraytriage.utils.progress import show_progress
 
 SOP_CLASS = {
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
@@ -174,7 +175,9 @@ def generate_dataset(out_dir: str | Path, spec: SyntheticSpec | None = None, pro
     rows = []
     index = 0
     manufacturers = ["Acme DR", "Borealis CR", "Cygnus DR"]
-    for n in tqdm(range(spec.n_patients), desc="demo DICOMs", unit="patient", disable=not progress):
+    for n in tqdm(
+        range(spec.n_patients), desc="demo DICOMs", unit="patient", disable=not show_progress(progress)
+    ):
         pid = f"DEMO-{spec.seed:03d}-{n:05d}"
         n_images = int(rng.integers(1, spec.max_images_per_patient + 1))
         site = list(SITES)[int(rng.integers(0, len(SITES)))]

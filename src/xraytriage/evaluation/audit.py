@@ -55,24 +55,67 @@ class AuditResult:
             "assign every patient to exactly one split"
         ]
 
-    def summary_lines(self) -> list[str]:
-        """Short human-readable summary (counts only) for logs and the CLI."""
-        lines = []
-        for rec in _records(self.splits):
-            prev = ", ".join(
-                f"{label} {rec[f'{label}_prevalence']:.3f}"
-                if rec.get(f"{label}_prevalence") is not None
-                else f"{label} n/a"
-                for label in self.labels
-            )
-            lines.append(
-                f"split {rec['split']}: {rec['n']} scans, {rec['patients']} patients; prevalence {prev}"
-            )
+    def split_table(self) -> pd.DataFrame:
+        """Scans and patients per split (columns ``split``, ``scans``, ``patients``)."""
+        rows = [
+            {
+                "split": r["split"],
+                "scans": r["n"],
+                "patients": "n/a" if r["patients"] is None else r["patients"],
+            }
+            for r in _in_split_order(_records(self.splits))
+        ]
+        return pd.DataFrame(rows, columns=["split", "scans", "patients"])
+
+    def prevalence_table(self) -> pd.DataFrame:
+        """Label x split: ``positives/labelled (prevalence)``; uncertain and blank labels are not labelled."""
+        records = _in_split_order(_records(self.splits))
+        rows = []
+        for label in self.labels:
+            row: dict[str, Any] = {"label": label}
+            for rec in records:
+                pos, neg = rec[f"{label}_positives"], rec[f"{label}_negatives"]
+                prevalence = rec[f"{label}_prevalence"]
+                row[rec["split"]] = (
+                    f"{pos}/{pos + neg} ({prevalence:.1%})" if prevalence is not None else "n/a"
+                )
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["label", *[r["split"] for r in records]])
+
+    def unknown_table(self) -> pd.DataFrame:
+        """Subgroup attribute x scans whose value is unknown (or why the attribute is unavailable)."""
+        rows = []
         for rec in _records(self.missing):
-            if not rec["present"]:
-                lines.append(f"attribute {rec['attribute']}: unavailable ({rec['note']})")
-            elif rec["unknown"]:
-                lines.append(f"attribute {rec['attribute']}: {rec['unknown']} scans with unknown value")
+            if rec["present"]:
+                fraction = rec["unknown_fraction"]
+                share = f"{fraction:.1%}" if fraction is not None else "n/a"
+                rows.append(
+                    {
+                        "attribute": rec["attribute"],
+                        "unknown": int(rec["unknown"]),
+                        "share": share,
+                        "note": "",
+                    }
+                )
+            else:
+                rows.append(
+                    {"attribute": rec["attribute"], "unknown": "all", "share": "100%", "note": rec["note"]}
+                )
+        return pd.DataFrame(rows, columns=["attribute", "unknown", "share", "note"])
+
+    def summary_lines(self) -> list[str]:
+        """The audit as text tables (counts only, never an ID) for the CLI and the training log."""
+        blocks = [
+            ("scans and patients per split", self.split_table()),
+            ("positives / labelled scans (prevalence) per label and split", self.prevalence_table()),
+            ("scans with an unknown subgroup attribute", self.unknown_table()),
+        ]
+        lines: list[str] = []
+        for title, table in blocks:
+            if table.empty:
+                continue
+            lines.append(f"{title}:")
+            lines.extend("  " + row.rstrip() for row in _left_aligned(table).splitlines())
         lines.extend(f"ERROR: {e}" for e in self.errors)
         return lines
 
@@ -86,6 +129,27 @@ class AuditResult:
             "leakage": {"patients": len(self.leakage), "pairs": self.leakage_pairs()},
             "errors": self.errors,
         }
+
+
+def _in_split_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """train, val, test first (the order a reader expects), then any other split, then ``all``."""
+    first = {"train": 0, "val": 1, "test": 2}
+    return sorted(records, key=lambda r: (r["split"] == ALL, first.get(r["split"], 3), r["split"]))
+
+
+def _left_aligned(table: pd.DataFrame) -> str:
+    """The table as text: names and notes left-aligned, counts and shares right-aligned."""
+    cells = [[str(v) for v in table[column]] for column in table.columns]
+    lines = []
+    for row in range(-1, len(table)):
+        parts = []
+        for column, values in zip(table.columns, cells, strict=True):
+            width = max(len(str(column)), *(len(v) for v in values))
+            text = str(column) if row < 0 else values[row]
+            is_text = not any(v[:1].isdigit() for v in values)
+            parts.append(text.ljust(width) if is_text else text.rjust(width))
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -8,13 +8,13 @@ import torch
 import torchvision
 from torch import nn
 
-from xraytriage.config import ModelConfig
+from xraytriage.config import TORCHVISION_WEIGHT_NAMES, ConfigError, ModelConfig
+from xraytriage.models import pretrained
+from xraytriage.models.pretrained import WeightsUnavailable
 
-WEIGHT_ENUMS = {"IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"}
+__all__ = ["WeightsUnavailable", "build_model", "head_parameters"]
 
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights could not be fetched (offline); the message says how to use a local file."""
+HEAD_ATTRS = ("fc", "classifier", "head", "heads")
 
 
 def _weights_enum(arch: str, name: str) -> torchvision.models.WeightsEnum:
@@ -23,31 +23,38 @@ def _weights_enum(arch: str, name: str) -> torchvision.models.WeightsEnum:
         return weights_enum[name] if name != "DEFAULT" else weights_enum.DEFAULT
     except KeyError:
         available = ", ".join(w.name for w in weights_enum)
-        raise ValueError(
+        raise ConfigError(
             f"model.weights '{name}' does not exist for {arch}; available: {available}"
         ) from None
 
 
-def _load_state_dict(arch: str, weights: str) -> dict[str, torch.Tensor] | None:
-    """ImageNet weights through torchvision's own download path, or a local state-dict file."""
-    if weights.upper() in WEIGHT_ENUMS:
-        enum = _weights_enum(arch, weights.upper())
-        try:
-            return enum.get_state_dict(progress=False, check_hash=True)
-        except Exception as exc:  # URLError, socket errors, SSL errors, HTTP errors...
-            filename = enum.url.rsplit("/", 1)[-1]
-            raise WeightsUnavailable(
-                f"could not download {arch} weights {enum} ({exc.__class__.__name__}: {exc}). "
-                f"If this machine is offline, fetch {enum.url} elsewhere, copy it here and set "
-                f"model.weights=/path/to/{filename} (or put it in "
-                f"{Path(torch.hub.get_dir()) / 'checkpoints' / filename})"
-            ) from None
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"model.weights file {weights} does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def _imagenet_state_dict(arch: str, name: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights through torchvision's own download path (cached, hash-checked)."""
+    enum = _weights_enum(arch, name)
+    try:
+        return enum.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, socket errors, SSL errors, HTTP errors...
+        filename = enum.url.rsplit("/", 1)[-1]
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        raise WeightsUnavailable(
+            f"could not download {arch} weights {enum} ({reason}). If this machine is offline, fetch "
+            f"{enum.url} elsewhere, copy it here and set model.weights=/path/to/{filename} (or put it in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints' / filename})"
+        ) from None
+
+
+def _pretrained_state_dict(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    """Torchvision-named tensors from an ImageNet name, a chest-X-ray name or a file in any known layout."""
+    if weights.upper() in TORCHVISION_WEIGHT_NAMES:
+        return _imagenet_state_dict(arch, weights.upper())
+    entry = pretrained.published(weights)
+    if entry is not None:
+        return pretrained.load_published(entry)
+    return pretrained.to_torchvision(pretrained.read_weights_file(weights), weights)
+
+
+def _head_attr(model: nn.Module) -> str:
+    return next((attr for attr in HEAD_ATTRS if isinstance(getattr(model, attr, None), nn.Module)), "fc")
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
@@ -84,7 +91,7 @@ def _fold_to_grayscale(model: nn.Module) -> None:
 
 def _replace_head(model: nn.Module, num_outputs: int, dropout: float) -> None:
     """Swap the final Linear for dropout + a fresh Linear; earlier head layers (norms, MLPs) are kept."""
-    for attr in ("fc", "classifier", "head", "heads"):
+    for attr in HEAD_ATTRS:
         head = getattr(model, attr, None)
         if isinstance(head, nn.Linear):
             setattr(model, attr, nn.Sequential(nn.Dropout(dropout), nn.Linear(head.in_features, num_outputs)))
@@ -101,7 +108,7 @@ def _replace_head(model: nn.Module, num_outputs: int, dropout: float) -> None:
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    for attr in ("fc", "classifier", "head", "heads"):
+    for attr in HEAD_ATTRS:
         head = getattr(model, attr, None)
         if isinstance(head, nn.Module):
             return list(head.parameters())
@@ -109,24 +116,20 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def build_model(cfg: ModelConfig, num_outputs: int, load_weights: bool = True) -> nn.Module:
-    """Any torchvision classification model by name; pretrained weights loaded before adaptation."""
+    """Any torchvision classification model by name, with pretrained weights in any known layout.
+
+    The first convolution is folded to one channel first (when ``in_channels`` is 1) and the weights'
+    first-layer kernels are matched to it (summed from RGB: exact for grey images); everything but
+    the classification head must then fit exactly, or the build stops naming what does not.
+    """
     available = torchvision.models.list_models(module=torchvision.models)
     if cfg.arch not in available:
-        raise ValueError(f"model.arch '{cfg.arch}' is not a torchvision classification model; e.g. resnet50")
+        raise ConfigError(f"model.arch '{cfg.arch}' is not a torchvision classification model; e.g. resnet50")
     model = torchvision.models.get_model(cfg.arch, weights=None)
-    if cfg.weights and load_weights:
-        state = _load_state_dict(cfg.arch, cfg.weights) or {}
-        own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
-        # The classification head (and a grayscale conv1) may legitimately differ; anything else is an error.
-        if any(not k.startswith(("fc.", "classifier.", "head", "conv1.")) for k in skipped):
-            raise ValueError(
-                f"model.weights {cfg.weights} does not match {cfg.arch}: "
-                f"{len(skipped)} parameters missing or mis-shaped (e.g. {skipped[:3]})"
-            )
-        model.load_state_dict(usable, strict=False)
     if cfg.in_channels == 1:
         _fold_to_grayscale(model)
+    if cfg.weights and load_weights:
+        state = _pretrained_state_dict(cfg.arch, cfg.weights)
+        pretrained.load_backbone(model, state, arch=cfg.arch, head=_head_attr(model), source=cfg.weights)
     _replace_head(model, num_outputs, cfg.dropout)
     return model

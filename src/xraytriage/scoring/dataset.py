@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from xraytriage.config import PreprocessConfig
+from xraytriage.scoring.discovery import NOT_A_SCAN, non_scan_kind
 
 
 class PathStream(torch.utils.data.Sampler):
@@ -29,11 +30,16 @@ class PathStream(torch.utils.data.Sampler):
 
 
 class ScanDataset(torch.utils.data.Dataset):
-    """``dataset[path]`` -> dict with the input tensor, or the failure's reason code and message."""
+    """``dataset[path]`` -> dict with the input tensor, or the failure's reason code and message.
 
-    def __init__(self, preprocess: PreprocessConfig, in_channels: int) -> None:
+    ``skip_non_scans``: a file that is plainly not a scan (text, a DICOMDIR, ...) gets the reason
+    ``not_a_scan`` instead of its decoding failure (``score --strict`` turns this off).
+    """
+
+    def __init__(self, preprocess: PreprocessConfig, in_channels: int, skip_non_scans: bool = True) -> None:
         self.preprocess = preprocess
         self.in_channels = in_channels
+        self.skip_non_scans = skip_non_scans
 
     def __getitem__(self, path: str) -> dict[str, Any]:  # type: ignore[override]
         from xraytriage.data.tensors import image_to_tensor
@@ -43,6 +49,9 @@ class ScanDataset(torch.utils.data.Dataset):
             image, meta = load_image(path, self.preprocess)
             tensor = image_to_tensor(image, self.preprocess, self.in_channels)
         except UnreadableImage as exc:
+            kind = non_scan_kind(path, exc.reason) if self.skip_non_scans else None
+            if kind is not None:
+                return {"path": path, "reason": NOT_A_SCAN, "message": f"skipped: {kind}, not a scan"}
             message = REASONS[exc.reason] + (f" ({exc.detail})" if exc.detail else "")
             return {"path": path, "reason": exc.reason, "message": message}
         except Exception as exc:  # anything else is still one file's problem, not the run's

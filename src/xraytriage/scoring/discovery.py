@@ -3,7 +3,8 @@
 Nothing here materialises the full list, so a tree of millions of files starts scoring at once and
 memory does not grow with its size. Which files are images is decided later, by content, in the
 DataLoader workers (``load_image`` sniffs signatures); a file that is not an image is reported in the
-errors file rather than silently ignored.
+errors file rather than silently ignored: as a failure, or, when it is plainly not a scan (a dataset's
+readme, label table, DICOMDIR), as skipped (:func:`non_scan_kind`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,76 @@ def iter_inputs(source: str | Path) -> Iterator[str]:
     if kind == "manifest":
         return iter_manifest(source)
     return iter_path_list(source)
+
+
+# Reason code (errors file) of a file that is plainly not a scan: reported, counted apart, not a failure.
+NOT_A_SCAN = "not_a_scan"
+_TEXT_PROBE = 8192
+
+
+def non_scan_kind(path: str, reason: str) -> str | None:
+    """What a file that failed to decode plainly is, when it is not a scan: ``text``, ``CSV``, ``JSON``,
+    ``XML``, ``DICOMDIR`` or ``DICOM <SOP class> without pixel data``; None when it may be a damaged scan.
+
+    A dataset folder holds its LICENSE, readme and label tables beside the images; those should not make
+    a run fail. Content decides, never the extension: text is valid UTF-8 without control bytes in its
+    first 8 KiB (a binary file that merely failed, e.g. a truncated JPEG, stays a failure), and a DICOM
+    without pixel data is skipped only when its SOP class is a registered non-image class (a truncated
+    radiograph keeps its image SOP class and stays a failure).
+    """
+    if reason == "no_pixel_data":
+        return _non_image_dicom(path)
+    if reason == "not_an_image":
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(_TEXT_PROBE)
+        except OSError:  # missing or unreadable: a failure
+            return None
+        return _text_kind(head)
+    return None
+
+
+def _text_kind(head: bytes) -> str | None:
+    import codecs
+
+    if not head:
+        return None
+    try:  # incremental: a multi-byte character cut at the end of the probe is not an error
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+    if any(ch < " " and ch not in "\t\n\r\f" for ch in text):
+        return None
+    body = text.lstrip()
+    if body.startswith(("{", "[")):
+        return "JSON"
+    if body.startswith("<"):
+        return "XML"
+    lines = body.splitlines()
+    for sep in (",", "\t", ";"):
+        if len(lines) >= 2 and lines[0].count(sep) >= 1 and lines[0].count(sep) == lines[1].count(sep):
+            return "CSV"
+    return "text"
+
+
+def _non_image_dicom(path: str) -> str | None:
+    import pydicom
+    from pydicom.uid import UID, MediaStorageDirectoryStorage
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"], force=True)
+    except Exception:  # unparsable: a damaged file, not a known kind of non-scan
+        return None
+    meta = getattr(ds, "file_meta", None)
+    value = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    if not value:
+        return None
+    uid = UID(str(value))
+    if uid.type != "SOP Class" or "Image" in uid.name:
+        return None
+    if uid == MediaStorageDirectoryStorage:
+        return "DICOMDIR"
+    return f"DICOM {uid.name} without pixel data"
 
 
 def shard_of(path: str, world_size: int) -> int:

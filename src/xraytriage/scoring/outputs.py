@@ -12,6 +12,30 @@ from xraytriage.utils.atomic import atomic_path
 ERROR_COLUMNS = ["path", "reason", "message", "scored_at"]
 
 
+def count_error_rows(errors: str | Path, skipped_reason: str) -> tuple[int, int]:
+    """(failures, skipped files) among the complete rows of an errors file (absent: none)."""
+    import csv
+
+    failed = skipped = 0
+    try:
+        with open(errors, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header or "reason" not in header:
+                return 0, 0
+            where = header.index("reason")
+            for row in reader:
+                if len(row) != len(header):
+                    continue  # a torn last line of an interrupted run
+                if row[where] == skipped_reason:
+                    skipped += 1
+                else:
+                    failed += 1
+    except FileNotFoundError:
+        pass
+    return failed, skipped
+
+
 def score_columns(labels: Sequence[str]) -> list[str]:
     """path, DICOM UIDs, ``prob_<label>`` and ``flag_<label>`` per class, model id, time. No names/dates."""
     return [

@@ -30,12 +30,13 @@ from xraytriage.scoring.dataset import (
     collate_scans,
     worker_init,
 )
-from xraytriage.scoring.discovery import iter_inputs, shard_of
+from xraytriage.scoring.discovery import NOT_A_SCAN, iter_inputs, shard_of
 from xraytriage.scoring.engine import Runner, check_engine, prepare_model, select_runner
 from xraytriage.scoring.journal import CsvJournal
 from xraytriage.scoring.outputs import (
     ERROR_COLUMNS,
     aggregate_studies,
+    count_error_rows,
     finalize_parquet,
     is_parquet,
     journal_for,
@@ -64,6 +65,7 @@ class ScoreOptions:
     studies: Path | None = None
     retry_failed: bool = False
     progress: bool = True
+    strict: bool = False  # files plainly not scans (text, DICOMDIR, ...) count as failures
     prefetch_factor: int = 4
     threads: int | None = None  # torch CPU threads; None = torch's default (all cores)
 
@@ -73,9 +75,11 @@ class ScoreSummary:
     scored: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0  # plainly not scans, this run
     flagged: dict[str, int] = field(default_factory=dict)
     already_done: int = 0
-    errors_total: int = 0
+    errors_total: int = 0  # failures in the errors file (with --strict, skipped non-scans too)
+    skipped_total: int = 0  # rows of skipped non-scans in the errors file
     merged_rows: int = 0
     studies: int | None = None
     cams: int = 0
@@ -86,7 +90,7 @@ class ScoreSummary:
 
     @property
     def rate(self) -> float:
-        return (self.scored + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return (self.scored + self.failed + self.skipped) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def text(self) -> str:
         flagged = ", ".join(f"{k}={v}" for k, v in self.flagged.items()) or "-"
@@ -95,10 +99,17 @@ class ScoreSummary:
             f"scored {self.scored} scans, failed {self.failed}" + (f" ({reasons})" if reasons else ""),
             f"flagged per class: {flagged}",
             f"skipped (already in the outputs): {self.already_done}",
-            f"rows in the errors file: {self.errors_total}",
+            f"failures in the errors file: {self.errors_total}",
             f"elapsed {self.elapsed_s:.1f} s, {self.rate:.1f} scans/s"
             + (f" (engine: {self.engine})" if self.engine else ""),
         ]
+        if self.skipped or self.skipped_total:
+            lines.insert(
+                1,
+                f"skipped {self.skipped} files that are not scans (text, CSV, JSON, XML, DICOM without "
+                f"pixel data; {self.skipped_total} in the errors file as {NOT_A_SCAN}, not counted as "
+                "failures; --strict counts them)",
+            )
         if self.world_size > 1:
             lines.insert(0, f"{self.world_size} ranks; merged {self.merged_rows} rows from part files")
         if self.studies is not None:
@@ -152,6 +163,7 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     from tqdm import tqdm
 
     from xraytriage.models import load_bundle
+    from xraytriage.utils.progress import show_progress
     from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, worker_start_method
 
     t0 = time.perf_counter()
@@ -252,7 +264,7 @@ def score(opts: ScoreOptions) -> ScoreSummary:
     amp_dtype = resolve_amp_dtype(opts.amp, device)
     cuda = device.type == "cuda"
     in_channels = bundle.model_config.in_channels
-    dataset = ScanDataset(bundle.preprocess, in_channels)
+    dataset = ScanDataset(bundle.preprocess, in_channels, skip_non_scans=not opts.strict)
     pending: dict[str, None] = {}  # handed to a worker, no answer yet (insertion-ordered)
 
     def tracked(paths: Iterator[str]) -> Iterator[str]:
@@ -274,10 +286,11 @@ def score(opts: ScoreOptions) -> ScoreSummary:
         )
 
     failures: Counter[str] = Counter()
+    show_bar = show_progress(opts.progress)
     bar = tqdm(
         desc=f"scoring (rank {ctx.rank})" if ctx.initialized else "scoring",
         unit="scan",
-        disable=not opts.progress or not ctx.is_main,
+        disable=not (show_bar and ctx.is_main),
         dynamic_ncols=True,
         smoothing=0.05,
     )
@@ -333,12 +346,15 @@ def score(opts: ScoreOptions) -> ScoreSummary:
             pending.pop(path, None)
         for path, reason, _ in batch.failures:
             pending.pop(path, None)
-            failures[reason] += 1
+            if reason == NOT_A_SCAN:
+                summary.skipped += 1
+            else:
+                failures[reason] += 1
+                summary.failed += 1
         summary.scored += len(rows)
-        summary.failed += len(batch.failures)
         bar.update(len(rows) + len(batch.failures))
         if batch.failures:
-            bar.set_postfix(failed=summary.failed, refresh=False)
+            bar.set_postfix(failed=summary.failed, skipped=summary.skipped, refresh=False)
 
     def isolate_crash() -> None:
         """A worker died (e.g. a decoder segfault): retry the in-flight scans one per process."""
@@ -366,7 +382,7 @@ def score(opts: ScoreOptions) -> ScoreSummary:
             batches = iter(make_loader(stream, opts.workers, opts.batch_size))  # workers fork here
             if runner is None:
                 runner = build_runner()  # the workers decode the first batches meanwhile
-            if counter is None and opts.progress and ctx.is_main:
+            if counter is None and show_bar and ctx.is_main:
                 counter = _Counter(source, bar)  # started after the fork, never inherited by workers
                 counter.start()
             try:
@@ -388,11 +404,12 @@ def score(opts: ScoreOptions) -> ScoreSummary:
 
     if ctx.initialized:
         counts = [summary.scored, summary.failed, *[summary.flagged[label] for label in labels], summary.cams]
-        counts.append(summary.already_done if ctx.is_main else 0)
+        counts += [summary.already_done if ctx.is_main else 0, summary.skipped]
         totals = dist_utils.sum_across_ranks(ctx, counts)
         summary.scored, summary.failed = totals[0], totals[1]
         summary.flagged = {label: totals[2 + k] for k, label in enumerate(labels)}
         summary.cams = totals[2 + len(labels)]
+        summary.skipped = totals[-1]
         if ctx.is_main:
             main_scores = CsvJournal(journal_path, columns)
             main_errors = CsvJournal(errors_out, ERROR_COLUMNS)
@@ -417,7 +434,8 @@ def score(opts: ScoreOptions) -> ScoreSummary:
 
     if is_parquet(out):
         finalize_parquet(out, labels)
-    summary.errors_total = len(dist_utils.read_keys(errors_out))
+    failed_rows, summary.skipped_total = count_error_rows(errors_out, NOT_A_SCAN)
+    summary.errors_total = failed_rows + (summary.skipped_total if opts.strict else 0)
     if opts.studies is not None:
         summary.studies = aggregate_studies(read_scores(out, labels), labels, thresholds, opts.studies)
     summary.elapsed_s = time.perf_counter() - t0

@@ -30,6 +30,7 @@ from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_ski
 from xraytriage.data.manifest import ManifestError, patient_leakage, read_manifest
 from xraytriage.models.bundle import save_bundle
 from xraytriage.models.factory import build_model, head_parameters
+from xraytriage.models.pretrained import adopt_expected_input, expected_input
 from xraytriage.training import distributed as dist_utils
 from xraytriage.training.checkpoint import (
     CHECKPOINT_NAME,
@@ -42,6 +43,7 @@ from xraytriage.training.losses import masked_bce, multiclass_ce
 from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.training.schedule import warmup_cosine
 from xraytriage.utils.atomic import atomic_write_text
+from xraytriage.utils.progress import show_progress
 from xraytriage.utils.runtime import (
     resolve_amp_dtype,
     resolve_device,
@@ -148,6 +150,15 @@ class Trainer:
         self.labels = list(cfg.data.labels)
         self.writer: Any = None
         self._stop_requested = False
+        self._adopt_pretrained_input()
+
+    def _adopt_pretrained_input(self) -> None:
+        """Chest-X-ray weights were trained on their own intensity scaling and size: the run (and so its
+        bundle, hence evaluation and scoring) uses it, unless the config set those keys itself."""
+        entry = expected_input(self.cfg.model.weights)
+        if entry is not None:
+            for note in adopt_expected_input(self.cfg.preprocess, entry):
+                self._log_main("%s", note)
 
     # ------------------------------------------------------------------ set-up
     def _log_main(self, msg: str, *args: Any) -> None:
@@ -234,7 +245,7 @@ class Trainer:
             return
         result = audit_manifest(frame, self.labels, self.cfg.evaluation)
         summary = getattr(result, "summary_lines", None)
-        for line in (summary() if callable(summary) else [])[:20]:
+        for line in summary() if callable(summary) else []:
             log.info("audit: %s", line)
 
     def _model(self) -> None:
@@ -356,7 +367,7 @@ class Trainer:
             total=min(len(self.train_loader), max_micro) if max_micro else len(self.train_loader),
             desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (head only)" if frozen else ""),
             unit="batch",
-            disable=not self.dist.is_main,
+            disable=not (self.dist.is_main and show_progress()),
             leave=False,
         )
         self.optimizer.zero_grad(set_to_none=True)

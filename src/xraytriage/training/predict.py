@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from xraytriage.data.dataset import Failure, ScanDataset, collate_skip
 from xraytriage.models.bundle import Bundle, logits_to_probabilities
+from xraytriage.utils.progress import show_progress
 from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, worker_start_method
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,21 @@ def predict_loader(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
-    """Logits (N x C, float32) and the dataset indices they belong to, plus decode failures."""
+    """Logits (N x C, float32) and the dataset indices they belong to, plus decode failures.
+
+    ``progress``: the label of a progress bar over the batches (None: no bar, as during validation).
+    """
     logits_parts: list[torch.Tensor] = []
     index_parts: list[torch.Tensor] = []
     failures: list[Failure] = []
-    for out in iter_logits(model, loader, device, lambda b: b["image"], amp_dtype, channels_last):
+    batches: Iterable[Any] = loader
+    if progress is not None and show_progress():
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=progress, unit="batch", leave=False)
+    for out in iter_logits(model, batches, device, lambda b: b["image"], amp_dtype, channels_last):
         failures.extend(out.batch["failed"])
         if out.logits is None:
             continue
@@ -131,8 +141,12 @@ def predict_manifest(
     num_workers: int = 0,
     device: str = "auto",
     amp: str = "auto",
+    progress: str | None = "predicting",
 ) -> pd.DataFrame:
-    """Predictions for every decodable row; ``.attrs['failed']`` lists (path, reason) of skipped scans."""
+    """Predictions for every decodable row; ``.attrs['failed']`` lists (path, reason) of skipped scans.
+
+    ``progress``: label of the progress bar (drawn only on a terminal, see ``utils.progress``); None: none.
+    """
     dev = resolve_device(device)
     model = bundle.model.to(dev)
     if dev.type == "cuda":
@@ -149,7 +163,7 @@ def predict_manifest(
         **worker_start_method(bundle.preprocess.gpu_decode, num_workers),
     )
     logits, indices, failures = predict_loader(
-        model, loader, dev, resolve_amp_dtype(amp, dev), dev.type == "cuda"
+        model, loader, dev, resolve_amp_dtype(amp, dev), dev.type == "cuda", progress
     )
     probs = probabilities(logits, bundle.task, bundle.temperature)
     out = predictions_frame(frame, bundle.labels, probs, indices) if len(indices) else frame.iloc[:0].copy()

@@ -20,6 +20,7 @@ import pandas as pd
 from xraytriage.config import Config, ConfigError, OperatingPointConfig, load_config, save_config
 from xraytriage.evaluation.metrics import binary_metrics, known_mask
 from xraytriage.evaluation.thresholds import choose_threshold
+from xraytriage.models.pretrained import WeightsMismatch, WeightsUnavailable
 from xraytriage.training.engine import Trainer
 from xraytriage.tuning.space import Param, to_overrides
 from xraytriage.utils.atomic import atomic_path
@@ -102,6 +103,15 @@ class TuneResult:
     trials_csv: Path
 
 
+class _WeightsFailure(Exception):
+    """Unavailable or mismatched weights fail every trial alike: they end the study, not one trial
+    (Optuna would otherwise record the config error and retry the download for each trial)."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _pruner(name: str, epochs: int) -> Any:
     import optuna
 
@@ -181,6 +191,8 @@ def run_study(
         trainer = TrialTrainer(cfg, run_dir, trial, objective, specificity)
         try:
             trainer.fit()
+        except (WeightsUnavailable, WeightsMismatch) as exc:
+            raise _WeightsFailure(exc) from None
         finally:
             if trainer.writer is not None:
                 trainer.writer.close()
@@ -188,7 +200,10 @@ def run_study(
         return max(values) if values else float("nan")
 
     if remaining:
-        study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(ConfigError,))
+        try:
+            study.optimize(run_trial, n_trials=remaining, timeout=timeout, catch=(ConfigError,))
+        except _WeightsFailure as failure:
+            raise failure.error from None
     return _write_outputs(study, config, out, done)
 
 

@@ -150,7 +150,9 @@ def clean_age(values: Iterable[object]) -> list[float]:
 
 
 def _progress(items: list[Path], enabled: bool, desc: str) -> Iterable[Path]:
-    if not enabled or len(items) < 200:
+    from xraytriage.utils.progress import show_progress
+
+    if not show_progress(enabled) or len(items) < 200:
         return items
     from tqdm import tqdm
 
