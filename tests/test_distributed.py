@@ -19,42 +19,37 @@ from xraytriage.models import load_bundle
 from xraytriage.training.predict import predict_manifest
 
 
-@pytest.mark.slow
-def test_two_process_ddp_training_matches_single_process_evaluation(tmp_path: Path) -> None:
-    manifest = generate_dataset(
-        tmp_path / "data", SyntheticSpec(n_patients=24, size=64, seed=11), progress=False
-    )
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "TMPDIR": str(tmp_path)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29571",
-            "-m",
-            "xraytriage",
-            "train",
-            "--config",
-            "configs/demo.yaml",
-            "--out",
-            str(run),
-            f"data.manifest={manifest}",
-            "data.num_workers=0",
-            "model.arch=resnet18",
-            "preprocess.image_size=32",
-            "train.epochs=2",
-            "train.batch_size=4",
-            "train.device=cpu",
-            "train.histogram_every_epochs=0",
-        ],
+def torchrun_train(
+    processes: int, port: int, manifest: Path, run: Path, *overrides: str
+) -> subprocess.CompletedProcess:
+    """``torchrun -m xraytriage train`` on the CPU (gloo) with a tiny ResNet-18 configuration."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "TMPDIR": str(run.parent)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+    train = ["-m", "xraytriage", "train", "--config", "configs/demo.yaml", "--out", str(run)]
+    tiny = [
+        f"data.manifest={manifest}",
+        "data.num_workers=0",
+        "model.arch=resnet18",
+        "preprocess.image_size=32",
+    ]
+    tiny += ["train.batch_size=4", "train.device=cpu", "train.histogram_every_epochs=0"]
+    return subprocess.run(
+        [*launcher, f"--master_port={port}", *train, *tiny, *overrides],
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_matches_single_process_evaluation(tmp_path: Path) -> None:
+    manifest = generate_dataset(
+        tmp_path / "data", SyntheticSpec(n_patients=24, size=64, seed=11), progress=False
+    )
+    run = tmp_path / "run"
+    proc = torchrun_train(2, 29571, manifest, run, "train.epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "metrics.json").read_text())
     assert len(summary["history"]) == 2
@@ -84,19 +79,7 @@ def test_torchrun_with_one_process_runs_the_ddp_path(tmp_path: Path) -> None:
     manifest = generate_dataset(
         tmp_path / "data", SyntheticSpec(n_patients=12, size=48, seed=2), progress=False
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "TMPDIR": str(tmp_path)}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29573"]
-    train = ["-m", "xraytriage", "train", "--config", "configs/demo.yaml", "--out", str(tmp_path / "run")]
-    overrides = [f"data.manifest={manifest}", "data.num_workers=0", "model.arch=resnet18", "train.epochs=1"]
-    overrides += ["preprocess.image_size=32", "train.batch_size=4", "train.device=cpu"]
-    proc = subprocess.run(
-        [*launcher, *train, *overrides, "train.histogram_every_epochs=0"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    proc = torchrun_train(1, 29573, manifest, tmp_path / "run", "train.epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DDP over gloo with 1 rank(s)" in proc.stderr
     assert (tmp_path / "run" / "model.pt").is_file()

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from xraytriage.config import load_config
+from test_training import tiny_config
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.models.factory import head_parameters
 from xraytriage.scoring import ScoreOptions, score
@@ -68,25 +68,9 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def gpu_config(manifest: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.manifest={manifest}",
-            "data.num_workers=0",
-            "model.arch=resnet18",
-            "model.task=binary",
-            "data.labels=[finding]",
-            "preprocess.image_size=64",
-            "train.batch_size=8",
-            "train.epochs=2",
-            f"train.device={DEVICE}",
-            "train.log_every_steps=1",
-            "train.histogram_every_epochs=0",
-            "evaluation.bootstrap_iterations=20",
-            "evaluation.min_group_size=1",
-            *extra,
-        ],
-    )
+    """test_training's tiny run (ResNet-18, batch 8, two epochs), at 64 px on the device under test."""
+    device = [f"train.device={DEVICE}", "preprocess.image_size=64", "train.histogram_every_epochs=0"]
+    return tiny_config(manifest, *device, *extra)
 
 
 @pytest.fixture(scope="module")
