@@ -344,3 +344,67 @@ def test_group_miss_counts_are_the_clustered_proportion_of_its_positives():
         members = (frame["sex"] == row.group.split("=")[1]).to_numpy() & (frame["finding"] == 1).to_numpy()
         expected = clustered_proportion(frame["prob_finding"].to_numpy()[members] < 0.5, codes[members])
         assert row.miss == expected
+
+
+def _two_groups(n_a: int, n_b: int, patients_b: int | None = None) -> pd.DataFrame:
+    """Group A with n_a scans and group B with n_b (half positive each), one scan per patient unless
+    ``patients_b`` folds B's scans into fewer patients."""
+    ids_b = [f"b{i % patients_b if patients_b else i}" for i in range(n_b)]
+    return pd.DataFrame(
+        {
+            "patient_id": [f"a{i}" for i in range(n_a)] + ids_b,
+            "site": ["A"] * n_a + ["B"] * n_b,
+            "finding": [float(i % 2) for i in range(n_a)] + [float(i % 2) for i in range(n_b)],
+            "prob_finding": [0.3 + 0.4 * (i % 2) for i in range(n_a + n_b)],
+        }
+    )
+
+
+def test_group_size_rules_at_their_exact_boundaries():
+    cfg = EvaluationConfig(subgroups=["site"], min_group_size=10, min_group_patients=2)
+    rows = _rows(_run(_two_groups(40, 10), cfg)["site"])
+    assert rows["site=B"].ok  # exactly min_group_size scans
+    rows = _rows(_run(_two_groups(40, 9), cfg)["site"])
+    assert rows["site=B"].status == "insufficient data: 9 scans with known label < min_group_size 10"
+    rows = _rows(_run(_two_groups(40, 12, patients_b=4), cfg)["site"])
+    assert rows["site=B"].ok and rows["site=B"].patients == 4  # 2 positive and 2 negative patients
+    rows = _rows(_run(_two_groups(40, 12, patients_b=2), cfg)["site"])
+    assert rows["site=B"].status == (
+        "insufficient data: negative cases from 1 patient(s) < min_group_patients 2"
+    )
+
+
+def test_reference_ties_break_on_scans_then_label_order():
+    frame = _two_groups(20, 20)
+    site = _run(frame, EvaluationConfig(subgroups=["site"], min_group_size=5))["site"]
+    assert site.reference_group == "site=A"  # equal patients and scans: first label
+    frame = _two_groups(20, 24, patients_b=20)
+    site = _run(frame, EvaluationConfig(subgroups=["site"], min_group_size=5))["site"]
+    assert site.reference_group == "site=B"  # equal patients, more scans
+
+
+def test_configured_reference_that_cannot_be_used_is_named():
+    cfg = EvaluationConfig(
+        subgroups=["site"],
+        min_group_size=10,
+        fairness={"reference_groups": {"site": "B"}, "max_miss_rate_gap": 0.2},
+    )
+    attributes = _run(_two_groups(40, 6), cfg)
+    assert attributes["site"].reference_group is None
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == CANNOT_CERTIFY
+    assert (
+        "finding / site: no reference group: configured reference group site=B cannot be used: "
+        "insufficient data: 6 scans with known label < min_group_size 10"
+    ) in gate.unchecked
+
+
+def test_an_intersection_with_an_unknown_part_is_not_compared():
+    rng = np.random.default_rng(13)
+    frame = _frame(rng, 600)
+    frame.loc[frame.index[:120], "age"] = np.nan
+    attrs = _run(frame, EvaluationConfig(subgroups=[], intersections=[["sex", "age_band"]], min_group_size=5))
+    rows = attrs["sex & age_band"].groups
+    unknown = [g for g in rows if g.group.endswith("age_band=unknown")]
+    assert len(unknown) == 2 and all(g.unknown and not g.compared for g in unknown)
+    assert all(g.compared for g in rows if not g.group.endswith("unknown"))

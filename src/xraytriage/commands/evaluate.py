@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,20 @@ errors (unreadable manifest, no scan decodable, ...).
 
 class UsageError(ValueError):
     """A command line or input file the user must fix (exit 2)."""
+
+
+@dataclass
+class EvaluationInputs:
+    """What ``evaluate_predictions`` needs, from a bundle run on a manifest or from a predictions file."""
+
+    predictions: Any  # DataFrame of the rows to evaluate
+    labels: list[str]
+    thresholds: dict[str, Any]  # label -> OperatingPoint
+    val_predictions: Any  # DataFrame or None
+    model_id: str
+    audit_frame: Any  # the whole table, audited for leakage
+    temperatures: dict[str, float] = field(default_factory=dict)
+    skipped_unreadable: int = 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -275,7 +290,7 @@ def _exit_code(result) -> int:
     return {"fail": EXIT_GATE_FAILED, "cannot certify": EXIT_CANNOT_CERTIFY}.get(result.gate.verdict, EXIT_OK)
 
 
-def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> dict[str, Any] | int:
+def _predict_bundle(args: argparse.Namespace, full_cfg) -> EvaluationInputs | int:
     """Bundle + manifest: run the model; returns evaluate_predictions' inputs, or an exit code."""
     import importlib
 
@@ -314,19 +329,19 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> dict[str, A
         print("xraytriage evaluate: no scan could be decoded; nothing to evaluate")
         return EXIT_OTHER
     val_predictions = predict(bundle, val_rows, **kwargs) if val_rows is not None else None
-    return {
-        "predictions": predictions,
-        "labels": list(bundle.labels),
-        "thresholds": thresholds,
-        "val_predictions": None if val_predictions is None or val_predictions.empty else val_predictions,
-        "model_id": bundle.model_id,
-        "temperatures": dict(bundle.temperatures),
-        "skipped_unreadable": len(skipped),
-        "audit_frame": df,
-    }
+    return EvaluationInputs(
+        predictions=predictions,
+        labels=list(bundle.labels),
+        thresholds=thresholds,
+        val_predictions=None if val_predictions is None or val_predictions.empty else val_predictions,
+        model_id=bundle.model_id,
+        audit_frame=df,
+        temperatures=dict(bundle.temperatures),
+        skipped_unreadable=len(skipped),
+    )
 
 
-def _from_predictions_file(args: argparse.Namespace, full_cfg) -> dict[str, Any]:
+def _from_predictions_file(args: argparse.Namespace, full_cfg) -> EvaluationInputs:
     if args.model is not None or args.manifest is not None:
         raise UsageError("--predictions evaluates a predictions file: leave out --model and --manifest")
     table, labels = _read_predictions(args.predictions)
@@ -335,14 +350,14 @@ def _from_predictions_file(args: argparse.Namespace, full_cfg) -> dict[str, Any]
     test_name = data.test_split if data is not None else "test"
     _leakage_check(table, str(args.predictions), args.allow_leakage)
     test, val = _prediction_splits(table, args.predictions, val_name, test_name)
-    return {
-        "predictions": test,
-        "labels": labels,
-        "thresholds": {k: _given(v) for k, v in parse_thresholds(args.threshold, labels).items()},
-        "val_predictions": val,
-        "model_id": f"predictions file {args.predictions.name}",
-        "audit_frame": table,
-    }
+    return EvaluationInputs(
+        predictions=test,
+        labels=labels,
+        thresholds={k: _given(v) for k, v in parse_thresholds(args.threshold, labels).items()},
+        val_predictions=val,
+        model_id=f"predictions file {args.predictions.name}",
+        audit_frame=table,
+    )
 
 
 def _given(threshold: float):
@@ -357,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
         if args.predictions is not None:
             inputs = _from_predictions_file(args, full_cfg)
         elif args.model is not None:
-            inputs = _predict_bundle(args, eval_cfg, full_cfg)
+            inputs = _predict_bundle(args, full_cfg)
         else:
             raise UsageError("give --model BUNDLE --manifest CSV, or --predictions PRED.csv")
     except UsageError as exc:
@@ -368,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
     return _evaluate(args, eval_cfg, inputs)
 
 
-def _evaluate(args: argparse.Namespace, eval_cfg, inputs: dict[str, Any]) -> int:
+def _evaluate(args: argparse.Namespace, eval_cfg, inputs: EvaluationInputs) -> int:
     from xraytriage.evaluation.report import LeakageError, evaluate_predictions
 
     out: Path = args.out
@@ -380,7 +395,7 @@ def _evaluate(args: argparse.Namespace, eval_cfg, inputs: dict[str, Any]) -> int
         writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     try:
         result = evaluate_predictions(
-            cfg=eval_cfg, out_dir=out, tb_writer=writer, allow_leakage=args.allow_leakage, **inputs
+            cfg=eval_cfg, out_dir=out, tb_writer=writer, allow_leakage=args.allow_leakage, **vars(inputs)
         )
     except LeakageError as exc:
         print(f"xraytriage evaluate: {exc}")

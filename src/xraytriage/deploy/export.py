@@ -3,9 +3,10 @@
 The exported graph takes the normalised tensor that :func:`xraytriage.data.tensors.image_to_tensor`
 produces (batch, in_channels, image_size, image_size; dynamic batch axis) and returns per-class
 *probabilities* (sigmoid, or softmax for multiclass, after dividing the logits by the bundle's
-calibration temperature), so a serving stack compares them directly with the stored thresholds.
+calibration temperatures, one per label), so a serving stack compares them directly with the stored
+thresholds.
 Everything a server needs to reproduce the decoding (labels, thresholds, preprocess settings, task,
-temperature, model id) is embedded in the file and also written beside it as ``FILE.json``.
+temperatures, model id) is embedded in the file and also written beside it as ``FILE.json``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class ExportError(RuntimeError):
 
 
 class ProbabilityModel(nn.Module):
-    """Bundle network + temperature + sigmoid/softmax, so the artefact outputs probabilities."""
+    """Bundle network + temperatures + sigmoid/softmax, so the artefact outputs probabilities."""
 
     def __init__(self, model: nn.Module, task: str, temperature: list[float]) -> None:
         super().__init__()
