@@ -201,11 +201,22 @@ def test_gate_failure_named_in_result_and_report(tmp_path):
 def test_fallback_is_recorded_as_a_fallback_everywhere(tmp_path):
     """Was: validation without positives gave threshold 0.5 labelled 'validation (target_sensitivity)',
     and a fallback stored at training time showed later only as 'bundle'."""
+    from torch.utils.tensorboard import SummaryWriter
+
     test, val = _predictions(200, "test", 5), _predictions(200, "val", 6)
     val["finding"] = 0.0
+    writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
     result = evaluate_predictions(
-        test, ["finding"], {}, EvaluationConfig(bootstrap_iterations=0), tmp_path, val_predictions=val
+        test,
+        ["finding"],
+        {},
+        EvaluationConfig(bootstrap_iterations=0),
+        tmp_path,
+        val_predictions=val,
+        tb_writer=writer,
     )
+    writer.close()
+    assert "FALLBACK: no positive validation case" in _tensorboard_summary(tmp_path / "tb")
     op = result.classes["finding"].operating_point
     assert op.fallback and op.threshold == 0.5 and "no positive validation case" in op.fallback_reason
     block = json.loads((tmp_path / "metrics.json").read_text())["classes"]["finding"]
@@ -252,12 +263,15 @@ def test_leakage_is_refused_unless_allowed_and_then_marked_everywhere(tmp_path):
     for name in ("subgroups.csv", "predictions.csv"):
         column = pd.read_csv(out / name)["leakage_warning"]
         assert column.notna().all() and column.str.contains("PATIENT LEAKAGE").all()
+    assert "PATIENT LEAKAGE" in _tensorboard_summary(tmp_path / "tb")
+
+
+def _tensorboard_summary(folder) -> str:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     acc.Reload()
-    text = acc.Tensors("eval/summary/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "PATIENT LEAKAGE" in text
+    return acc.Tensors("eval/summary/text_summary")[0].tensor_proto.string_val[0].decode()
 
 
 def test_missing_patient_ids_are_refused():

@@ -414,9 +414,14 @@ def _tag(text: str) -> str:
 
 
 def summary_text(result: EvaluationResult) -> str:
-    """The gate verdict and what it rests on, as Markdown (TensorBoard's text panel, the CLI)."""
+    """Operating points (with any fallback), the gate verdict and what it rests on, as Markdown
+    (TensorBoard's text panel)."""
     gate = result.gate
-    lines = [f"fairness gate: {gate.verdict.upper()}"]
+    lines = [
+        f"{label}: operating point {block.operating_point.describe()}"
+        for label, block in result.classes.items()
+    ]
+    lines.append(f"fairness gate: {gate.verdict.upper()}")
     lines += [f"* {line}" for line in gate.failures]
     lines += [f"* {line}" for line in gate.uncertain]
     lines += [f"* could not be checked: {why}" for why in gate.unchecked]
