@@ -12,7 +12,7 @@ from fairlearn.metrics import MetricFrame, true_positive_rate
 
 from xraytriage.config import EvaluationConfig
 from xraytriage.evaluation.audit import audit_manifest
-from xraytriage.evaluation.report import evaluate_predictions
+from xraytriage.evaluation.report import LeakageError, evaluate_predictions, subgroup_table
 
 
 def nih_predictions(folder) -> pd.DataFrame:
@@ -46,16 +46,26 @@ def test_nih1000_report(shared_data, tmp_path):
         bootstrap_iterations=300,
         fairness={"max_worst_group_miss_rate": 0.5},
     )
+    shared = set(test["patient_id"]) & set(val["patient_id"])
+    assert len(shared) == 9  # the sample's own val/test folders share patients
+    with pytest.raises(LeakageError, match="9 patient"):
+        evaluate_predictions(test, ["finding"], {}, cfg, tmp_path, val_predictions=val)
     result = evaluate_predictions(
-        test, ["finding"], {}, cfg, tmp_path, val_predictions=val, model_id="synthetic"
+        test, ["finding"], {}, cfg, tmp_path, val_predictions=val, model_id="synthetic", allow_leakage=True
     )
     m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["leakage"] == {
+        "allowed": True,
+        "patients": 9,
+        "pairs": {"test/val": 9},
+        "warning": result.leakage.warning,
+    }
     block = m["classes"]["finding"]
     assert m["population"]["scans"] == 200 and m["population"]["patients"] == test["patient_id"].nunique()
     assert 0.75 < block["metrics"]["auroc"]["value"] < 1.0
     lo, hi = block["metrics"]["sensitivity"]["ci_low"], block["metrics"]["sensitivity"]["ci_high"]
     assert 0.05 < hi - lo < 0.3  # 100 positives: an interval of honest width
-    table = result.subgroups
+    table = subgroup_table(result)
     sexes = table[table["attribute"] == "sex"].set_index("group")
     assert sexes.loc["sex=F", "n"] == (test["sex"] == "F").sum()
     pred = (test["prob_finding"] >= block["threshold"]).astype(int)

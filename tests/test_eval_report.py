@@ -1,5 +1,7 @@
-"""evaluate_predictions and ``xraytriage evaluate``: the four outputs, TensorBoard entries, no patient IDs
-in metrics.json, a self-contained report, validation vs test, and exit code 3 on a failed gate."""
+"""evaluate_predictions and ``xraytriage evaluate``: the four outputs rendered from one typed result,
+TensorBoard entries, no patient IDs in metrics.json, a self-contained report, validation vs test,
+intervals never of zero width, recorded fallbacks, leakage refused, missing patient IDs refused,
+``--predictions`` for any model's outputs, and the exit codes 0 / 2 / 3 / 4."""
 
 from __future__ import annotations
 
@@ -13,7 +15,14 @@ import pandas as pd
 import pytest
 
 from xraytriage.config import EvaluationConfig
-from xraytriage.evaluation.report import OUTPUT_FILES, evaluate_predictions
+from xraytriage.evaluation.report import (
+    OUTPUT_FILES,
+    SUBGROUP_COLUMNS,
+    LeakageError,
+    evaluate_predictions,
+    subgroup_table,
+)
+from xraytriage.evaluation.thresholds import OperatingPoint
 
 
 def _predictions(n: int, split: str, seed: int, weaker_in_women: float = 0.0) -> pd.DataFrame:
@@ -53,38 +62,54 @@ def evaluated(tmp_path_factory):
         val_predictions=val,
         tb_writer=writer,
         model_id="abc123",
-        temperature=1.3,
+        temperatures={"finding": 1.3},
     )
     writer.close()
     return out, result, test, val
 
 
 def test_four_outputs_and_schema(evaluated):
-    out, _, test, _ = evaluated
+    out, result, test, _ = evaluated
     for name in OUTPUT_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["schema"] == "xraytriage.metrics" and metrics["schema_version"] == 1
+    rendered = json.loads(json.dumps(result.to_json()))
+    assert metrics.pop("timing_seconds")["metrics"] == rendered.pop("timing_seconds")["metrics"]
+    assert metrics == rendered  # the file is the typed result, rendered
+    assert metrics["schema"] == "xraytriage.metrics" and metrics["schema_version"] == 2
     block = metrics["classes"]["finding"]
-    assert block["threshold_source"].startswith("validation (target_sensitivity)")
+    assert block["threshold_source"] == "validation (target_sensitivity, lower_bound)"
+    op = block["operating_point"]
+    assert op["threshold"] == block["threshold"] and op["guaranteed"] is True and op["fallback"] is False
+    assert op["lower_bound"] >= 0.9 and op["confidence"] == 0.95
     sens = block["metrics"]["sensitivity"]
-    assert sens["ci_low"] <= sens["value"] <= sens["ci_high"]
+    assert sens["ci_low"] < sens["value"] < sens["ci_high"] and sens["method"] == "wilson_cluster"
+    assert block["metrics"]["auroc"]["method"] == "newcombe_auroc_cluster"
+    assert block["metrics"]["auprc"]["method"] == "bootstrap_percentile"
+    assert set(metrics["interval_methods"]) >= {"wilson_cluster", "bootstrap_percentile"}
     assert block["counts"]["excluded"] == int((test["finding"] == -1).sum())
-    assert block["validation"]["sensitivity"]["value"] >= 0.9  # the threshold was chosen for 0.9 on val
+    assert block["validation"]["sensitivity"]["value"] == op["validation_value"]
     assert block["target_check"]["target"] == 0.9
+    assert block["target_check"]["validation_lower_bound"] == op["lower_bound"]
     assert metrics["population"]["patients"] == test["patient_id"].nunique()
-    assert metrics["temperature"] == 1.3 and metrics["fairness_gate"]["passed"]
+    assert metrics["temperatures"] == {"finding": 1.3} and block["calibration"]["temperature"] == 1.3
+    assert metrics["fairness_gate"]["verdict"] == "no limits" and metrics["fairness_gate"]["passed"]
     assert set(block["subgroups"]) == {"sex", "age_band", "view", "site", "sex & age_band"}
     assert block["subgroups"]["site"] == {
         "available": False,
         "reason": "column 'site' is not in the predictions",
     }
+    sex = block["subgroups"]["sex"]
+    assert sex["reference_group"] in ("sex=F", "sex=M") and len(sex["comparisons"]) == 1
+    assert "biased upward" in sex["miss_rate_gap"]["note"]
     subgroups = pd.read_csv(out / "subgroups.csv")
+    assert list(subgroups.columns) == SUBGROUP_COLUMNS
     assert {"sex=F", "sex=M"} <= set(subgroups["group"])
     preds = pd.read_csv(out / "predictions.csv", dtype={"patient_id": str})
     assert list(preds["patient_id"]) == list(test["patient_id"])  # the user's own key, unchanged
     expected = (test["prob_finding"] >= block["threshold"]).astype(float)
     assert (preds["pred_finding"] == expected).all() and "age_band" in preds
+    assert "leakage_warning" not in preds and metrics["leakage"] is None
 
 
 def test_no_patient_ids_in_metrics_or_report(evaluated):
@@ -95,7 +120,7 @@ def test_no_patient_ids_in_metrics_or_report(evaluated):
     assert re.search(r"ZQ\d+ID", text) is None
 
 
-def test_report_is_self_contained(evaluated):
+def test_report_is_self_contained_and_says_how_sure_it_is(evaluated):
     html = (evaluated[0] / "report.html").read_text()
     assert "<script" not in html and not re.search(r"(src|href)=['\"]?(https?:)?//", html)
     assert html.count("data:image/png;base64,") >= 3  # ROC/PR, calibration, subgroups
@@ -106,8 +131,13 @@ def test_report_is_self_contained(evaluated):
         "sex=F",
         "Miss rate",
         "insufficient data",
+        "wilson_cluster",
+        "Operating-point guarantee",
+        "one-sided 95% lower bound",
+        "(reference)",
+        "biased upward",
     ):
-        assert needle in html
+        assert needle in html, needle
 
 
 def test_tensorboard_entries(evaluated):
@@ -120,19 +150,140 @@ def test_tensorboard_entries(evaluated):
         "eval/finding/sensitivity",
         "eval/finding/miss_rate_ci_high",
         "eval/finding/validation_sensitivity",
+        "eval/finding/validation_lower_bound",
     } <= scalars
     assert any(t.startswith("eval_subgroups/finding/sex=F") for t in scalars)
+    assert any(t.startswith("eval_fairness/finding/") for t in scalars)
     assert "eval/finding/roc_pr" in acc.Tags()["images"]
     assert any("pr_curve" in t for t in acc.Tags()["tensors"])
 
 
+def test_perfect_model_gets_intervals_that_are_not_zero_width(tmp_path):
+    """Was: 30 of 30 detected gave sensitivity CI (1.0, 1.0) and miss-rate CI (0.0, 0.0)."""
+    frame = _predictions(300, "test", 4)
+    frame["prob_finding"] = (frame["finding"] == 1).astype(float) * 0.8 + 0.1
+    result = evaluate_predictions(
+        frame, ["finding"], {"finding": 0.5}, EvaluationConfig(bootstrap_iterations=50), tmp_path
+    )
+    block = result.classes["finding"]
+    for name in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
+        est = block.metrics[name]
+        assert est.value == 1.0 and est.ci_high == 1.0 and est.ci_low < 0.99, name
+    miss = block.metrics["miss_rate"]
+    assert miss.value == 0.0 and miss.ci_low == 0.0 and 0.01 < miss.ci_high < 0.1
+    assert block.metrics["auroc"].ci_low < 1.0 == block.metrics["auroc"].ci_high
+    f1 = block.metrics["f1"]  # every bootstrap replicate is 1: no interval rather than (1, 1)
+    assert f1.value == 1.0 and f1.ci_low is None and "every replicate" in f1.note
+    for attr in block.attributes.values():
+        for row in attr.groups if attr.available else []:
+            for est in row.metrics.values():
+                assert est.ci_low < est.ci_high
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["classes"]["finding"]["metrics"]["f1"]["note"].startswith("no interval")
+
+
 def test_gate_failure_named_in_result_and_report(tmp_path):
-    test = _predictions(600, "test", 3, weaker_in_women=0.3)
+    test = _predictions(1200, "test", 3, weaker_in_women=0.35)
     cfg = EvaluationConfig(bootstrap_iterations=50, subgroups=["sex"], fairness={"max_miss_rate_gap": 0.05})
     result = evaluate_predictions(test, ["finding"], {"finding": 0.5}, cfg, tmp_path)
-    assert result.gate_failures and "sex=F" in result.gate_failures[0]
-    assert result.metrics["classes"]["finding"]["threshold_source"] == "bundle"
-    assert "Fairness gate FAILED" in (tmp_path / "report.html").read_text()
+    assert result.gate.verdict == "fail" and len(result.gate_failures) == 1
+    assert "sex=F" in result.gate_failures[0] and "sex=M" in result.gate_failures[0]
+    assert result.classes["finding"].threshold_source == "given"
+    html = (tmp_path / "report.html").read_text()
+    assert "Fairness gate FAILED" in html and "simultaneous 95% interval" in html
+    table = subgroup_table(result).set_index("group")
+    reference = result.classes["finding"].attributes["sex"].reference_group
+    other = ({"sex=F", "sex=M"} - {reference}).pop()
+    assert table.loc[other, "verdict"] == "fail" and table.loc[reference, "is_reference"]
+    assert table.loc[reference, "verdict_reason"].startswith("reference group (largest (most patients))")
+
+
+def test_fallback_is_recorded_as_a_fallback_everywhere(tmp_path):
+    """Was: validation without positives gave threshold 0.5 labelled 'validation (target_sensitivity)',
+    and a fallback stored at training time showed later only as 'bundle'."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    test, val = _predictions(200, "test", 5), _predictions(200, "val", 6)
+    val["finding"] = 0.0
+    writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
+    result = evaluate_predictions(
+        test,
+        ["finding"],
+        {},
+        EvaluationConfig(bootstrap_iterations=0),
+        tmp_path,
+        val_predictions=val,
+        tb_writer=writer,
+    )
+    writer.close()
+    assert "FALLBACK: no positive validation case" in _tensorboard_summary(tmp_path / "tb")
+    op = result.classes["finding"].operating_point
+    assert op.fallback and op.threshold == 0.5 and "no positive validation case" in op.fallback_reason
+    block = json.loads((tmp_path / "metrics.json").read_text())["classes"]["finding"]
+    assert "FALLBACK: no positive validation case" in block["threshold_source"]
+    assert block["operating_point"]["fallback"] is True
+    assert "Fallback threshold" in (tmp_path / "report.html").read_text()
+    stored = op.with_source("bundle")
+    again = evaluate_predictions(
+        test, ["finding"], {"finding": stored}, EvaluationConfig(bootstrap_iterations=0), None
+    )
+    assert again.classes["finding"].threshold_source.startswith(
+        "bundle (target_sensitivity, lower_bound); FALLBACK"
+    )
+
+
+def test_leakage_is_refused_unless_allowed_and_then_marked_everywhere(tmp_path):
+    """Was: 200 of 200 patients in both validation and test passed with only an audit note."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    test = _predictions(400, "test", 7)
+    val = test.copy()
+    val["split"] = "val"
+    cfg = EvaluationConfig(bootstrap_iterations=0)
+    with pytest.raises(LeakageError, match="200 patient"):
+        evaluate_predictions(test, ["finding"], {}, cfg, tmp_path / "no", val_predictions=val)
+    assert not (tmp_path / "no").exists()
+    writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
+    result = evaluate_predictions(
+        test,
+        ["finding"],
+        {},
+        cfg,
+        tmp_path / "yes",
+        val_predictions=val,
+        allow_leakage=True,
+        tb_writer=writer,
+    )
+    writer.close()
+    assert result.leakage.patients == 200 and result.leakage.pairs == {"test/val": 200}
+    out = tmp_path / "yes"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["leakage"]["allowed"] is True and "PATIENT LEAKAGE" in metrics["leakage"]["warning"]
+    assert "PATIENT LEAKAGE ALLOWED" in (out / "report.html").read_text()
+    for name in ("subgroups.csv", "predictions.csv"):
+        column = pd.read_csv(out / name)["leakage_warning"]
+        assert column.notna().all() and column.str.contains("PATIENT LEAKAGE").all()
+    assert "PATIENT LEAKAGE" in _tensorboard_summary(tmp_path / "tb")
+
+
+def _tensorboard_summary(folder) -> str:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc.Tensors("eval/summary/text_summary")[0].tensor_proto.string_val[0].decode()
+
+
+def test_missing_patient_ids_are_refused():
+    """Was: missing patient IDs merged into one bootstrap cluster."""
+    frame = _predictions(50, "test", 8)
+    frame.loc[[3, 9], "patient_id"] = None
+    with pytest.raises(ValueError, match="patient_id is missing for 2 of 50"):
+        evaluate_predictions(frame, ["finding"], {"finding": 0.5}, EvaluationConfig(), None)
+    with pytest.raises(ValueError, match="no patient_id column"):
+        evaluate_predictions(
+            frame.drop(columns="patient_id"), ["finding"], {"finding": 0.5}, EvaluationConfig(), None
+        )
 
 
 def test_missing_probability_column_is_a_clear_error():
@@ -152,7 +303,13 @@ def cli_env(tmp_path, monkeypatch):
     manifest = pd.concat(frames, ignore_index=True).drop(columns=["prob_finding"])
     manifest["path"] = [f"img{i}.png" for i in range(len(manifest))]
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    bundle = SimpleNamespace(labels=["finding"], thresholds={"finding": 0.5}, model_id="m1", temperature=1.0)
+    bundle = SimpleNamespace(
+        labels=["finding"],
+        thresholds={"finding": 0.5},
+        model_id="m1",
+        temperatures={"finding": 1.0},
+        operating_points={},
+    )
     monkeypatch.setattr(xraytriage.models, "load_bundle", lambda path: bundle)
     (tmp_path / "model.pt").write_bytes(b"stand-in")
     calls = []
@@ -167,7 +324,7 @@ def cli_env(tmp_path, monkeypatch):
         return out.reset_index(drop=True)
 
     monkeypatch.setattr(predict_mod, "predict_manifest", fake_predict)
-    return tmp_path, calls
+    return tmp_path, calls, bundle
 
 
 def _parse(argv):
@@ -179,37 +336,85 @@ def _parse(argv):
 
 
 def test_cli_writes_outputs_and_exit_codes(cli_env, capsys):
-    tmp, calls = cli_env
+    tmp, calls, _ = cli_env
     base = ["--model", str(tmp / "model.pt"), "--manifest", str(tmp / "manifest.csv")]
     args = _parse([*base, "--out", str(tmp / "ev"), "evaluation.bootstrap_iterations=100"])
     assert args.handler(args) == 0
     assert calls == [{"test"}, {"val"}]  # test evaluated, val used for the side-by-side
     out = capsys.readouterr().out
     assert "1 scan(s) could not be read" in out and "sensitivity" in out and "worst subgroup: sex=F" in out
+    assert "no limits set" in out and "bundle (no record of its choice)" in out
     for name in OUTPUT_FILES:
         assert (tmp / "ev" / name).is_file()
     assert list((tmp / "ev" / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((tmp / "ev" / "metrics.json").read_text())
     assert metrics["population"]["skipped_unreadable"] == 1 and metrics["model_id"] == "m1"
 
-    args = _parse(
-        [
-            *base,
-            "--out",
-            str(tmp / "ev2"),
-            "--no-tensorboard",
-            "evaluation.bootstrap_iterations=50",
-            "evaluation.fairness.max_miss_rate_gap=0.02",
-        ]
-    )
+    fail = ["--no-tensorboard", "evaluation.bootstrap_iterations=0", "evaluation.subgroups=[sex]"]
+    args = _parse([*base, "--out", str(tmp / "ev2"), *fail, "evaluation.fairness.max_miss_rate_gap=0.02"])
     assert args.handler(args) == 3
     assert "FAIRNESS GATE FAILED" in capsys.readouterr().out
 
+    args = _parse([*base, "--out", str(tmp / "ev3"), *fail[:2], "evaluation.fairness.max_miss_rate_gap=0.9"])
+    assert args.handler(args) == 4  # default subgroups include view/site, absent here: cannot certify
+    out = capsys.readouterr().out
+    assert "CANNOT CERTIFY" in out and "could not be checked: finding / site: unavailable" in out
 
-def test_cli_config_error_and_missing_split(cli_env):
+
+def test_cli_uses_the_bundles_operating_point_record(cli_env, capsys):
+    tmp, _, bundle = cli_env
+    bundle.operating_points = {
+        "finding": OperatingPoint(
+            0.5,
+            "target_sensitivity",
+            "lower_bound",
+            0.9,
+            0.95,
+            0.91,
+            0.87,
+            80,
+            60,
+            "lower bound too low",
+            "validation",
+        ).to_json()
+    }
+    args = _parse(
+        [
+            "--model",
+            str(tmp / "model.pt"),
+            "--manifest",
+            str(tmp / "manifest.csv"),
+            "--out",
+            str(tmp / "e"),
+            "--no-tensorboard",
+            "evaluation.bootstrap_iterations=0",
+        ]
+    )
+    assert args.handler(args) == 0
+    assert "FALLBACK: lower bound too low" in capsys.readouterr().out
+    block = json.loads((tmp / "e" / "metrics.json").read_text())["classes"]["finding"]
+    assert block["operating_point"]["source"] == "bundle" and block["operating_point"]["fallback"]
+    args = _parse(
+        [
+            "--model",
+            str(tmp / "model.pt"),
+            "--manifest",
+            str(tmp / "manifest.csv"),
+            "--out",
+            str(tmp / "f"),
+            "--no-tensorboard",
+            "--threshold",
+            "finding=0.3",
+        ]
+    )
+    assert args.handler(args) == 0
+    assert json.loads((tmp / "f" / "metrics.json").read_text())["classes"]["finding"]["threshold"] == 0.3
+
+
+def test_cli_usage_errors_exit_2(cli_env, capsys):
     from xraytriage.config import ConfigError
 
-    tmp, _ = cli_env
+    tmp, _, _ = cli_env
     base = [
         "--model",
         str(tmp / "model.pt"),
@@ -219,7 +424,123 @@ def test_cli_config_error_and_missing_split(cli_env):
         str(tmp / "e"),
     ]
     args = _parse([*base, "evaluation.bootstrap_iterations=-1"])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError):  # the top-level CLI prints it and exits 2
         args.handler(args)
     args = _parse([*base, "--split", "external"])
     assert args.handler(args) == 1
+    for extra in (
+        ["--threshold", "nodule=0.3"],
+        ["--threshold", "finding=high"],
+        ["--predictions", str(tmp / "p.csv")],
+    ):
+        args = _parse([*base, *extra])
+        assert args.handler(args) == 2
+    assert "--threshold 'nodule=0.3'" in capsys.readouterr().out
+    args = _parse(["--out", str(tmp / "e")])
+    assert args.handler(args) == 2
+
+
+def test_cli_refuses_leakage_unless_allowed(cli_env, capsys):
+    tmp, calls, _ = cli_env
+    manifest = pd.read_csv(tmp / "manifest.csv")
+    manifest.loc[manifest["split"] == "train", "patient_id"] = manifest.loc[
+        manifest["split"] == "test", "patient_id"
+    ].to_numpy()
+    manifest.to_csv(tmp / "leaky.csv", index=False)
+    base = ["--model", str(tmp / "model.pt"), "--manifest", str(tmp / "leaky.csv"), "--no-tensorboard"]
+    args = _parse([*base, "--out", str(tmp / "e"), "evaluation.bootstrap_iterations=0"])
+    assert args.handler(args) == 2
+    assert (
+        "patient(s) appear in more than one split" in capsys.readouterr().out and calls == []
+    )  # before inference
+    args = _parse([*base, "--out", str(tmp / "a"), "--allow-leakage", "evaluation.bootstrap_iterations=0"])
+    assert args.handler(args) == 0
+    assert "PATIENT LEAKAGE ALLOWED" in capsys.readouterr().out
+    metrics = json.loads((tmp / "a" / "metrics.json").read_text())
+    assert metrics["leakage"]["pairs"] == {"test/train": 100}  # found in the whole manifest, train included
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_cli_evaluates_a_predictions_file(tmp_path, capsys, suffix):
+    """Any model's outputs: thresholds chosen on the val rows, applied to the test rows."""
+    table = pd.concat(
+        [
+            _predictions(300, "val", 11),
+            _predictions(400, "test", 12, weaker_in_women=0.3),
+            _predictions(20, "train", 13),
+        ],
+        ignore_index=True,
+    ).drop(columns=["path"])
+    path = tmp_path / f"pred{suffix}"
+    table.to_parquet(path) if suffix == ".parquet" else table.to_csv(path, index=False)
+    args = _parse(
+        [
+            "--predictions",
+            str(path),
+            "--out",
+            str(tmp_path / "e"),
+            "--no-tensorboard",
+            "evaluation.bootstrap_iterations=0",
+            "evaluation.subgroups=[sex]",
+        ]
+    )
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "20 row(s)" in out and "left out" in out  # the train rows
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    block = metrics["classes"]["finding"]
+    assert metrics["population"]["scans"] == 400 and metrics["population"]["validation_scans"] == 300
+    assert block["threshold_source"] == "validation (target_sensitivity, lower_bound)"
+    val = table[table["split"] == "val"]
+    expected = OperatingPoint.from_json(block["operating_point"])
+    from xraytriage.config import OperatingPointConfig
+    from xraytriage.evaluation.thresholds import choose_operating_point
+
+    chosen = choose_operating_point(
+        val["finding"], val["prob_finding"], OperatingPointConfig(), val["patient_id"].to_numpy()
+    )
+    assert expected == chosen
+    args = _parse(
+        [
+            "--predictions",
+            str(path),
+            "--out",
+            str(tmp_path / "g"),
+            "--no-tensorboard",
+            "--threshold",
+            "finding=0.42",
+            "evaluation.bootstrap_iterations=0",
+            "evaluation.subgroups=[sex]",
+            "evaluation.fairness.max_miss_rate_gap=0.01",
+        ]
+    )
+    assert args.handler(args) == 3
+    block = json.loads((tmp_path / "g" / "metrics.json").read_text())["classes"]["finding"]
+    assert block["threshold"] == 0.42 and block["threshold_source"] == "command line (--threshold)"
+
+
+def test_cli_predictions_file_problems_exit_2(tmp_path, capsys):
+    table = _predictions(60, "test", 14)
+    cases = {
+        "noprob.csv": table.drop(columns=["prob_finding"]),
+        "notruth.csv": table.drop(columns=["finding"]),
+        "noid.csv": table.drop(columns=["patient_id"]),
+        "blankid.csv": table.assign(patient_id=[None, *table["patient_id"][1:]]),
+        "notest.csv": table.assign(split="val"),
+    }
+    expected = {
+        "noprob.csv": "no probability column",
+        "notruth.csv": "have no truth column finding",
+        "noid.csv": "no patient_id column",
+        "blankid.csv": "patient_id is empty in 1 row(s)",
+        "notest.csv": "no rows with split 'test'",
+    }
+    for name, frame in cases.items():
+        frame.to_csv(tmp_path / name, index=False)
+        args = _parse(["--predictions", str(tmp_path / name), "--out", str(tmp_path / "e")])
+        assert args.handler(args) == 2, name
+        assert expected[name] in capsys.readouterr().out, name
+    leaky = pd.concat([table, table.assign(split="val")], ignore_index=True)
+    leaky.to_csv(tmp_path / "leaky.csv", index=False)
+    args = _parse(["--predictions", str(tmp_path / "leaky.csv"), "--out", str(tmp_path / "e")])
+    assert args.handler(args) == 2 and "more than one split" in capsys.readouterr().out

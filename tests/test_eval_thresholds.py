@@ -1,4 +1,5 @@
-"""Operating-point policies: exact definitions, degenerate inputs never crash."""
+"""Operating-point policies: exact definitions (both rules), the guarantee's bound against scipy's
+Clopper-Pearson, recorded fallbacks, degenerate inputs never crash."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from xraytriage.config import OperatingPointConfig
 from xraytriage.evaluation.metrics import binary_metrics
-from xraytriage.evaluation.thresholds import choose_threshold
+from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point, choose_threshold
 
 probs = st.integers(0, 20).map(lambda k: k / 20)
 rows = st.lists(st.tuples(st.sampled_from([0.0, 1.0, -1.0, np.nan]), probs), min_size=1, max_size=50)
@@ -22,7 +24,9 @@ rows = st.lists(st.tuples(st.sampled_from([0.0, 1.0, -1.0, np.nan]), probs), min
 def test_target_sensitivity_is_the_highest_threshold_reaching_the_target(data, target):
     y = np.array([r[0] for r in data])
     p = np.array([r[1] for r in data])
-    cfg = OperatingPointConfig(policy="target_sensitivity", target=target, threshold=0.37)
+    cfg = OperatingPointConfig(
+        policy="target_sensitivity", target=target, threshold=0.37, rule="point_estimate"
+    )
     t = choose_threshold(y, p, cfg)
     if not (y == 1).any():
         assert t == 0.37  # documented fallback
@@ -38,7 +42,9 @@ def test_target_sensitivity_is_the_highest_threshold_reaching_the_target(data, t
 def test_target_specificity_is_the_lowest_threshold_reaching_the_target(data, target):
     y = np.array([r[0] for r in data])
     p = np.array([r[1] for r in data])
-    cfg = OperatingPointConfig(policy="target_specificity", target=target, threshold=0.37)
+    cfg = OperatingPointConfig(
+        policy="target_specificity", target=target, threshold=0.37, rule="point_estimate"
+    )
     t = choose_threshold(y, p, cfg)
     if not (y == 0).any():
         assert t == 0.37
@@ -76,8 +82,11 @@ def test_fixed_policy_and_fallback_warning(caplog):
         == 0.2
     )
     with caplog.at_level(logging.WARNING):
-        t = choose_threshold(np.array([0.0, 0.0]), np.array([0.1, 0.2]), OperatingPointConfig(threshold=0.6))
-    assert t == 0.6 and "no positive" in caplog.text
+        op = choose_operating_point(
+            np.array([0.0, 0.0]), np.array([0.1, 0.2]), OperatingPointConfig(threshold=0.6), None
+        )
+    assert op.threshold == 0.6 and "no positive" in caplog.text
+    assert op.fallback and "no positive validation case" in op.fallback_reason and "0.6" in op.fallback_reason
 
 
 def test_target_sensitivity_example():
@@ -85,5 +94,84 @@ def test_target_sensitivity_example():
     pos = np.linspace(0.1, 1.0, 10)
     neg = np.array([0.05, 0.15, 0.5])
     y = np.r_[np.ones(10), np.zeros(3)]
-    t = choose_threshold(y, np.r_[pos, neg], OperatingPointConfig(target=0.9))
+    t = choose_threshold(y, np.r_[pos, neg], OperatingPointConfig(target=0.9, rule="point_estimate"))
     assert t == pytest.approx(0.2)
+
+
+def _cp_lower(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson lower bound (scipy's exact two-sided interval at 2c - 1)."""
+    return 0.0 if k == 0 else stats.binomtest(k, n).proportion_ci(2 * confidence - 1, method="exact").low
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows, st.sampled_from([0.5, 0.7, 0.8, 0.9]), st.sampled_from([0.8, 0.95]))
+def test_lower_bound_rule_is_the_highest_threshold_whose_bound_reaches_the_target(data, target, confidence):
+    y = np.array([r[0] for r in data])
+    p = np.array([r[1] for r in data])
+    cfg = OperatingPointConfig(target=target, confidence=confidence, threshold=0.37)
+    op = choose_operating_point(y, p, cfg, None)  # every scan its own patient: exact Clopper-Pearson
+    pos = np.sort(p[y == 1])[::-1]
+    if pos.size == 0:
+        assert op.threshold == 0.37 and op.fallback
+        return
+    n = pos.size
+    caught = int((pos >= op.threshold).sum())
+    assert op.validation_value == caught / n and op.validation_cases == n
+    assert op.lower_bound == pytest.approx(_cp_lower(caught, n, confidence), abs=1e-9)
+    reaching = [t for t in np.unique(pos) if _cp_lower(int((pos >= t).sum()), n, confidence) >= target]
+    if reaching:
+        assert not op.fallback and op.threshold == max(reaching) and op.guaranteed
+    else:  # too few positives for the guarantee: every positive flagged, and said so
+        assert op.fallback and op.threshold == pos.min() and "cannot reach" in op.fallback_reason
+        assert op.guaranteed is False
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows, st.sampled_from([0.5, 0.8, 0.9]))
+def test_lower_bound_rule_for_specificity(data, target):
+    y = np.array([r[0] for r in data])
+    p = np.array([r[1] for r in data])
+    op = choose_operating_point(y, p, OperatingPointConfig(policy="target_specificity", target=target), None)
+    neg = p[y == 0]
+    if neg.size == 0:
+        assert op.fallback
+        return
+    below = int((neg < op.threshold).sum())
+    assert op.lower_bound == pytest.approx(_cp_lower(below, neg.size, 0.95), abs=1e-9)
+    if not op.fallback:
+        assert op.lower_bound >= target
+        known = np.isin(y, [0, 1])
+        for candidate in np.unique(p[known & (p < op.threshold)]):  # every lower observed score fails
+            assert _cp_lower(int((neg < candidate).sum()), neg.size, 0.95) < target
+
+
+def test_bound_counts_patients_not_scans():
+    """The same 200 scores as 100 patients with two scans each: the bound is lower, so the
+    guaranteed threshold is lower (flags more) than if the scans were 200 patients."""
+    rng = np.random.default_rng(0)
+    scores = np.repeat(rng.random(100), 2) + rng.normal(0, 0.01, 200)  # the two scans of a patient agree
+    y = np.ones(200)
+    cfg = OperatingPointConfig(target=0.8)
+    as_scans = choose_operating_point(y, scores, cfg, None)
+    as_patients = choose_operating_point(y, scores, cfg, np.repeat(np.arange(100), 2).astype(str))
+    assert as_patients.validation_patients == 100 and as_scans.validation_patients == 200
+    assert as_patients.threshold < as_scans.threshold
+    assert as_patients.lower_bound >= 0.8 and as_scans.lower_bound >= 0.8
+
+
+def test_missing_patient_ids_are_refused():
+    with pytest.raises(ValueError, match="patient_id is missing for 1 of 3"):
+        choose_operating_point(np.ones(3), np.ones(3) / 2, OperatingPointConfig(), np.array(["a", None, "b"]))
+
+
+def test_operating_point_round_trips_through_json():
+    op = OperatingPoint(
+        0.42, "target_sensitivity", "lower_bound", 0.9, 0.95, 0.95, 0.91, 60, 40, None, "validation"
+    )
+    data = op.to_json()
+    assert data["guaranteed"] is True and data["fallback"] is False and data["metric"] == "sensitivity"
+    assert OperatingPoint.from_json(data) == op
+    assert OperatingPoint.from_json(data).with_source("bundle").source == "bundle"
+    assert "lower bound 0.910 (reaches the target 0.9)" in op.describe()
+    failed = OperatingPoint(0.5, "target_sensitivity", fallback_reason="no positive validation case")
+    assert "FALLBACK: no positive validation case" in failed.describe()

@@ -41,7 +41,7 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["finding"],
         {"finding": 0.37},
         "binary",
-        temperature=1.7,
+        temperatures={"finding": 1.7},
     )
     return path
 
@@ -75,7 +75,7 @@ def test_export_outputs_calibrated_probabilities_for_any_batch_size(
     for meta in (exp.read_export_metadata(out), json.loads(out.with_name(out.name + ".json").read_text())):
         assert meta["labels"] == ["finding"]
         assert meta["thresholds"] == {"finding": pytest.approx(0.37)}
-        assert meta["task"] == "binary" and meta["temperature"] == pytest.approx(1.7)
+        assert meta["task"] == "binary" and meta["temperatures"] == {"finding": pytest.approx(1.7)}
         assert meta["model_id"] == bundle.model_id
         assert PreprocessConfig.model_validate(meta["preprocess"]) == bundle.preprocess
 
@@ -90,7 +90,7 @@ def test_onnx_graph_has_dynamic_batch_and_opset(bundle_path: Path, tmp_path: Pat
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value
     keys = {p.key for p in proto.metadata_props}
-    assert {"labels", "thresholds", "preprocess", "model_id", "task", "temperature"} <= keys
+    assert {"labels", "thresholds", "preprocess", "model_id", "task", "temperatures"} <= keys
 
 
 def test_export_exits_nonzero_when_outputs_differ(
@@ -119,7 +119,7 @@ def test_multiclass_export_outputs_softmax(tmp_path: Path) -> None:
         labels,
         dict.fromkeys(labels, 0.5),
         "multiclass",
-        temperature=2.0,
+        temperatures=dict.fromkeys(labels, 2.0),
     )
     out = tmp_path / "mc.ts"
     result = exp.export_bundle(path, "torchscript", out)

@@ -1,6 +1,9 @@
-"""Subgroup metrics and gaps agree with fairlearn; small or one-class groups are flagged, never dropped."""
+"""Subgroup metrics and gaps agree with fairlearn; the reference-group comparison and the gate decide
+on interval bounds; small, one-class and unknown groups are shown, never dropped, never passed."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -13,16 +16,27 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import recall_score, roc_auc_score
 
-from xraytriage.config import EvaluationConfig, FairnessGateConfig
+from xraytriage.config import EvaluationConfig
 from xraytriage.evaluation.bootstrap import patient_codes
-from xraytriage.evaluation.fairness import check_gate
-from xraytriage.evaluation.metrics import binary_metrics
+from xraytriage.evaluation.fairness import check_gate, decide, summarise_attribute
+from xraytriage.evaluation.intervals import clustered_proportion, difference_interval
+from xraytriage.evaluation.rates import rate_estimates
+from xraytriage.evaluation.results import (
+    CANNOT_CERTIFY,
+    FAIL,
+    NO_LIMITS,
+    PASS,
+    Calibration,
+    ClassResult,
+    Counts,
+)
 from xraytriage.evaluation.subgroups import (
     age_band_labels,
     age_bands,
     evaluate_subgroups,
     subgroup_sensitivity,
 )
+from xraytriage.evaluation.thresholds import OperatingPoint
 
 
 def _frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -42,19 +56,39 @@ def _frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
     )
 
 
-def _run(frame: pd.DataFrame, cfg: EvaluationConfig, threshold: float = 0.5):
-    codes, n = patient_codes(frame["patient_id"])
-    overall = binary_metrics(frame["finding"], frame["prob_finding"], threshold)
-    return evaluate_subgroups(frame, "finding", threshold, cfg, codes=codes, n_patients=n, overall=overall)
+def _run(frame: pd.DataFrame, cfg: EvaluationConfig, threshold: float = 0.5) -> dict:
+    codes, _ = patient_codes(frame["patient_id"])
+    y, p = frame["finding"].to_numpy(), frame["prob_finding"].to_numpy()
+    overall = rate_estimates(y == 1, p >= threshold, codes, cfg.confidence, ["sensitivity", "miss_rate"])
+    attributes = evaluate_subgroups(frame, "finding", threshold, cfg, codes=codes)
+    for attr in attributes:
+        summarise_attribute(attr, overall, cfg)
+    return {a.name: a for a in attributes}
+
+
+def _gate(attributes: dict, cfg: EvaluationConfig):
+    block = ClassResult(
+        "finding",
+        OperatingPoint.given(0.5, "test"),
+        Counts(0, 0, 0, 0, 0, 0, 0, 0),
+        {},
+        {},
+        Calibration(None, 10, 1.0, []),
+        attributes=attributes,
+    )
+    return check_gate({"finding": block}, cfg)
+
+
+def _rows(attr) -> dict:
+    return {g.group: g for g in attr.groups}
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_group_metrics_and_gaps_match_fairlearn(seed):
     rng = np.random.default_rng(seed)
     frame = _frame(rng, int(rng.integers(80, 400)))
-    cfg = EvaluationConfig(subgroups=["site", "sex"], min_group_size=8, bootstrap_iterations=50)
-    result = _run(frame, cfg)
-    table = result.table
+    cfg = EvaluationConfig(subgroups=["site", "sex"], min_group_size=8)
+    site = _run(frame, cfg)["site"]
     y = frame["finding"].to_numpy().astype(int)
     pred = (frame["prob_finding"].to_numpy() >= 0.5).astype(int)
     mf = MetricFrame(
@@ -67,56 +101,217 @@ def test_group_metrics_and_gaps_match_fairlearn(seed):
         sensitive_features=frame["site"],
     )
     ok_sites = []
-    for _, row in table[table["attribute"] == "site"].iterrows():
-        site = row["group"].split("=", 1)[1]
-        members = frame["site"] == site
-        assert row["n"] == members.sum()  # every present group is listed
-        if row["status"] == "ok":
-            ok_sites.append(site)
-            assert row["sensitivity"] == pytest.approx(mf.by_group.loc[site, "tpr"])
-            assert row["specificity"] == pytest.approx(mf.by_group.loc[site, "tnr"])
-            assert row["auroc"] == pytest.approx(roc_auc_score(y[members], frame["prob_finding"][members]))
-            assert row["sensitivity_ci_low"] <= row["sensitivity"] <= row["sensitivity_ci_high"]
+    for row in site.groups:
+        value = row.group.split("=", 1)[1]
+        members = (frame["site"] == value).to_numpy()
+        assert row.n == members.sum()  # every present group is listed
+        if row.ok:
+            ok_sites.append(value)
+            assert row.value("sensitivity") == pytest.approx(mf.by_group.loc[value, "tpr"], abs=1e-12)
+            assert row.value("specificity") == pytest.approx(mf.by_group.loc[value, "tnr"], abs=1e-12)
+            assert row.value("auroc") == pytest.approx(
+                roc_auc_score(y[members], frame["prob_finding"][members])
+            )
+            for metric in ("sensitivity", "miss_rate", "specificity", "fpr", "ppv", "auroc"):
+                est = row.metrics[metric]
+                assert est.ci_low <= est.value <= est.ci_high and est.ci_low < est.ci_high
         else:
-            assert row["status"].startswith("insufficient data")
-            assert row["sensitivity"] is None or pd.isna(row["sensitivity"])
-    d_rows = table[(table["attribute"] == "site") & (table["group"] == "site=D")]
-    assert d_rows["status"].iloc[0] in ("insufficient data: no negative case",) or d_rows["n"].iloc[0] < 8
-    summary = result.summaries["site"]
+            assert row.status.startswith("insufficient data") and row.metrics == {}
+    d_row = _rows(site)["site=D"]
+    assert d_row.status == "insufficient data: no negative case" or d_row.n < 8
     if len(ok_sites) >= 2:
         keep = frame["site"].isin(ok_sites).to_numpy()
         sf = frame["site"][keep]
-        assert summary["equalized_odds_difference"] == pytest.approx(
+        assert site.equalized_odds_difference == pytest.approx(
             equalized_odds_difference(y[keep], pred[keep], sensitive_features=sf)
         )
-        assert summary["miss_rate_gap"]["value"] == pytest.approx(
+        assert site.miss_rate_gap == pytest.approx(
             false_negative_rate_difference(y[keep], pred[keep], sensitive_features=sf)
         )
-        worst = table[(table["attribute"] == "site") & (table["is_worst"] == True)]  # noqa: E712
-        assert worst["miss_rate"].iloc[0] == pytest.approx(summary["worst_group_miss_rate"]["value"])
-        lo, hi = summary["miss_rate_gap"]["ci_low"], summary["miss_rate_gap"]["ci_high"]
-        assert lo is None or lo <= hi
+        worst = next(g for g in site.groups if g.is_worst)
+        assert worst.value("miss_rate") == site.worst_group_miss_rate.value
+        assert worst.value("miss_rate") - min(
+            g.value("miss_rate") for g in site.compared_groups
+        ) == pytest.approx(site.miss_rate_gap)
 
 
 def test_unavailable_attribute_and_tiny_groups_are_reported():
     rng = np.random.default_rng(1)
     frame = _frame(rng, 120)
     cfg = EvaluationConfig(
-        subgroups=["sex", "manufacturer", "patient_id"],
-        intersections=[["sex", "site"]],
-        min_group_size=15,
-        bootstrap_iterations=20,
+        subgroups=["sex", "manufacturer", "patient_id"], intersections=[["sex", "site"]], min_group_size=15
     )
-    table = _run(frame, cfg).table
-    status = dict(zip(table["attribute"] + "|" + table["group"], table["status"]))
-    assert status["manufacturer|"].startswith("unavailable: column 'manufacturer'")
-    assert status["patient_id|"].startswith("unavailable: identifier")  # never a group per patient
-    inter = table[table["attribute"] == "sex & site"]
-    assert len(inter) == frame.groupby(["sex", "site"]).ngroups
-    assert inter["group"].str.match(r"sex=[FM] & site=[A-E]").all()
-    tiny = inter[inter["n"] < 15]
-    assert len(tiny) and tiny["status"].str.startswith("insufficient data").all()
-    assert tiny["sensitivity"].isna().all()  # no bare number for an insufficient group
+    attributes = _run(frame, cfg)
+    assert attributes["manufacturer"].reason.startswith("column 'manufacturer'")
+    assert attributes["patient_id"].reason.startswith("identifier")  # never a group per patient
+    inter = attributes["sex & site"]
+    assert len(inter.groups) == frame.groupby(["sex", "site"]).ngroups
+    assert all(g.group.startswith("sex=") and " & site=" in g.group for g in inter.groups)
+    tiny = [g for g in inter.groups if g.n < 15]
+    assert tiny and all(g.status.startswith("insufficient data") and not g.metrics for g in tiny)
+
+
+def test_reference_group_is_the_largest_unless_configured():
+    rng = np.random.default_rng(4)
+    frame = _frame(rng, 600)
+    cfg = EvaluationConfig(subgroups=["site"], min_group_size=8)
+    site = _run(frame, cfg)["site"]
+    largest = max(site.compared_groups, key=lambda g: g.patients)
+    assert site.reference_group == largest.group == "site=A" and site.reference_rule.startswith("largest")
+    conf = cfg.confidence
+    for row in site.compared_groups:
+        if row is largest:
+            assert row.is_reference and row.difference_vs_reference is None
+            continue
+        diff = row.difference_vs_reference
+        assert diff.value == pytest.approx(row.value("miss_rate") - largest.value("miss_rate"), abs=1e-12)
+        assert (diff.value, diff.ci_low, diff.ci_high) == pytest.approx(
+            difference_interval(row.miss, largest.miss, conf), abs=1e-12
+        )
+        assert diff.method == "newcombe_difference_cluster"
+    for form in ("B", "site=B"):
+        configured = _run(
+            frame, EvaluationConfig(subgroups=["site"], fairness={"reference_groups": {"site": form}})
+        )
+        assert (
+            configured["site"].reference_group == "site=B"
+            and "configured" in configured["site"].reference_rule
+        )
+    missing = EvaluationConfig(
+        subgroups=["site"], fairness={"reference_groups": {"site": "Z"}, "max_miss_rate_gap": 0.2}
+    )
+    gate = _gate(_run(frame, missing), missing)
+    assert gate.verdict == CANNOT_CERTIFY
+    assert any("configured reference group 'Z' is not in the data" in u for u in gate.unchecked)
+
+
+def test_unknown_is_shown_but_not_compared_unless_configured():
+    """Was: sex=unknown treated as a demographic group in gaps and the gate (and failed it)."""
+    rng = np.random.default_rng(6)
+    n = 1200
+    sex = rng.choice(["F", "M", ""], n, p=[0.45, 0.45, 0.1])
+    y = (rng.random(n) < 0.5).astype(float)
+    prob = np.where(y == 1, 0.8, 0.2) + rng.normal(0, 0.05, n)
+    prob[(sex == "") & (y == 1)] = 0.1  # every positive with unknown sex is missed
+    frame = pd.DataFrame(
+        {"patient_id": np.arange(n).astype(str), "sex": sex, "finding": y, "prob_finding": prob}
+    )
+    cfg = EvaluationConfig(subgroups=["sex"], fairness={"max_miss_rate_gap": 0.1})
+    sex_attr = _run(frame, cfg)["sex"]
+    unknown = _rows(sex_attr)["sex=unknown"]
+    assert unknown.ok and unknown.value("miss_rate") == 1.0 and not unknown.compared  # shown
+    assert unknown.difference_vs_reference is None and unknown.is_worst is None
+    assert sex_attr.miss_rate_gap < 0.1 and sex_attr.worst_group != "sex=unknown"
+    gate = _gate({"sex": sex_attr}, cfg)
+    assert gate.verdict == PASS and all(c.group != "sex=unknown" for c in gate.checks)
+    assert "not compared" in unknown.verdict_reason
+    included = EvaluationConfig(
+        subgroups=["sex"], fairness={"max_miss_rate_gap": 0.1, "include_unknown": True}
+    )
+    gate = _gate(_run(frame, included), included)
+    assert gate.verdict == FAIL and any("sex=unknown" in f for f in gate.failures)
+
+
+@pytest.mark.parametrize(
+    "low,high,limit,symmetric,verdict",
+    [
+        (0.11, 0.2, 0.1, True, FAIL),
+        (0.1, 0.2, 0.1, True, CANNOT_CERTIFY),  # a bound exactly at the limit does not show it exceeded
+        (-0.3, -0.11, 0.1, True, FAIL),
+        (-0.3, -0.1, 0.1, True, CANNOT_CERTIFY),
+        (-0.1, 0.1, 0.1, True, PASS),  # the limit itself is allowed
+        (-0.1000001, 0.05, 0.1, True, CANNOT_CERTIFY),
+        (-0.05, 0.1000001, 0.1, True, CANNOT_CERTIFY),
+        (0.2, 0.3, 0.1, False, FAIL),
+        (0.1, 0.3, 0.1, False, CANNOT_CERTIFY),
+        (0.0, 0.1, 0.1, False, PASS),
+        (0.05, 0.1000001, 0.1, False, CANNOT_CERTIFY),
+        (-0.2, -0.15, 0.1, False, PASS),  # a rate's interval has no lower limit
+        (0.0, 1e-9, 0.0, True, CANNOT_CERTIFY),
+        (0.0, 0.0, 0.0, True, PASS),
+    ],
+)
+def test_gate_decides_on_interval_bounds(low, high, limit, symmetric, verdict):
+    assert decide(low, high, limit, symmetric=symmetric) == verdict
+
+
+def test_gate_fails_on_a_real_gap_with_simultaneous_intervals():
+    rng = np.random.default_rng(3)
+    frame = _frame(rng, 1200)
+    frame.loc[frame["sex"] == "F", "prob_finding"] *= 0.5  # the model misses more findings in women
+    cfg = EvaluationConfig(subgroups=["sex", "site"], fairness={"max_miss_rate_gap": 0.05}, min_group_size=8)
+    attributes = _run(frame, cfg)
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == FAIL
+    failure = next(f for f in gate.failures if "/ sex /" in f)
+    assert "sex=F" in failure and "evaluation.fairness.max_miss_rate_gap" in failure
+    check = next(c for c in gate.checks if c.attribute == "sex")
+    ref = _rows(attributes["sex"])[check.reference]
+    group = _rows(attributes["sex"])[check.group]
+    assert check.confidence == 0.95  # one comparison: no adjustment
+    assert (check.estimate.value, check.estimate.ci_low, check.estimate.ci_high) == pytest.approx(
+        difference_interval(group.miss, ref.miss, 0.95), abs=1e-12
+    )
+    site_checks = [c for c in gate.checks if c.attribute == "site"]
+    others = len(attributes["site"].compared_groups) - 1
+    assert len(site_checks) == others and all(
+        c.confidence == pytest.approx(1 - 0.05 / others) for c in site_checks
+    )  # Bonferroni over the attribute's comparisons
+    assert gate.uncertain or gate.failures
+    assert "site=D cannot be assessed: insufficient data" in " ".join(gate.unchecked)
+
+
+def test_worst_group_limit_decides_on_each_groups_interval():
+    rng = np.random.default_rng(8)
+    frame = _frame(rng, 2000)
+    cfg = EvaluationConfig(subgroups=["sex"], fairness={"max_worst_group_miss_rate": 0.9})
+    attributes = _run(frame, cfg)
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == PASS and {c.kind for c in gate.checks} == {"miss_rate"}
+    for check in gate.checks:
+        assert check.confidence == pytest.approx(1 - 0.05 / 2)
+        assert check.estimate.ci_high <= 0.9
+    strict = EvaluationConfig(subgroups=["sex"], fairness={"max_worst_group_miss_rate": 0.01})
+    gate = _gate(_run(frame, strict), strict)
+    assert (
+        gate.verdict == FAIL and len(gate.failures) == 2 and "max_worst_group_miss_rate" in gate.failures[0]
+    )
+
+
+def test_small_group_makes_the_gate_cannot_certify_and_says_what_it_lacks():
+    """Was: with min_group_size 12 and 8 of 8 female positives missed, sex=F was 'insufficient data',
+    nothing failed and nothing was reported unchecked."""
+    rng = np.random.default_rng(9)
+    men = 300
+    frame = pd.DataFrame(
+        {
+            "patient_id": [f"m{i}" for i in range(men)] + [f"f{i}" for i in range(8)],
+            "sex": ["M"] * men + ["F"] * 8,
+            "finding": np.r_[(rng.random(men) < 0.5).astype(float), np.ones(8)],
+        }
+    )
+    frame["prob_finding"] = np.where(frame["finding"] == 1, 0.9, 0.1)
+    frame.loc[frame["sex"] == "F", "prob_finding"] = 0.05  # all 8 missed
+    cfg = EvaluationConfig(subgroups=["sex"], min_group_size=12, fairness={"max_miss_rate_gap": 0.1})
+    attributes = _run(frame, cfg)
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == CANNOT_CERTIFY and not gate.passed
+    assert gate.unchecked == [
+        "finding / sex: sex=F cannot be assessed: insufficient data: "
+        "8 scans with known label < min_group_size 12",
+        "finding / sex: only sex=M has sufficient data: no difference can be checked",
+    ]
+    assert _rows(attributes["sex"])["sex=F"].verdict == CANNOT_CERTIFY
+
+
+def test_no_limits_means_no_verdict():
+    rng = np.random.default_rng(2)
+    cfg = EvaluationConfig(subgroups=["sex"])
+    attributes = _run(_frame(rng, 300), cfg)
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == NO_LIMITS and gate.passed and not gate.checks and not gate.unchecked
+    assert attributes["sex"].verdict is None
+    assert math.isfinite(attributes["sex"].groups[0].metrics["miss_rate"].ci_high)
 
 
 def test_subgroup_sensitivity_fast_path():
@@ -140,15 +335,76 @@ def test_age_bands():
     assert age_band_labels([18, 50.5, 90]) == ["18-50.5", "50.5-90"]
 
 
-def test_gate_names_group_metric_and_limit():
-    rng = np.random.default_rng(3)
+def test_group_miss_counts_are_the_clustered_proportion_of_its_positives():
+    rng = np.random.default_rng(12)
     frame = _frame(rng, 400)
-    frame.loc[frame["sex"] == "F", "prob_finding"] *= 0.6  # the model misses more findings in women
-    cfg = EvaluationConfig(subgroups=["sex"], bootstrap_iterations=20)
-    result = _run(frame, cfg)
-    gate = FairnessGateConfig(max_miss_rate_gap=0.05, max_worst_group_miss_rate=0.1)
-    failures, unchecked = check_gate({"finding": result.summaries}, gate)
-    assert unchecked == []
-    assert any("sex=F" in f and "miss-rate gap" in f and "max_miss_rate_gap" in f for f in failures)
-    assert any("worst-group miss rate" in f and "sex=F" in f for f in failures)
-    assert check_gate({"finding": result.summaries}, FairnessGateConfig(max_miss_rate_gap=0.99)) == ([], [])
+    sex = _run(frame, EvaluationConfig(subgroups=["sex"]))["sex"]
+    codes, _ = patient_codes(frame["patient_id"])
+    for row in sex.groups:
+        members = (frame["sex"] == row.group.split("=")[1]).to_numpy() & (frame["finding"] == 1).to_numpy()
+        expected = clustered_proportion(frame["prob_finding"].to_numpy()[members] < 0.5, codes[members])
+        assert row.miss == expected
+
+
+def _two_groups(n_a: int, n_b: int, patients_b: int | None = None) -> pd.DataFrame:
+    """Group A with n_a scans and group B with n_b (half positive each), one scan per patient unless
+    ``patients_b`` folds B's scans into fewer patients."""
+    ids_b = [f"b{i % patients_b if patients_b else i}" for i in range(n_b)]
+    return pd.DataFrame(
+        {
+            "patient_id": [f"a{i}" for i in range(n_a)] + ids_b,
+            "site": ["A"] * n_a + ["B"] * n_b,
+            "finding": [float(i % 2) for i in range(n_a)] + [float(i % 2) for i in range(n_b)],
+            "prob_finding": [0.3 + 0.4 * (i % 2) for i in range(n_a + n_b)],
+        }
+    )
+
+
+def test_group_size_rules_at_their_exact_boundaries():
+    cfg = EvaluationConfig(subgroups=["site"], min_group_size=10, min_group_patients=2)
+    rows = _rows(_run(_two_groups(40, 10), cfg)["site"])
+    assert rows["site=B"].ok  # exactly min_group_size scans
+    rows = _rows(_run(_two_groups(40, 9), cfg)["site"])
+    assert rows["site=B"].status == "insufficient data: 9 scans with known label < min_group_size 10"
+    rows = _rows(_run(_two_groups(40, 12, patients_b=4), cfg)["site"])
+    assert rows["site=B"].ok and rows["site=B"].patients == 4  # 2 positive and 2 negative patients
+    rows = _rows(_run(_two_groups(40, 12, patients_b=2), cfg)["site"])
+    assert rows["site=B"].status == (
+        "insufficient data: negative cases from 1 patient(s) < min_group_patients 2"
+    )
+
+
+def test_reference_ties_break_on_scans_then_label_order():
+    frame = _two_groups(20, 20)
+    site = _run(frame, EvaluationConfig(subgroups=["site"], min_group_size=5))["site"]
+    assert site.reference_group == "site=A"  # equal patients and scans: first label
+    frame = _two_groups(20, 24, patients_b=20)
+    site = _run(frame, EvaluationConfig(subgroups=["site"], min_group_size=5))["site"]
+    assert site.reference_group == "site=B"  # equal patients, more scans
+
+
+def test_configured_reference_that_cannot_be_used_is_named():
+    cfg = EvaluationConfig(
+        subgroups=["site"],
+        min_group_size=10,
+        fairness={"reference_groups": {"site": "B"}, "max_miss_rate_gap": 0.2},
+    )
+    attributes = _run(_two_groups(40, 6), cfg)
+    assert attributes["site"].reference_group is None
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == CANNOT_CERTIFY
+    assert (
+        "finding / site: no reference group: configured reference group site=B cannot be used: "
+        "insufficient data: 6 scans with known label < min_group_size 10"
+    ) in gate.unchecked
+
+
+def test_an_intersection_with_an_unknown_part_is_not_compared():
+    rng = np.random.default_rng(13)
+    frame = _frame(rng, 600)
+    frame.loc[frame.index[:120], "age"] = np.nan
+    attrs = _run(frame, EvaluationConfig(subgroups=[], intersections=[["sex", "age_band"]], min_group_size=5))
+    rows = attrs["sex & age_band"].groups
+    unknown = [g for g in rows if g.group.endswith("age_band=unknown")]
+    assert len(unknown) == 2 and all(g.unknown and not g.compared for g in unknown)
+    assert all(g.compared for g in rows if not g.group.endswith("unknown"))

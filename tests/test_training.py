@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,7 +14,9 @@ import torch
 from xraytriage.config import load_config
 from xraytriage.data.manifest import ManifestError
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
+from xraytriage.evaluation.metrics import binary_metrics
 from xraytriage.models import load_bundle
+from xraytriage.models.bundle import logits_to_probabilities
 from xraytriage.training import engine
 from xraytriage.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
@@ -196,15 +200,28 @@ def test_multilabel_pos_weight_early_stopping_and_temperature(tiny_manifest: Pat
     manifest = tmp_path / "multi.csv"
     frame.to_csv(manifest, index=False)
     cfg = tiny_config(
-        manifest, "data.labels=[finding,female]", "model.task=multilabel", "train.imbalance=pos_weight",
-        "train.epochs=6", "train.early_stopping_patience=1", "train.lr=1e-6",
+        manifest,
+        "data.labels=[finding,female]",
+        "model.task=multilabel",
+        "train.imbalance=pos_weight",
+        "train.epochs=6",
+        "train.early_stopping_patience=1",
+        "train.lr=1e-6",
         "evaluation.temperature_scaling=true",
     )
     result = engine.train(cfg, tmp_path / "run")
     assert len(result.history) < 6  # a learning rate this small cannot improve twice in a row
     bundle = load_bundle(tmp_path / "run" / "model.pt")
     assert bundle.labels == ["finding", "female"] and set(bundle.thresholds) == {"finding", "female"}
-    assert bundle.temperature > 0 and bundle.temperature != 1.0
+    assert set(bundle.temperatures) == {"finding", "female"}  # one temperature per label
+    assert all(t > 0 for t in bundle.temperatures.values()) and bundle.temperatures["finding"] != 1.0
+    assert bundle.temperatures["finding"] != bundle.temperatures["female"]
+    for label in bundle.labels:  # how each threshold was chosen travels with the bundle
+        op = bundle.operating_points[label]
+        assert op["threshold"] == bundle.thresholds[label] and op["policy"] == "target_sensitivity"
+        assert op["rule"] == "lower_bound" and (op["lower_bound"] is not None or op["fallback"])
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["temperatures"] == bundle.temperatures
     assert bundle.model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
 
 
@@ -246,3 +263,46 @@ def test_sigint_handler_asks_for_a_clean_stop(tiny_manifest: Path, tmp_path: Pat
             signal.raise_signal(signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("scaling", [True, False])
+def test_thresholds_are_chosen_on_the_calibrated_probabilities(scaling: bool) -> None:
+    """Was: thresholds chosen on temperature-1 probabilities, T fitted afterwards and applied before the
+    threshold at inference (stored threshold: validation sensitivity 0.900 at T=1, 1.000 with T)."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    true = rng.normal(-1.0, 2.0, (n, 2))
+    y = (rng.random((n, 2)) < _sigmoid(true)).astype(float)
+    logits = (true * np.array([3.0, 0.5])).astype(np.float32)  # over- and under-confident
+    frame = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(n)], "a": y[:, 0], "b": y[:, 1]})
+    frame["prob_a"], frame["prob_b"] = (
+        _sigmoid(logits[:, 0].astype(float)),
+        _sigmoid(logits[:, 1].astype(float)),
+    )
+    cfg = load_config(
+        None,
+        [
+            "data.labels=[a,b]",
+            f"evaluation.temperature_scaling={str(scaling).lower()}",
+            "evaluation.operating_point.rule=point_estimate",
+        ],
+    )
+    metrics: dict = {}
+    temps, ops = engine.Trainer._calibrate_and_choose(
+        SimpleNamespace(cfg=cfg, labels=["a", "b"]), frame, logits, metrics
+    )
+    if scaling:
+        assert temps["a"] == pytest.approx(3.0, rel=0.1) and temps["b"] == pytest.approx(0.5, rel=0.1)
+    else:
+        assert temps == {"a": 1.0, "b": 1.0}
+    # what evaluate and score will compute from these logits with the bundle's temperatures
+    probs = logits_to_probabilities(torch.from_numpy(logits), "multilabel", [temps["a"], temps["b"]]).numpy()
+    for j, label in enumerate(["a", "b"]):
+        applied = binary_metrics(y[:, j], probs[:, j].astype(float), ops[label].threshold)
+        assert applied["sensitivity"] == ops[label].validation_value == metrics[f"{label}/sensitivity"]
+        assert 0.9 <= applied["sensitivity"] < 0.91  # the promised operating point, not a flag-everything one
+        assert applied["specificity"] == metrics[f"{label}/specificity"] and applied["specificity"] > 0.3

@@ -174,12 +174,33 @@ class OperatingPointConfig(_Section):
     target: float = Field(
         0.9, gt=0.0, le=1.0, description="sensitivity/specificity goal for target_* policies"
     )
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="used by the fixed policy")
+    rule: Literal["lower_bound", "point_estimate"] = Field(
+        "lower_bound",
+        description="target_* policies: lower_bound = the target is reached by the one-sided lower "
+        "confidence bound of the validation figure (a guarantee); point_estimate = by the figure itself",
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="level of the one-sided lower bound used by rule lower_bound"
+    )
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="used by the fixed policy, and as the fallback without cases"
+    )
 
 
 class FairnessGateConfig(_Section):
-    max_miss_rate_gap: float | None = Field(None, ge=0.0, le=1.0)
-    max_worst_group_miss_rate: float | None = Field(None, ge=0.0, le=1.0)
+    max_miss_rate_gap: float | None = Field(
+        None, ge=0.0, le=1.0, description="largest allowed |miss rate of a group - reference group's|"
+    )
+    max_worst_group_miss_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="largest allowed miss rate of any group"
+    )
+    reference_groups: dict[str, str] = Field(
+        default_factory=dict,
+        description="reference group per attribute, e.g. {sex: M}; default: the group with most patients",
+    )
+    include_unknown: bool = Field(
+        False, description="compare groups with an unknown attribute value too (default: shown only)"
+    )
 
 
 class EvaluationConfig(_Section):
@@ -196,7 +217,9 @@ class EvaluationConfig(_Section):
     min_group_patients: int = Field(
         2, ge=1, description="a group whose positives or negatives come from fewer patients is insufficient"
     )
-    temperature_scaling: bool = Field(False, description="fit a calibration temperature on validation")
+    temperature_scaling: bool = Field(
+        False, description="fit one calibration temperature per label on validation logits"
+    )
 
     @field_validator("age_bands")
     @classmethod

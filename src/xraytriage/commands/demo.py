@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         quiet,
     )
-    if code not in (0, 3):  # 3 = fairness gate failed: still a finished evaluation
+    if code not in (0, 3, 4):  # 3 gate failed, 4 cannot certify: still a finished evaluation
         return code
     incoming = out / "incoming"
     n_scans = _prepare_incoming(data_dir, incoming, manifest)

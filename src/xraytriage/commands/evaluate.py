@@ -1,57 +1,104 @@
-"""``xraytriage evaluate``: a model bundle on a labelled manifest -> metrics.json, subgroups.csv,
-predictions.csv, report.html and TensorBoard entries."""
+"""``xraytriage evaluate``: a model bundle on a labelled manifest, or any model's predictions file ->
+metrics.json, subgroups.csv, predictions.csv, report.html and TensorBoard entries."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xraytriage.commands._common import add_overrides, add_progress_flag
 
 log = logging.getLogger(__name__)
 
+EXIT_OK = 0
+EXIT_OTHER = 1
+EXIT_USAGE = 2
 EXIT_GATE_FAILED = 3
+EXIT_CANNOT_CERTIFY = 4
 
-HELP = """Evaluate a trained model bundle on the labelled scans of a manifest.
+HELP = """Evaluate a trained model bundle on the labelled scans of a manifest, or evaluate the
+predictions of any model (--predictions).
 
-At the operating point stored in the bundle (chosen on validation data at training time and applied
-unchanged), computes per class: sensitivity, miss rate, specificity, PPV, NPV, F1, accuracy, AUROC,
-AUPRC, Brier score, expected calibration error and the confusion matrix, each with a confidence
-interval from a bootstrap over patients; the same per subgroup (sex, age band, view, site, ... and
-configured intersections) with gaps to the best group; calibration; a data audit; and the fairness
-gate.
+At the operating point (chosen on validation data and applied unchanged), computes per class:
+sensitivity, miss rate, specificity, PPV, NPV, F1, accuracy, AUROC, AUPRC, Brier score, expected
+calibration error and the confusion matrix, with confidence intervals that account for several
+scans per patient and never have zero width; the same per subgroup (sex, age band, view, site, ...
+and configured intersections) with each group's difference to a reference group; calibration; a
+data audit; and the fairness gate, decided on interval bounds.
+
+--predictions PRED.csv|.parquet: columns patient_id, one truth column L and one probability column
+prob_L per label, optional split (val/test) and subgroup columns. Thresholds come from --threshold,
+else from the val rows by evaluation.operating_point; they are applied to the test rows (all rows
+without a split column). This is how a hospital audits a vendor's or an older model's outputs.
 
 Writes into --out: metrics.json (versioned schema, no patient IDs), subgroups.csv, predictions.csv
-(keeps your manifest's patient_id), report.html (self-contained, opens offline) and tensorboard/.
+(keeps your patient_id), report.html (self-contained, opens offline) and tensorboard/.
 
-If the manifest has a 'val' split, validation sensitivity at the same threshold is shown next to test.
+Patients in more than one split (leakage) make the figures optimistic: evaluation is refused unless
+--allow-leakage is given, and then every output is marked.
 
-Exit codes: 0 evaluated and fairness gate passed (or no limits set); 2 configuration error;
-3 evaluated but the fairness gate failed (the report names the group and metric); 1 other errors
-(unreadable manifest, no scan decodable, ...).
+Exit codes: 0 evaluated, fairness gate passed (or no limits set); 3 the gate failed (the data show a
+limit is exceeded); 4 the gate cannot certify (intervals too wide, or a group or attribute could not
+be assessed: each is printed); 2 usage or configuration error, patient leakage included; 1 other
+errors (unreadable manifest, no scan decodable, ...).
 """
+
+
+class UsageError(ValueError):
+    """A command line or input file the user must fix (exit 2)."""
+
+
+@dataclass
+class EvaluationInputs:
+    """What ``evaluate_predictions`` needs, from a bundle run on a manifest or from a predictions file."""
+
+    predictions: Any  # DataFrame of the rows to evaluate
+    labels: list[str]
+    thresholds: dict[str, Any]  # label -> OperatingPoint
+    val_predictions: Any  # DataFrame or None
+    model_id: str
+    audit_frame: Any  # the whole table, audited for leakage
+    temperatures: dict[str, float] = field(default_factory=dict)
+    skipped_unreadable: int = 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="metrics with confidence intervals, subgroup gaps and report.html",
+        help="metrics with confidence intervals, subgroup comparisons, fairness gate and report.html",
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model", required=True, type=Path, metavar="BUNDLE", help="model bundle (model.pt from train)"
-    )
+    p.add_argument("--model", type=Path, metavar="BUNDLE", help="model bundle (model.pt from train)")
     p.add_argument(
         "--manifest",
-        required=True,
         type=Path,
         metavar="CSV",
         help="manifest CSV/Parquet with path, patient_id, label columns, split and subgroup columns",
     )
     p.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="PRED",
+        help="evaluate this predictions file (CSV or Parquet) instead of a bundle on a manifest",
+    )
+    p.add_argument(
         "--out", required=True, type=Path, metavar="EVAL_DIR", help="output folder (created if needed)"
+    )
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="LABEL=T",
+        help="use threshold T for LABEL (repeatable) instead of the bundle's or the one chosen on val rows",
+    )
+    p.add_argument(
+        "--allow-leakage",
+        action="store_true",
+        help="evaluate even when patients appear in more than one split (every output is marked)",
     )
     p.add_argument(
         "--split",
@@ -63,8 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config",
         type=Path,
         default=None,
-        help="YAML config; its 'evaluation' section sets subgroups, age bands, bootstrap, "
-        "fairness limits (default: built-in defaults)",
+        help="YAML config; its 'evaluation' section sets subgroups, age bands, intervals, operating "
+        "point and fairness limits (default: built-in defaults)",
     )
     p.add_argument(
         "--root",
@@ -81,16 +128,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _evaluation_config(args: argparse.Namespace):
-    from xraytriage.config import load_config
+def _config(args: argparse.Namespace):
+    """(evaluation section, full config or None)."""
+    from xraytriage.config import EvaluationConfig, load_config
 
     overrides = list(getattr(args, "overrides", None) or [])
     if args.config is None and not overrides:
-        from xraytriage.config import EvaluationConfig
-
         return EvaluationConfig(), None
     cfg = load_config(args.config, overrides)
     return cfg.evaluation, cfg
+
+
+def parse_thresholds(items: list[str], labels: list[str]) -> dict[str, float]:
+    """``["finding=0.42"]`` -> ``{"finding": 0.42}``; unknown labels and bad numbers are usage errors."""
+    out: dict[str, float] = {}
+    for item in items:
+        label, sep, value = item.partition("=")
+        label = label.strip()
+        if not sep or label not in labels:
+            raise UsageError(
+                f"--threshold {item!r}: expected LABEL=T with LABEL one of {', '.join(labels)}, e.g. "
+                f"--threshold {labels[0]}=0.4"
+            )
+        try:
+            out[label] = float(value)
+        except ValueError:
+            raise UsageError(f"--threshold {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _leakage_check(table, source: str, allow: bool) -> None:
+    from xraytriage.data.manifest import leakage_message
+
+    message = leakage_message(table, source) if "split" in table.columns else None
+    if message and not allow:
+        raise UsageError(
+            f"{message} Evaluation refused (figures would be optimistic); --allow-leakage overrides."
+        )
+    if message:
+        print(f"WARNING (--allow-leakage): {message}")
+
+
+def _bundle_operating_points(bundle) -> dict[str, Any]:
+    from xraytriage.evaluation.thresholds import OperatingPoint
+
+    ops = {}
+    for label in bundle.labels:
+        stored = bundle.operating_points.get(label)
+        if stored:
+            ops[label] = OperatingPoint.from_json(stored).with_source("bundle")
+        elif label in bundle.thresholds:
+            ops[label] = OperatingPoint.given(bundle.thresholds[label], "bundle (no record of its choice)")
+    return ops
 
 
 def _select(df, split: str, val_name: str):
@@ -102,59 +191,127 @@ def _select(df, split: str, val_name: str):
     return chosen, (val if val is not None and len(val) else None)
 
 
-def _summary(result, labels: list[str]) -> list[str]:
-    conf = result.metrics["bootstrap"]["confidence"]
-    lines = []
-    for label in labels:
-        block = result.metrics["classes"][label]
-        s, miss = block["metrics"]["sensitivity"], block["metrics"]["miss_rate"]
+def _read_predictions(path: Path):
+    import pandas as pd
 
-        def fmt(stat: dict) -> str:
-            if stat["value"] is None:
-                return "undefined"
-            ci = f" [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]" if stat["ci_low"] is not None else ""
-            return f"{stat['value']:.3f}{ci}"
-
-        c = block["counts"]
-        line = (
-            f"{label}: threshold {block['threshold']:.4f} | n={c['n']} ({c['positives']} pos) | "
-            f"sensitivity {fmt(s)} | miss rate {fmt(miss)} | AUROC {fmt(block['metrics']['auroc'])}"
+    if not path.is_file():
+        raise UsageError(f"{path}: predictions file not found")
+    try:
+        if path.suffix.lower() == ".parquet":
+            table = pd.read_parquet(path)
+        else:
+            table = pd.read_csv(path, dtype={"patient_id": str, "split": str}, keep_default_na=True)
+    except ImportError:
+        raise UsageError(
+            f"{path}: reading Parquet needs pyarrow (pip install 'xraytriage[parquet]')"
+        ) from None
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot be read as CSV/Parquet ({exc.__class__.__name__}: {exc})") from None
+    labels = [c[len("prob_") :] for c in table.columns if c.startswith("prob_")]
+    if not labels:
+        raise UsageError(
+            f"{path}: no probability column; add one prob_L column per label L (e.g. prob_finding)"
         )
-        if block.get("validation"):
-            line += f" | validation sensitivity {fmt(block['validation']['sensitivity'])}"
+    lacking = [label for label in labels if label not in table.columns]
+    if lacking:
+        raise UsageError(
+            f"{path}: column(s) {', '.join(f'prob_{x}' for x in lacking)} have no truth column "
+            f"{', '.join(lacking)} (1 positive, 0 negative, -1 uncertain, blank unknown)"
+        )
+    if "patient_id" not in table.columns:
+        raise UsageError(f"{path}: no patient_id column; intervals resample patients, so every row needs one")
+    ids = table["patient_id"].astype("string").str.strip()
+    if (ids.isna() | (ids == "")).any():
+        raise UsageError(
+            f"{path}: column patient_id is empty in {int((ids.isna() | (ids == '')).sum())} row(s); "
+            "give every scan its patient's identifier"
+        )
+    return table, labels
+
+
+def _prediction_splits(table, path: Path, val_name: str, test_name: str):
+    """(test rows, validation rows or None) of a predictions file."""
+    if "split" not in table.columns:
+        return table, None
+    split = table["split"].astype("string").str.strip().str.lower()
+    test, val = table[split == test_name], table[split == val_name]
+    other = int((~split.isin([test_name, val_name])).sum())
+    if other:
+        print(f"note: {other} row(s) of {path} with a split other than {val_name}/{test_name} are left out")
+    if test.empty:
+        raise UsageError(
+            f"{path}: no rows with split '{test_name}' to evaluate (column split: {val_name}/{test_name})"
+        )
+    return test, (val if len(val) else None)
+
+
+def _summary(result) -> list[str]:
+    lines = []
+    for label, block in result.classes.items():
+        m, c = block.metrics, block.counts
+        line = (
+            f"{label}: threshold {block.threshold:.4f} | n={c.n} ({c.positives} pos) | "
+            f"sensitivity {m['sensitivity'].text()} | miss rate {m['miss_rate'].text()} | "
+            f"AUROC {m['auroc'].text()}"
+        )
+        if block.validation is not None:
+            line += f" | validation sensitivity {block.validation.metrics['sensitivity'].text()}"
         lines.append(line)
-        worst = None
-        for attr, summ in block["subgroups"].items():
-            wm = (summ.get("worst_group_miss_rate") or {}).get("value") if summ.get("available") else None
-            if wm is not None and (worst is None or wm > worst[1]):
-                worst = (summ["worst_group"], wm, attr)
+        lines.append(f"  operating point: {block.operating_point.describe()}")
+        worst = [
+            (a.worst_group_miss_rate, a.worst_group)
+            for a in block.attributes.values()
+            if a.available and a.worst_group_miss_rate is not None
+        ]
         if worst:
-            lines.append(f"  worst subgroup: {worst[0]} miss rate {worst[1]:.3f}")
-    lines.append(f"  (intervals: {conf * 100:g}% bootstrap over patients)")
+            est, group = max(worst, key=lambda w: w[0].value)
+            lines.append(f"  worst subgroup: {group} miss rate {est.text()}")
+    conf = result.confidence * 100
+    lines.append(
+        f"  (intervals: {conf:g}% — rates: Wilson score on patient-adjusted effective sizes; AUROC: Newcombe "
+        "score; group differences: Newcombe hybrid score; F1/AUPRC/Brier/ECE: patient bootstrap)"
+    )
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
+def _gate_lines(result) -> list[str]:
+    gate = result.gate
+    if gate.verdict == "no limits":
+        return ["fairness gate: no limits set (evaluation.fairness)"]
+    head = {"pass": "fairness gate passed", "fail": "FAIRNESS GATE FAILED:"}.get(
+        gate.verdict, "FAIRNESS GATE: CANNOT CERTIFY (the data cannot show that the limits hold):"
+    )
+    lines = [head]
+    lines += [f"  {line}" for line in gate.failures + gate.uncertain]
+    lines += [f"  could not be checked: {why}" for why in gate.unchecked]
+    return lines
+
+
+def _exit_code(result) -> int:
+    return {"fail": EXIT_GATE_FAILED, "cannot certify": EXIT_CANNOT_CERTIFY}.get(result.gate.verdict, EXIT_OK)
+
+
+def _predict_bundle(args: argparse.Namespace, full_cfg) -> EvaluationInputs | int:
+    """Bundle + manifest: run the model; returns evaluate_predictions' inputs, or an exit code."""
     import importlib
 
     from xraytriage import models
     from xraytriage.data.manifest import ManifestError, read_manifest
-    from xraytriage.evaluation.report import evaluate_predictions
 
-    eval_cfg, full_cfg = _evaluation_config(args)
+    if args.manifest is None:
+        raise UsageError("--model needs --manifest (the labelled scans to evaluate on)")
     val_name = full_cfg.data.val_split if full_cfg is not None else "val"
     if not args.model.is_file():
         print(f"xraytriage evaluate: model bundle not found: {args.model}")
-        return 1
+        return EXIT_OTHER
     bundle = models.load_bundle(args.model)
     try:
-        # leakage is reported (console, report.html audit section) rather than refusing to evaluate
-        df = read_manifest(
-            args.manifest, root=getattr(args, "root", None), labels=bundle.labels, leakage="warn"
-        )
+        df = read_manifest(args.manifest, root=args.root, labels=bundle.labels, leakage="ignore")
     except ManifestError as exc:
         print(f"xraytriage evaluate: {exc}")
-        return 1
+        return EXIT_OTHER
+    _leakage_check(df, str(args.manifest), args.allow_leakage)
+    thresholds = {**_bundle_operating_points(bundle), **parse_thresholds(args.threshold, list(bundle.labels))}
     split = str(args.split).strip().lower()
     rows, val_rows = _select(df, split, val_name)
     if rows.empty:
@@ -162,53 +319,98 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"xraytriage evaluate: no rows with split '{split}' in {args.manifest} (splits present: {have})"
         )
-        return 1
+        return EXIT_OTHER
     predict = importlib.import_module("xraytriage.training.predict").predict_manifest
     kwargs = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     predictions = predict(bundle, rows, **kwargs)
-    skipped = list(predictions.attrs.get("failed", [])) if hasattr(predictions, "attrs") else []
+    skipped = list(predictions.attrs.get("failed", []))
     if skipped:
         print(f"xraytriage evaluate: {len(skipped)} scan(s) could not be read and were skipped")
     if predictions.empty:
         print("xraytriage evaluate: no scan could be decoded; nothing to evaluate")
-        return 1
+        return EXIT_OTHER
     val_predictions = predict(bundle, val_rows, **kwargs) if val_rows is not None else None
-    if val_predictions is not None and val_predictions.empty:
-        val_predictions = None
+    return EvaluationInputs(
+        predictions=predictions,
+        labels=list(bundle.labels),
+        thresholds=thresholds,
+        val_predictions=None if val_predictions is None or val_predictions.empty else val_predictions,
+        model_id=bundle.model_id,
+        audit_frame=df,
+        temperatures=dict(bundle.temperatures),
+        skipped_unreadable=len(skipped),
+    )
+
+
+def _from_predictions_file(args: argparse.Namespace, full_cfg) -> EvaluationInputs:
+    if args.model is not None or args.manifest is not None:
+        raise UsageError("--predictions evaluates a predictions file: leave out --model and --manifest")
+    table, labels = _read_predictions(args.predictions)
+    data = full_cfg.data if full_cfg is not None else None
+    val_name = data.val_split if data is not None else "val"
+    test_name = data.test_split if data is not None else "test"
+    _leakage_check(table, str(args.predictions), args.allow_leakage)
+    test, val = _prediction_splits(table, args.predictions, val_name, test_name)
+    return EvaluationInputs(
+        predictions=test,
+        labels=labels,
+        thresholds={k: _given(v) for k, v in parse_thresholds(args.threshold, labels).items()},
+        val_predictions=val,
+        model_id=f"predictions file {args.predictions.name}",
+        audit_frame=table,
+    )
+
+
+def _given(threshold: float):
+    from xraytriage.evaluation.thresholds import OperatingPoint
+
+    return OperatingPoint.given(threshold, "command line (--threshold)")
+
+
+def run(args: argparse.Namespace) -> int:
+    eval_cfg, full_cfg = _config(args)
+    try:
+        if args.predictions is not None:
+            inputs = _from_predictions_file(args, full_cfg)
+        elif args.model is not None:
+            inputs = _predict_bundle(args, full_cfg)
+        else:
+            raise UsageError("give --model BUNDLE --manifest CSV, or --predictions PRED.csv")
+    except UsageError as exc:
+        print(f"xraytriage evaluate: {exc}")
+        return EXIT_USAGE
+    if isinstance(inputs, int):
+        return inputs
+    return _evaluate(args, eval_cfg, inputs)
+
+
+def _evaluate(args: argparse.Namespace, eval_cfg, inputs: EvaluationInputs) -> int:
+    from xraytriage.evaluation.report import LeakageError, evaluate_predictions
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     writer = None
-    if not getattr(args, "no_tensorboard", False):
+    if not args.no_tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     try:
         result = evaluate_predictions(
-            predictions,
-            list(bundle.labels),
-            dict(bundle.thresholds),
-            eval_cfg,
-            out,
-            val_predictions=val_predictions,
-            tb_writer=writer,
-            model_id=bundle.model_id,
-            temperature=float(bundle.temperature),
-            skipped_unreadable=len(skipped),
+            cfg=eval_cfg, out_dir=out, tb_writer=writer, allow_leakage=args.allow_leakage, **vars(inputs)
         )
+    except LeakageError as exc:
+        print(f"xraytriage evaluate: {exc}")
+        return EXIT_USAGE
     finally:
         if writer is not None:
             writer.close()
-    for line in _summary(result, list(bundle.labels)):
+    if result.leakage is not None:
+        print(result.leakage.warning)
+    for line in _summary(result):
         print(line)
-    for err in result.audit.errors if result.audit else []:
-        print(f"WARNING: {err}")
     print(f"outputs: {', '.join(str(p) for p in result.files.values())}")
     if writer is not None:
         print(f"tensorboard --logdir {out / 'tensorboard'}")
-    if result.gate_failures:
-        print("FAIRNESS GATE FAILED:")
-        for failure in result.gate_failures:
-            print(f"  {failure}")
-        return EXIT_GATE_FAILED
-    return 0
+    for line in _gate_lines(result):
+        print(line)
+    return _exit_code(result)

@@ -12,10 +12,10 @@ HELP = """Export a trained model bundle (RUN_DIR/model.pt) for serving without x
 The exported graph takes a float32 batch shaped (batch, in_channels, image_size, image_size) -- the
 decoded image in [0,1], resized as the bundle's preprocess settings say, then (x - mean) / std --
 with a dynamic batch axis, and outputs per-class PROBABILITIES: sigmoid(logits / temperature), or
-softmax for multiclass models, using the bundle's calibration temperature. Compare them with the
+softmax for multiclass models, using the bundle's calibration temperatures. Compare them with the
 stored thresholds to reproduce `xraytriage score` decisions.
 
-Labels, thresholds, preprocess settings (JSON), model_id, task and temperature are embedded in the
+Labels, thresholds, preprocess settings (JSON), model_id, task and temperatures are embedded in the
 file (ONNX metadata_props; TorchScript extra file xraytriage.json) and written beside it as FILE.json.
 
 After writing, the command runs the exported file (ONNX Runtime on CPU, or the TorchScript loader)

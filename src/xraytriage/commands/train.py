@@ -51,10 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"xraytriage train: {exc}")
         return 1
     print(f"best epoch {result.best_epoch}: validation mean AUROC {result.best_score:.4f}")
-    for label, thr in result.thresholds.items():
-        sens = result.val_metrics.get(f"{label}/sensitivity")
-        sens_txt = f"{sens:.3f}" if sens is not None else "n/a"
-        print(f"  {label}: operating threshold {thr:.4f} (validation sensitivity {sens_txt})")
+    for label, op in result.operating_points.items():
+        print(f"  {label}: operating {op.describe()}")
     print(f"model bundle: {result.bundle_path}")
     print(f"tensorboard --logdir {result.run_dir / 'tensorboard'}")
     return 0

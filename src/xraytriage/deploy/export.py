@@ -3,9 +3,10 @@
 The exported graph takes the normalised tensor that :func:`xraytriage.data.tensors.image_to_tensor`
 produces (batch, in_channels, image_size, image_size; dynamic batch axis) and returns per-class
 *probabilities* (sigmoid, or softmax for multiclass, after dividing the logits by the bundle's
-calibration temperature), so a serving stack compares them directly with the stored thresholds.
+calibration temperatures, one per label), so a serving stack compares them directly with the stored
+thresholds.
 Everything a server needs to reproduce the decoding (labels, thresholds, preprocess settings, task,
-temperature, model id) is embedded in the file and also written beside it as ``FILE.json``.
+temperatures, model id) is embedded in the file and also written beside it as ``FILE.json``.
 """
 
 from __future__ import annotations
@@ -47,13 +48,13 @@ class ExportError(RuntimeError):
 
 
 class ProbabilityModel(nn.Module):
-    """Bundle network + temperature + sigmoid/softmax, so the artefact outputs probabilities."""
+    """Bundle network + temperatures + sigmoid/softmax, so the artefact outputs probabilities."""
 
-    def __init__(self, model: nn.Module, task: str, temperature: float) -> None:
+    def __init__(self, model: nn.Module, task: str, temperature: list[float]) -> None:
         super().__init__()
         self.model = model
         self.task = task
-        self.temperature = float(temperature)
+        self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return logits_to_probabilities(self.model(image), self.task, self.temperature)
@@ -87,7 +88,7 @@ def export_metadata(bundle: Bundle, fmt: str, opset: int | None = None) -> dict[
         "task": bundle.task,
         "labels": list(bundle.labels),
         "thresholds": {k: float(v) for k, v in bundle.thresholds.items()},
-        "temperature": float(bundle.temperature),
+        "temperatures": {k: float(v) for k, v in bundle.temperatures.items()},
         "preprocess": bundle.preprocess.model_dump(mode="json"),
         "arch": bundle.model_config.arch,
         "input": {
@@ -101,7 +102,7 @@ def export_metadata(bundle: Bundle, fmt: str, opset: int | None = None) -> dict[
             "shape": ["batch", len(bundle.labels) if bundle.task != "binary" else 1],
             "meaning": "softmax(logits / temperature)"
             if bundle.task == "multiclass"
-            else "sigmoid(logits / temperature)",
+            else "sigmoid(logits / temperature of the label)",
         },
         **({"opset": opset} if opset is not None else {}),
     }
@@ -252,7 +253,7 @@ def export_bundle(
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = export_metadata(bundle, fmt, opset if fmt == "onnx" else None)
-    wrapped = ProbabilityModel(bundle.model, bundle.task, bundle.temperature).eval()
+    wrapped = ProbabilityModel(bundle.model, bundle.task, bundle.temperature_vector()).eval()
     example = _example(bundle, 2)
     if fmt == "onnx":
         try:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.config import EvaluationConfig
+from xraytriage.evaluation.results import json_number
 from xraytriage.evaluation.subgroups import group_keys, resolve_subgroups
 
 ALL = "all"
@@ -160,7 +161,7 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             if isinstance(v, (np.integer,)):
                 v = int(v)
             elif isinstance(v, (float, np.floating)):
-                v = float(v) if np.isfinite(v) else None
+                v = json_number(v)
             elif v is pd.NA:
                 v = None
             clean[str(k)] = v

@@ -8,8 +8,11 @@ no Python loop over replicates.
 
 The same replicates (same seed, same patient draws) are shared by every class and every subgroup of
 one evaluation, so gaps between groups get intervals too, and a re-run gives identical figures.
-Intervals are percentile intervals; replicates in which a metric is undefined (for example no
-positive case drawn) are left out, and no interval is given when fewer than half are usable.
+It serves the figures without a closed-form interval (F1, AUPRC, Brier score, ECE): percentile
+intervals; replicates in which a metric is undefined (for example no positive case drawn) are left
+out *and counted in the estimate's note*, no interval is given when fewer than half are usable, and
+none when every usable replicate is equal (an interval is never of zero width). Rates and AUROC have
+closed-form cluster-adjusted intervals (:mod:`xraytriage.evaluation.intervals`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xraytriage.evaluation.metrics import PreparedScores, sorted_weighted_metrics
+from xraytriage.evaluation.results import Estimate
 
 _MAX_CHUNK_CELLS = 4_000_000  # replicates x images per matrix: bounds memory to tens of MB
 
@@ -33,10 +37,23 @@ class BootstrapTask:
 
 
 def patient_codes(patient_ids: Iterable[object]) -> tuple[np.ndarray, int]:
-    """Map patient identifiers to 0..P-1 (identifiers themselves are never stored or logged)."""
+    """Map patient identifiers to 0..P-1 (identifiers themselves are never stored or logged).
+
+    Missing or blank identifiers are refused: merged into one "patient" they would make one huge
+    cluster and silently distort every interval.
+    """
     import pandas as pd
 
-    codes, uniques = pd.factorize(pd.Series(list(patient_ids), dtype="string"), use_na_sentinel=False)
+    ids = pd.Series(list(patient_ids), dtype="string").str.strip()
+    missing = ids.isna() | (ids == "")
+    if missing.any():
+        rows = ", ".join(str(i) for i in np.flatnonzero(missing.to_numpy())[:5])
+        raise ValueError(
+            f"patient_id is missing for {int(missing.sum())} of {len(ids)} rows (rows {rows}"
+            f"{', ...' if missing.sum() > 5 else ''}); give every scan its patient's identifier "
+            "(a scan from an unknown patient can get its own unique identifier)"
+        )
+    codes, uniques = pd.factorize(ids)
     return codes.astype(np.int64), len(uniques)
 
 
@@ -81,3 +98,23 @@ def percentile_interval(
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_estimate(value: float | None, replicates: np.ndarray | None, confidence: float) -> Estimate:
+    """Point estimate with its percentile interval and a note on what the replicates allowed."""
+    if value is None or replicates is None or replicates.size == 0:
+        return Estimate.of(value, method="bootstrap_percentile")
+    usable = int(np.isfinite(replicates).sum())
+    dropped = replicates.size - usable
+    note = (
+        f"{dropped} of {replicates.size} replicates undefined (e.g. no positive case drawn) and left out"
+        if dropped
+        else None
+    )
+    lo, hi = percentile_interval(replicates, confidence)
+    if lo is None:
+        note = f"no interval: only {usable} of {replicates.size} replicates defined"
+    elif hi <= lo:
+        lo = hi = None
+        note = "no interval: every replicate gives the same value"
+    return Estimate.of(value, lo, hi, method="bootstrap_percentile", note=note)

@@ -1,10 +1,11 @@
 """Calibration: does a predicted 0.8 mean 80 %? Reliability curve, ECE and temperature scaling.
 
-Temperature scaling divides the logit by one scalar ``T`` fitted on validation data by minimising
-the negative log-likelihood; it changes no ranking (AUROC is unchanged) but makes probabilities
-honest. The fitted ``T`` is stored in the model bundle (``Bundle.temperature``) and applied at
-inference. Thresholds must be chosen *after* the temperature is fixed (the same threshold on
-calibrated probabilities selects different scans).
+Temperature scaling divides each label's logit by its own scalar ``T`` fitted on validation
+*logits* (not on probabilities, which saturate in float32) by minimising the negative
+log-likelihood; it changes no ranking (AUROC is unchanged) but makes probabilities honest. The
+fitted temperatures are stored in the model bundle (``Bundle.temperatures``) and applied at
+inference. Thresholds are chosen *after* the temperatures are fixed, on the calibrated probabilities
+inference will produce (the same threshold on calibrated probabilities selects different scans).
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ def expected_calibration_error(
         return None
     used = curve[curve["count"] > 0]
     return float((used["count"] * (used["observed_rate"] - used["mean_prob"]).abs()).sum() / n)
+
+
+def fit_temperatures(logits: np.ndarray, truth: np.ndarray) -> list[float]:
+    """One temperature per column of ``logits`` (n, k), each fitted on its own label's column of
+    ``truth`` (1/0; -1 and NaN ignored). A label with a single class keeps T = 1 (with a warning)."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(truth, dtype=np.float64)
+    if z.ndim != 2 or z.shape != y.shape:
+        raise ValueError(f"logits of shape {z.shape} but truth of shape {y.shape}")
+    return [fit_temperature(z[:, j], y[:, j], kind="logits") for j in range(z.shape[1])]
 
 
 def fit_temperature(

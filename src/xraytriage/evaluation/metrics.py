@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xraytriage.evaluation.results import json_number
+
 DEFAULT_ECE_BINS = 10
 
 #: Rates reported with a confidence interval, in report order.
@@ -178,14 +180,6 @@ def _ranking_metrics(
     return auroc, auprc
 
 
-def to_python(value: float | np.floating | None) -> float | None:
-    """NaN/inf -> None, numpy scalar -> float (JSON-safe)."""
-    if value is None:
-        return None
-    f = float(value)
-    return f if np.isfinite(f) else None
-
-
 def binary_metrics(
     y_true: np.ndarray, prob: np.ndarray, threshold: float, *, n_bins: int = DEFAULT_ECE_BINS
 ) -> dict[str, float | None]:
@@ -207,5 +201,5 @@ def binary_metrics(
     result["excluded"] = int(y.size - keep.sum())
     result["threshold"] = float(threshold)
     for name in RATE_METRICS:
-        result[name] = to_python(values[name][0])
+        result[name] = json_number(values[name][0])
     return result

@@ -1,10 +1,12 @@
 """One call that turns a prediction table into every evaluation output.
 
-``evaluate_predictions`` computes per-class metrics with patient-bootstrap intervals at the stored
-operating point, validation-vs-test sensitivity at that threshold, calibration, per-subgroup metrics
-and gaps, the fairness gate and the data audit, then (optionally) writes ``metrics.json``,
+``evaluate_predictions`` computes per-class metrics with cluster-adjusted intervals at the operating
+point, validation-vs-test figures at that threshold, calibration, per-subgroup metrics with the
+reference-group comparison, the fairness gate and the data audit, as one typed
+:class:`~xraytriage.evaluation.results.EvaluationResult`; then (optionally) writes ``metrics.json``,
 ``subgroups.csv``, ``predictions.csv`` and ``report.html`` atomically and logs the same figures to
-TensorBoard. The metrics.json schema is documented in docs/evaluation.md (``schema_version``).
+TensorBoard — every output renders that one object. The metrics.json schema is documented in
+docs/evaluation.md (``schema_version``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import datetime as _dt
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,48 +26,72 @@ from xraytriage.config import EvaluationConfig
 from xraytriage.evaluation.audit import AuditResult, audit_manifest
 from xraytriage.evaluation.bootstrap import (
     BootstrapTask,
+    bootstrap_estimate,
     bootstrap_metrics,
     patient_codes,
-    percentile_interval,
 )
 from xraytriage.evaluation.calibration import reliability_curve
-from xraytriage.evaluation.fairness import check_gate
-from xraytriage.evaluation.metrics import (
-    COUNT_METRICS,
-    DEFAULT_ECE_BINS,
-    RATE_METRICS,
-    binary_metrics,
-    known_mask,
-    prepare,
+from xraytriage.evaluation.fairness import check_gate, summarise_attribute
+from xraytriage.evaluation.metrics import RATE_METRICS, binary_metrics, known_mask, prepare
+from xraytriage.evaluation.rates import RATE_DEFINITIONS, auroc_estimate, rate_estimates
+from xraytriage.evaluation.results import (
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    Calibration,
+    ClassResult,
+    Counts,
+    Estimate,
+    EvaluationResult,
+    Leakage,
+    Population,
+    ReliabilityBin,
+    TargetCheck,
+    ValidationSummary,
+    json_number,
 )
-from xraytriage.evaluation.subgroups import SubgroupResult, age_bands, evaluate_subgroups
-from xraytriage.evaluation.thresholds import choose_threshold
+from xraytriage.evaluation.subgroups import GROUP_METRICS, age_bands, evaluate_subgroups
+from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point
 
 log = logging.getLogger(__name__)
 
-SCHEMA_NAME = "xraytriage.metrics"
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_NAME", "SCHEMA_VERSION", "EvaluationResult", "LeakageError", "evaluate_predictions"]
+
 OUTPUT_FILES = ("metrics.json", "subgroups.csv", "predictions.csv", "report.html")
+VALIDATION_METRICS = ("sensitivity", "miss_rate", "specificity", "ppv", "auroc")
+#: Figures without a closed-form interval: percentile patient bootstrap.
+BOOTSTRAP_METRICS = ("f1", "auprc", "brier", "ece")
+SUBGROUP_COLUMNS = [
+    "label",
+    "attribute",
+    "group",
+    "status",
+    "n",
+    "patients",
+    "positives",
+    "negatives",
+    "prevalence",
+    *[c for m in GROUP_METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")],
+    "interval_methods",
+    "sensitivity_diff_vs_overall",
+    "miss_rate_diff_vs_overall",
+    "miss_rate_gap_to_best",
+    "miss_rate_ratio_to_best",
+    "fpr_gap_to_best",
+    "auroc_gap_to_best",
+    "is_best",
+    "is_worst",
+    "compared",
+    "is_reference",
+    "miss_rate_diff_vs_reference",
+    "miss_rate_diff_vs_reference_ci_low",
+    "miss_rate_diff_vs_reference_ci_high",
+    "verdict",
+    "verdict_reason",
+]
 
 
-@dataclass
-class EvaluationResult:
-    """What ``evaluate_predictions`` computed; ``gate_failures`` empty means the fairness gate passed."""
-
-    metrics: dict[str, Any]
-    subgroups: pd.DataFrame
-    gate_failures: list[str]
-    audit: AuditResult | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return not self.gate_failures
-
-
-def _interval(value: float | None, reps: np.ndarray | None, confidence: float) -> dict[str, float | None]:
-    lo, hi = percentile_interval(reps, confidence)
-    return {"value": value, "ci_low": lo, "ci_high": hi}
+class LeakageError(ValueError):
+    """Patients in more than one split: figures would be optimistic. Refused unless allowed."""
 
 
 def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -81,239 +107,282 @@ def _check_columns(frame: pd.DataFrame, labels: list[str], what: str) -> None:
         )
 
 
-def _patients(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
-    if "patient_id" in frame.columns:
+def _patients(frame: pd.DataFrame, what: str) -> tuple[np.ndarray, int]:
+    if "patient_id" not in frame.columns:
+        raise ValueError(
+            f"{what} have no patient_id column: intervals must resample patients, not scans; add one "
+            "(a unique value per scan if every scan is a different patient)"
+        )
+    try:
         return patient_codes(frame["patient_id"])
-    log.warning("predictions have no patient_id column: the bootstrap resamples scans, not patients")
-    return np.arange(len(frame), dtype=np.int64), len(frame)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
-def _class_metrics(
-    frame: pd.DataFrame,
-    label: str,
-    threshold: float,
-    cfg: EvaluationConfig,
-    codes: np.ndarray,
-    n_patients: int,
-) -> tuple[dict[str, Any], dict[str, float | None]]:
-    y, p = _column(frame, label), _column(frame, f"prob_{label}")
-    point = binary_metrics(y, p, threshold, n_bins=_ece_bins(cfg))
-    keep = known_mask(y, p)
-    task = BootstrapTask(prepare(y[keep], p[keep], threshold, _ece_bins(cfg)), codes[keep])
-    reps = bootstrap_metrics([task], n_patients, cfg.bootstrap_iterations, cfg.bootstrap_seed)[0]
-    metrics = {m: _interval(point[m], reps.get(m), cfg.confidence) for m in RATE_METRICS}
-    confusion = {m: _interval(point[m], reps.get(m), cfg.confidence) for m in ("tp", "fp", "tn", "fn")}
-    return {"point": point, "metrics": metrics, "confusion_matrix": confusion}, point
+def _version() -> str:
+    from xraytriage import __version__
+
+    return str(__version__)
 
 
-def _ece_bins(cfg: EvaluationConfig) -> int:
-    return int(getattr(cfg, "calibration_bins", DEFAULT_ECE_BINS))
+class Evaluation:
+    """The steps of one evaluation; state is the prepared tables and the configuration."""
 
+    def __init__(
+        self,
+        predictions: pd.DataFrame,
+        labels: list[str],
+        thresholds: Mapping[str, float | OperatingPoint],
+        cfg: EvaluationConfig,
+        *,
+        val_predictions: pd.DataFrame | None,
+        temperatures: Mapping[str, float] | None,
+    ) -> None:
+        _check_columns(predictions, labels, "predictions")
+        if val_predictions is not None:
+            _check_columns(val_predictions, labels, "validation predictions")
+        self.frame = predictions.reset_index(drop=True).copy()
+        if "age" in self.frame.columns and "age_band" not in self.frame.columns:
+            self.frame["age_band"] = age_bands(self.frame["age"], list(cfg.age_bands))
+        self.codes, self.n_patients = _patients(self.frame, "predictions")
+        self.val = None if val_predictions is None else val_predictions.reset_index(drop=True)
+        self.val_codes = None if self.val is None else _patients(self.val, "validation predictions")[0]
+        self.labels = list(labels)
+        self.thresholds = dict(thresholds)
+        self.cfg = cfg
+        self.temperatures = {label: float((temperatures or {}).get(label, 1.0)) for label in labels}
 
-def _validation_block(
-    val: pd.DataFrame, label: str, threshold: float, cfg: EvaluationConfig
-) -> dict[str, Any] | None:
-    if label not in val.columns or f"prob_{label}" not in val.columns:
-        return None
-    codes, n_patients = _patients(val)
-    block, point = _class_metrics(val, label, threshold, cfg, codes, n_patients)
-    return {
-        "n": point["n"],
-        "positives": point["positives"],
-        **{m: block["metrics"][m] for m in ("sensitivity", "miss_rate", "specificity", "ppv", "auroc")},
-    }
+    # ------------------------------------------------------------ steps
+    def audit(
+        self, audit_frame: pd.DataFrame | None, allow_leakage: bool
+    ) -> tuple[AuditResult, Leakage | None]:
+        """Data audit; patient leakage is refused (:class:`LeakageError`) unless ``allow_leakage``."""
+        if audit_frame is None:
+            audit_frame = (
+                self.frame if self.val is None else pd.concat([self.val, self.frame], ignore_index=True)
+            )
+        audit = audit_manifest(audit_frame, self.labels, self.cfg)
+        if not audit.has_leakage:
+            return audit, None
+        if not allow_leakage:
+            raise LeakageError(
+                f"{audit.errors[0]}; evaluation refused because its figures would be optimistic "
+                "(allow it with --allow-leakage / allow_leakage=True: every output is then marked)"
+            )
+        return audit, Leakage(len(audit.leakage), audit.leakage_pairs())
 
+    def operating_point(self, label: str) -> OperatingPoint:
+        given = self.thresholds.get(label)
+        if isinstance(given, OperatingPoint):
+            return given
+        if given is not None:
+            return OperatingPoint.given(float(given), "given")
+        op_cfg = self.cfg.operating_point
+        if self.val is not None:
+            return choose_operating_point(
+                _column(self.val, label),
+                _column(self.val, f"prob_{label}"),
+                op_cfg,
+                self.val["patient_id"].to_numpy(),
+            )
+        return OperatingPoint(
+            threshold=float(op_cfg.threshold),
+            policy=op_cfg.policy,
+            fallback_reason="no stored threshold and no validation predictions to choose one on; fixed "
+            f"threshold {op_cfg.threshold:g} (evaluation.operating_point.threshold) used",
+            source="config",
+        )
 
-def _target_check(
-    cfg: EvaluationConfig, test: dict[str, Any], val: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    op = cfg.operating_point
-    if op.policy not in ("target_sensitivity", "target_specificity"):
-        return None
-    metric = "sensitivity" if op.policy == "target_sensitivity" else "specificity"
-    t = test["metrics"][metric]
-    return {
-        "metric": metric,
-        "target": op.target,
-        "validation": None if val is None else val[metric]["value"],
-        "test": t["value"],
-        "test_ci_low": t["ci_low"],
-        "test_ci_high": t["ci_high"],
-        "held": None if t["value"] is None else bool(t["value"] >= op.target),
-        "held_at_ci_low": None if t["ci_low"] is None else bool(t["ci_low"] >= op.target),
-    }
+    def overall(self, label: str, threshold: float) -> tuple[Counts, dict[str, Estimate], dict[str, Any]]:
+        """Counts, every metric with its interval, and the plain point estimates."""
+        cfg = self.cfg
+        y, p = _column(self.frame, label), _column(self.frame, f"prob_{label}")
+        keep = known_mask(y, p)
+        point = binary_metrics(y, p, threshold, n_bins=cfg.calibration_bins)
+        positive, flagged, codes = y[keep] == 1.0, p[keep] >= threshold, self.codes[keep]
+        found = rate_estimates(positive, flagged, codes, cfg.confidence, RATE_DEFINITIONS)
+        found["auroc"] = auroc_estimate(positive, p[keep], codes, cfg.confidence)
+        task = BootstrapTask(prepare(y[keep], p[keep], threshold, cfg.calibration_bins), codes)
+        reps = bootstrap_metrics([task], self.n_patients, cfg.bootstrap_iterations, cfg.bootstrap_seed)[0]
+        for name in BOOTSTRAP_METRICS:
+            found[name] = bootstrap_estimate(json_number(point[name]), reps.get(name), cfg.confidence)
+        counts = Counts(
+            **{k: int(point[k]) for k in ("n", "positives", "negatives", "tp", "fp", "tn", "fn", "excluded")}
+        )
+        return counts, {name: found[name] for name in RATE_METRICS}, point
+
+    def validation(self, label: str, threshold: float) -> ValidationSummary | None:
+        if self.val is None:
+            return None
+        y, p = _column(self.val, label), _column(self.val, f"prob_{label}")
+        keep = known_mask(y, p)
+        positive, codes = y[keep] == 1.0, self.val_codes[keep]
+        rates = [m for m in VALIDATION_METRICS if m != "auroc"]
+        metrics = rate_estimates(positive, p[keep] >= threshold, codes, self.cfg.confidence, rates)
+        metrics["auroc"] = auroc_estimate(positive, p[keep], codes, self.cfg.confidence)
+        return ValidationSummary(int(keep.sum()), int(positive.sum()), metrics)
+
+    def calibration(self, label: str, ece: float | None) -> Calibration:
+        curve = reliability_curve(
+            _column(self.frame, label), _column(self.frame, f"prob_{label}"), self.cfg.calibration_bins
+        )
+        bins = [
+            ReliabilityBin(
+                float(r.bin_low),
+                float(r.bin_high),
+                int(r.count),
+                json_number(r.mean_prob),
+                json_number(r.observed_rate),
+            )
+            for r in curve.itertuples(index=False)
+        ]
+        return Calibration(ece, self.cfg.calibration_bins, self.temperatures[label], bins)
+
+    def class_result(self, label: str) -> ClassResult:
+        op = self.operating_point(label)
+        counts, metrics, point = self.overall(label, op.threshold)
+        validation = self.validation(label, op.threshold)
+        target = None
+        if op.metric is not None:
+            val_value = None if validation is None else validation.metrics[op.metric].value
+            target = TargetCheck(op.metric, float(op.target), val_value, op.lower_bound, metrics[op.metric])
+        attributes = evaluate_subgroups(self.frame, label, op.threshold, self.cfg, codes=self.codes)
+        for attr in attributes:
+            summarise_attribute(attr, metrics, self.cfg)
+        return ClassResult(
+            label=label,
+            operating_point=op,
+            counts=counts,
+            metrics=metrics,
+            confusion={k: Estimate.of(getattr(counts, k), method="count") for k in ("tp", "fp", "tn", "fn")},
+            calibration=self.calibration(label, json_number(point["ece"])),
+            validation=validation,
+            target_check=target,
+            attributes={a.name: a for a in attributes},
+        )
+
+    def population(self, skipped_unreadable: int) -> Population:
+        splits = {}
+        if "split" in self.frame.columns:
+            counts = self.frame["split"].astype("string").fillna("unassigned").value_counts()
+            splits = {str(k): int(v) for k, v in counts.items()}
+        return Population(
+            scans=len(self.frame),
+            patients=self.n_patients,
+            splits=splits,
+            validation_scans=None if self.val is None else len(self.val),
+            skipped_unreadable=int(skipped_unreadable),
+        )
+
+    def settings(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "bootstrap": {
+                "unit": "patient",
+                "method": "percentile",
+                "used_for": list(BOOTSTRAP_METRICS),
+                "iterations": cfg.bootstrap_iterations,
+                "seed": cfg.bootstrap_seed,
+                "confidence": cfg.confidence,
+            },
+            "operating_point": cfg.operating_point.model_dump(mode="json"),
+            "prediction_rule": "positive when prob >= threshold",
+            "min_group_size": cfg.min_group_size,
+            "min_group_patients": cfg.min_group_patients,
+        }
 
 
 def evaluate_predictions(
     predictions: pd.DataFrame,
     labels: list[str],
-    thresholds: dict[str, float],
+    thresholds: Mapping[str, float | OperatingPoint],
     cfg: EvaluationConfig,
     out_dir: Path | None,
     *,
     val_predictions: pd.DataFrame | None = None,
     tb_writer: Any = None,
     model_id: str = "",
-    temperature: float = 1.0,
+    temperatures: Mapping[str, float] | None = None,
     skipped_unreadable: int = 0,
+    allow_leakage: bool = False,
+    audit_frame: pd.DataFrame | None = None,
 ) -> EvaluationResult:
     """Compute, write (if ``out_dir``) and log (if ``tb_writer``) the full evaluation.
 
-    ``skipped_unreadable``: scans the caller could not decode (recorded in metrics.json).
-
-    ``thresholds`` missing a label: chosen on ``val_predictions`` by ``cfg.operating_point`` if given,
-    else ``cfg.operating_point.threshold``; the source is recorded per class.
+    ``thresholds``: per label an :class:`OperatingPoint` (as stored in a bundle) or a bare threshold
+    (recorded as ``given``); a label missing is chosen on ``val_predictions`` by
+    ``cfg.operating_point``, or falls back to the fixed threshold (recorded as a fallback).
+    ``audit_frame``: the table to audit for patient leakage (default: validation + test predictions);
+    leakage raises :class:`LeakageError` unless ``allow_leakage``, and then marks every output.
+    Rows need a ``patient_id``; missing identifiers are refused (ValueError).
     """
     started = time.perf_counter()
-    _check_columns(predictions, labels, "predictions")
-    if val_predictions is not None:
-        _check_columns(val_predictions, labels, "validation predictions")
-    frame = predictions.reset_index(drop=True).copy()
-    if "age" in frame.columns and "age_band" not in frame.columns:
-        frame["age_band"] = age_bands(frame["age"], list(cfg.age_bands))
-    codes, n_patients = _patients(frame)
-
-    classes: dict[str, Any] = {}
-    tables: list[pd.DataFrame] = []
-    summaries: dict[str, dict[str, Any]] = {}
-    curves: dict[str, pd.DataFrame] = {}
-    used_thresholds: dict[str, float] = {}
-    for label in labels:
-        if label in thresholds:
-            threshold, source = float(thresholds[label]), "bundle"
-        elif val_predictions is not None:
-            threshold = choose_threshold(
-                _column(val_predictions, label),
-                _column(val_predictions, f"prob_{label}"),
-                cfg.operating_point,
-            )
-            source = f"validation ({cfg.operating_point.policy})"
-        else:
-            threshold, source = float(cfg.operating_point.threshold), "config (fixed fallback)"
-        used_thresholds[label] = threshold
-        block, point = _class_metrics(frame, label, threshold, cfg, codes, n_patients)
-        val_block = (
-            None if val_predictions is None else _validation_block(val_predictions, label, threshold, cfg)
-        )
-        y, p = _column(frame, label), _column(frame, f"prob_{label}")
-        curve = reliability_curve(y, p, _ece_bins(cfg))
-        curves[label] = curve
-        sub: SubgroupResult = evaluate_subgroups(
-            frame, label, threshold, cfg, codes=codes, n_patients=n_patients, overall=point
-        )
-        tables.append(sub.table)
-        summaries[label] = sub.summaries
-        classes[label] = {
-            "threshold": threshold,
-            "threshold_source": source,
-            "counts": {k: point[k] for k in (*COUNT_METRICS, "excluded")},
-            "metrics": block["metrics"],
-            "confusion_matrix": block["confusion_matrix"],
-            "validation": val_block,
-            "target_check": _target_check(cfg, block, val_block),
-            "calibration": {
-                "ece": point["ece"],
-                "bins": _ece_bins(cfg),
-                "temperature": float(temperature),
-                "reliability": [
-                    {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in rec.items()}
-                    for rec in curve.astype(object).to_dict(orient="records")
-                ],
-            },
-            "subgroups": sub.summaries,
-        }
-    subgroup_table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    failures, unchecked = check_gate(summaries, cfg.fairness)
-    audit_frame = frame if val_predictions is None else pd.concat([val_predictions, frame], ignore_index=True)
-    audit = audit_manifest(audit_frame, labels, cfg)
-
-    splits = frame["split"].astype("string").fillna("unassigned").value_counts() if "split" in frame else None
-    metrics: dict[str, Any] = {
-        "schema": SCHEMA_NAME,
-        "schema_version": SCHEMA_VERSION,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "xraytriage_version": _version(),
-        "model_id": model_id,
-        "temperature": float(temperature),
-        "labels": list(labels),
-        "population": {
-            "scans": len(frame),
-            "patients": n_patients,
-            "splits": {str(k): int(v) for k, v in splits.items()} if splits is not None else {},
-            "validation_scans": None if val_predictions is None else len(val_predictions),
-            "skipped_unreadable": int(skipped_unreadable),
-        },
-        "bootstrap": {
-            "unit": "patient",
-            "method": "percentile",
-            "iterations": cfg.bootstrap_iterations,
-            "seed": cfg.bootstrap_seed,
-            "confidence": cfg.confidence,
-        },
-        "operating_point": cfg.operating_point.model_dump(mode="json"),
-        "prediction_rule": "positive when prob >= threshold",
-        "min_group_size": cfg.min_group_size,
-        "classes": classes,
-        "fairness_gate": {
-            "limits": cfg.fairness.model_dump(mode="json"),
-            "passed": not failures,
-            "failures": failures,
-            "unchecked": unchecked,
-        },
-        "audit": audit.to_dict(),
-    }
-    metrics["timing_seconds"] = {"metrics": round(time.perf_counter() - started, 3)}
-    result = EvaluationResult(metrics=metrics, subgroups=subgroup_table, gate_failures=failures, audit=audit)
-
+    run = Evaluation(
+        predictions, labels, thresholds, cfg, val_predictions=val_predictions, temperatures=temperatures
+    )
+    audit, leakage = run.audit(audit_frame, allow_leakage)
+    classes = {label: run.class_result(label) for label in run.labels}
+    gate = check_gate(classes, cfg)
+    result = EvaluationResult(
+        classes=classes,
+        gate=gate,
+        population=run.population(skipped_unreadable),
+        settings=run.settings(),
+        model_id=model_id,
+        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        version=_version(),
+        audit=audit,
+        leakage=leakage,
+    )
+    result.timing_seconds["metrics"] = round(time.perf_counter() - started, 3)
     figures = None
     if out_dir is not None or tb_writer is not None:
-        figures = _figures(frame, labels, used_thresholds, classes, subgroup_table, curves)
+        figures = _figures(run.frame, result)
     if out_dir is not None:
-        result.files = write_outputs(Path(out_dir), result, frame, used_thresholds, figures)
+        result.files = write_outputs(Path(out_dir), result, run.frame, figures)
     if tb_writer is not None:
-        log_tensorboard(tb_writer, result, frame, used_thresholds, figures)
-    metrics["timing_seconds"]["total"] = round(time.perf_counter() - started, 3)
+        log_tensorboard(tb_writer, result, run.frame, figures)
+    result.timing_seconds["total"] = round(time.perf_counter() - started, 3)
     return result
 
 
-def _version() -> str:
-    try:
-        from xraytriage import __version__
+def subgroup_table(result: EvaluationResult) -> pd.DataFrame:
+    """subgroups.csv as a table (fixed column order; the leakage mark last when present)."""
+    table = pd.DataFrame(result.subgroup_records())
+    columns = SUBGROUP_COLUMNS + (["leakage_warning"] if result.leakage is not None else [])
+    for column in columns:
+        if column not in table.columns:
+            table[column] = None
+    return table[columns]
 
-        return str(__version__)
-    except Exception:  # pragma: no cover - version is always importable in practice
-        return "unknown"
 
-
-def _figures(
-    frame: pd.DataFrame,
-    labels: list[str],
-    thresholds: dict[str, float],
-    classes: dict[str, Any],
-    table: pd.DataFrame,
-    curves: dict[str, pd.DataFrame],
-) -> dict[str, dict[str, Any]]:
+def _figures(frame: pd.DataFrame, result: EvaluationResult) -> dict[str, dict[str, Any]]:
     from xraytriage.evaluation.plots import calibration_figure, roc_pr_figure, subgroup_figure
 
+    table = subgroup_table(result)
     figs: dict[str, dict[str, Any]] = {}
-    for label in labels:
+    for label, block in result.classes.items():
         y, p = _column(frame, label), _column(frame, f"prob_{label}")
         keep = known_mask(y, p)
-        point = {k: v["value"] for k, v in classes[label]["metrics"].items()}
+        point = {k: v.value for k, v in block.metrics.items()}
+        curve = reliability_curve(y, p, block.calibration.bins)
         figs[label] = {
-            "roc_pr": roc_pr_figure(y[keep], p[keep], thresholds[label], label, point),
-            "calibration": calibration_figure(curves[label], label, point.get("ece")),
-            "subgroups": subgroup_figure(table, label, point.get("sensitivity"), thresholds[label]),
+            "roc_pr": roc_pr_figure(y[keep], p[keep], block.threshold, label, point),
+            "calibration": calibration_figure(curve, label, block.calibration.ece),
+            "subgroups": subgroup_figure(table, label, point.get("sensitivity"), block.threshold),
         }
     return figs
 
 
-def predictions_output(frame: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """The prediction table as written: input columns, ``age_band`` and ``pred_L`` (0/1 at threshold)."""
+def predictions_output(frame: pd.DataFrame, result: EvaluationResult) -> pd.DataFrame:
+    """The prediction table as written: input columns, ``age_band``, ``pred_L`` (0/1 at threshold)
+    and, when leakage was allowed, the leakage mark."""
     out = frame.copy()
-    for label, threshold in thresholds.items():
+    for label, block in result.classes.items():
         prob = _column(out, f"prob_{label}")
-        out[f"pred_{label}"] = np.where(np.isfinite(prob), (prob >= threshold).astype(float), np.nan)
+        out[f"pred_{label}"] = np.where(np.isfinite(prob), (prob >= block.threshold).astype(float), np.nan)
+    if result.leakage is not None:
+        out["leakage_warning"] = result.leakage.warning
     return out
 
 
@@ -321,7 +390,6 @@ def write_outputs(
     out_dir: Path,
     result: EvaluationResult,
     frame: pd.DataFrame,
-    thresholds: dict[str, float],
     figures: dict[str, dict[str, Any]] | None,
 ) -> dict[str, Path]:
     """Write the four outputs atomically (each file appears whole or not at all)."""
@@ -330,11 +398,11 @@ def write_outputs(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {name: out_dir / name for name in OUTPUT_FILES}
-    atomic_write_text(files["metrics.json"], json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(files["metrics.json"], json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
     with atomic_path(files["subgroups.csv"]) as tmp:
-        result.subgroups.to_csv(tmp, index=False)
+        subgroup_table(result).to_csv(tmp, index=False)
     with atomic_path(files["predictions.csv"]) as tmp:
-        predictions_output(frame, thresholds).to_csv(tmp, index=False)
+        predictions_output(frame, result).to_csv(tmp, index=False)
     atomic_write_text(files["report.html"], render_report(result, figures or {}))
     return files
 
@@ -345,51 +413,62 @@ def _tag(text: str) -> str:
     )
 
 
+def summary_text(result: EvaluationResult) -> str:
+    """Operating points (with any fallback), the gate verdict and what it rests on, as Markdown
+    (TensorBoard's text panel)."""
+    gate = result.gate
+    lines = [
+        f"{label}: operating point {block.operating_point.describe()}"
+        for label, block in result.classes.items()
+    ]
+    lines.append(f"fairness gate: {gate.verdict.upper()}")
+    lines += [f"* {line}" for line in gate.failures]
+    lines += [f"* {line}" for line in gate.uncertain]
+    lines += [f"* could not be checked: {why}" for why in gate.unchecked]
+    if result.leakage is not None:
+        lines.insert(0, result.leakage.warning)
+    return "\n".join(lines)
+
+
 def log_tensorboard(
     writer: Any,
     result: EvaluationResult,
     frame: pd.DataFrame,
-    thresholds: dict[str, float],
     figures: dict[str, dict[str, Any]] | None,
     step: int = 0,
 ) -> None:
     """Scalars (with interval bounds), PR curves, figures and a text summary under ``eval/``."""
-    m = result.metrics
-    for label, block in m["classes"].items():
+    for label, block in result.classes.items():
         base = f"eval/{_tag(label)}"
-        writer.add_scalar(f"{base}/threshold", block["threshold"], step)
-        for name, stat in block["metrics"].items():
-            if stat["value"] is not None:
-                writer.add_scalar(f"{base}/{name}", stat["value"], step)
-            for bound in ("ci_low", "ci_high"):
-                if stat[bound] is not None:
-                    writer.add_scalar(f"{base}/{name}_{bound}", stat[bound], step)
-        if block.get("validation"):
+        writer.add_scalar(f"{base}/threshold", block.threshold, step)
+        if block.operating_point.lower_bound is not None:
+            writer.add_scalar(f"{base}/validation_lower_bound", block.operating_point.lower_bound, step)
+        for name, stat in block.metrics.items():
+            for suffix, value in (("", stat.value), ("_ci_low", stat.ci_low), ("_ci_high", stat.ci_high)):
+                if value is not None:
+                    writer.add_scalar(f"{base}/{name}{suffix}", value, step)
+        if block.validation is not None:
             for name in ("sensitivity", "miss_rate"):
-                val = block["validation"][name]["value"]
-                if val is not None:
-                    writer.add_scalar(f"{base}/validation_{name}", val, step)
+                value = block.validation.metrics[name].value
+                if value is not None:
+                    writer.add_scalar(f"{base}/validation_{name}", value, step)
         y, p = _column(frame, label), _column(frame, f"prob_{label}")
         keep = known_mask(y, p)
         if keep.any():
             writer.add_pr_curve(f"{base}/pr_curve", (y[keep] == 1).astype(int), p[keep], step)
-        for _, row in result.subgroups[result.subgroups["label"] == label].iterrows():
-            if row["status"] != "ok":
-                continue
-            for name in ("sensitivity", "miss_rate", "auroc"):
-                if row[name] is not None and pd.notna(row[name]):
-                    writer.add_scalar(
-                        f"eval_subgroups/{_tag(label)}/{_tag(row['group'])}/{name}", float(row[name]), step
-                    )
-        for attr, s in block["subgroups"].items():
-            gap = (s.get("miss_rate_gap") or {}).get("value") if s.get("available") else None
-            if gap is not None:
-                writer.add_scalar(f"eval_fairness/{_tag(label)}/{_tag(attr)}/miss_rate_gap", gap, step)
+        for attr in block.attributes.values():
+            for row in attr.groups if attr.available else []:
+                for name in ("sensitivity", "miss_rate", "auroc"):
+                    value = row.value(name)
+                    if value is not None:
+                        writer.add_scalar(
+                            f"eval_subgroups/{_tag(label)}/{_tag(row.group)}/{name}", value, step
+                        )
+                diff = row.difference_vs_reference
+                if diff is not None and diff.value is not None:
+                    tag = f"eval_fairness/{_tag(label)}/{_tag(row.group)}/miss_rate_diff_vs_reference"
+                    writer.add_scalar(tag, diff.value, step)
         for name, fig in (figures or {}).get(label, {}).items():
             writer.add_figure(f"{base}/{name}", fig, step, close=False)
-    gate = m["fairness_gate"]
-    summary = "fairness gate: " + (
-        "passed" if gate["passed"] else "FAILED\n\n" + "\n".join(f"* {f}" for f in gate["failures"])
-    )
-    writer.add_text("eval/summary", summary, step)
+    writer.add_text("eval/summary", summary_text(result), step)
     writer.flush()

@@ -4,14 +4,16 @@ Subgroups are any columns of the prediction table named in ``evaluation.subgroup
 columns or DICOM attributes copied into it: ``sex``, ``view``, ``site``, ``manufacturer``, ...),
 plus ``age_band`` derived from ``age`` with ``evaluation.age_bands`` edges, plus the intersections in
 ``evaluation.intersections`` (for example ``[sex, age_band]``). Missing values form their own group
-``unknown``. A column that is not in the table is reported as *unavailable* (not an error), and a
-group that is smaller than ``evaluation.min_group_size`` or has no positive or no negative case is
-reported as *insufficient data* with its counts — never dropped, never a bare 0 or NaN. In the full
-evaluation a group is also insufficient when its positive (or negative) scans come from fewer than
-``min_group_patients`` (default 2) patients: a patient-level interval cannot exist then.
+``unknown``: shown in every table, but left out of gaps, the reference comparison and the gate unless
+``evaluation.fairness.include_unknown``. A column that is not in the table is reported as
+*unavailable* (not an error), and a group that is smaller than ``evaluation.min_group_size`` or has no
+positive or no negative case is reported as *insufficient data* with its counts — never dropped, never
+a bare 0 or NaN. In the full evaluation a group is also insufficient when its positive (or negative)
+scans come from fewer than ``min_group_patients`` (default 2) patients.
 
-The per-group point estimates come from fairlearn's ``MetricFrame``; the intervals from the shared
-patient bootstrap (:mod:`xraytriage.evaluation.bootstrap`).
+The per-epoch fast path (:func:`subgroup_sensitivity`) uses fairlearn's ``MetricFrame``; the full
+evaluation gives every rate a cluster-adjusted Wilson interval and AUROC its score interval
+(:mod:`xraytriage.evaluation.rates`); fairlearn is the oracle they are tested against.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from xraytriage.config import EvaluationConfig
-from xraytriage.evaluation.bootstrap import BootstrapTask, bootstrap_metrics, percentile_interval
-from xraytriage.evaluation.metrics import known_mask, prepare
+from xraytriage.evaluation.metrics import known_mask
+from xraytriage.evaluation.rates import auroc_estimate, rate_counts, rate_estimates
+from xraytriage.evaluation.results import AttributeResult, GroupRow
 
 UNKNOWN = "unknown"
 OK = "ok"
@@ -245,16 +248,66 @@ def subgroup_sensitivity(
 
 
 def _present_groups(attrs: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [label for label, _ in _present_group_values(attrs, columns)]
+
+
+def _present_group_values(attrs: pd.DataFrame, columns: list[str]) -> list[tuple[str, tuple[str, ...]]]:
     combos = attrs[columns].drop_duplicates().sort_values(columns)
-    return [group_label(columns, tuple(map(str, row))) for row in combos.itertuples(index=False)]
+    out = []
+    for row in combos.itertuples(index=False):
+        values = tuple(map(str, row))
+        out.append((group_label(columns, values), values))
+    return out
 
 
-@dataclass
-class SubgroupResult:
-    """All groups of one label: the table (one row per group) and per-attribute gap summaries."""
+class _GroupBuilder:
+    """The rows of one class: known labels, flags at the threshold and patient codes, shared by every
+    attribute's groups."""
 
-    table: pd.DataFrame
-    summaries: dict[str, dict[str, object]] = field(default_factory=dict)
+    def __init__(
+        self, frame: pd.DataFrame, label: str, threshold: float, cfg: EvaluationConfig, codes: np.ndarray
+    ):
+        y = pd.to_numeric(frame[label], errors="coerce").to_numpy(float)
+        self.prob = pd.to_numeric(frame[f"prob_{label}"], errors="coerce").to_numpy(float)
+        self.known = known_mask(y, self.prob)
+        self.positive = y == 1.0
+        self.flagged = self.prob >= threshold
+        self.codes = codes
+        self.cfg = cfg
+
+    def row(self, attribute: str, group: str, values: tuple[str, ...], members: np.ndarray) -> GroupRow:
+        cfg = self.cfg
+        rows = members[self.known[members]]
+        positive, codes = self.positive[rows], self.codes[rows]
+        n, pos = int(rows.size), int(positive.sum())
+        status = _status(n, pos, n - pos, cfg.min_group_size)
+        pos_patients = np.unique(codes[positive]).size
+        neg_patients = np.unique(codes[~positive]).size
+        if status == OK and min(pos_patients, neg_patients) < cfg.min_group_patients:
+            which = "positive" if pos_patients < neg_patients else "negative"
+            status = (
+                f"{INSUFFICIENT}: {which} cases from {min(pos_patients, neg_patients)} patient(s) "
+                f"< min_group_patients {cfg.min_group_patients}"
+            )
+        unknown = UNKNOWN in values
+        result = GroupRow(
+            attribute=attribute,
+            group=group,
+            status=status,
+            n=n,
+            patients=int(np.unique(codes).size),
+            positives=pos,
+            negatives=n - pos,
+            unknown=unknown,
+            compared=not unknown or cfg.fairness.include_unknown,
+        )
+        if status == OK:
+            flagged = self.flagged[rows]
+            rates = [m for m in GROUP_METRICS if m != "auroc"]
+            result.metrics = rate_estimates(positive, flagged, codes, cfg.confidence, rates)
+            result.metrics["auroc"] = auroc_estimate(positive, self.prob[rows], codes, cfg.confidence)
+            result.miss = rate_counts("miss_rate", positive, flagged, codes)
+        return result
 
 
 def evaluate_subgroups(
@@ -264,112 +317,24 @@ def evaluate_subgroups(
     cfg: EvaluationConfig,
     *,
     codes: np.ndarray,
-    n_patients: int,
-    overall: dict[str, float | None],
-) -> SubgroupResult:
-    """Per-group metrics with intervals, gaps to the best group and to the overall figure.
+) -> list[AttributeResult]:
+    """Per attribute, every present group with its counts and metrics (cluster-adjusted intervals).
 
-    ``codes`` are patient codes aligned with ``frame`` rows (the shared bootstrap of the evaluation).
+    ``codes`` are patient codes aligned with ``frame`` rows. Gaps, the reference group and the gate
+    are added by :mod:`xraytriage.evaluation.fairness`.
     """
-    from xraytriage.evaluation.fairness import summarise_attribute
-
     attrs, specs = resolve_subgroups(frame, cfg)
-    min_patients = int(getattr(cfg, "min_group_patients", 2))
-    y_all = pd.to_numeric(frame[label], errors="coerce").to_numpy(float)
-    p_all = pd.to_numeric(frame[f"prob_{label}"], errors="coerce").to_numpy(float)
-    keep = known_mask(y_all, p_all)
-    rows: list[dict[str, object]] = []
-    summaries: dict[str, dict[str, object]] = {}
+    builder = _GroupBuilder(frame, label, threshold, cfg, codes)
+    results: list[AttributeResult] = []
     for spec in specs:
         if not spec.available:
-            rows.append(
-                {
-                    "label": label,
-                    "attribute": spec.name,
-                    "group": "",
-                    "status": f"{UNAVAILABLE}: {spec.reason}",
-                }
-            )
-            summaries[spec.name] = {"available": False, "reason": spec.reason}
+            results.append(AttributeResult(spec.name, available=False, reason=spec.reason))
             continue
-        points = group_point_estimates(y_all[keep], p_all[keep], threshold, attrs.loc[keep], spec.columns)
-        group_names = _present_groups(attrs, spec.columns)
-        group_key = group_keys(attrs, spec.columns)
-        spec_rows: list[dict[str, object]] = []
-        tasks: list[BootstrapTask] = []
-        task_rows: list[dict[str, object]] = []
-        for group in group_names:
-            row: dict[str, object] = {"label": label, "attribute": spec.name, "group": group}
-            if group in points.index:
-                pt = points.loc[group]
-                n, pos = int(pt["n"]), int(pt["positives"])
-            else:
-                pt, n, pos = None, 0, 0
-            neg = n - pos
-            in_group = keep & (group_key == group)
-            pos_patients = np.unique(codes[in_group & (y_all == 1)]).size
-            neg_patients = np.unique(codes[in_group & (y_all == 0)]).size
-            row.update(
-                n=n,
-                patients=np.unique(codes[in_group]).size,
-                positives=pos,
-                negatives=neg,
-                prevalence=pos / n if n else None,
-            )
-            row["status"] = _status(n, pos, neg, cfg.min_group_size)
-            if row["status"] == OK and min(pos_patients, neg_patients) < min_patients:
-                which = "positive" if pos_patients < neg_patients else "negative"
-                row["status"] = (
-                    f"{INSUFFICIENT}: {which} cases from {min(pos_patients, neg_patients)} patient(s) "
-                    f"< {min_patients}; no patient-level interval possible"
-                )
-            if row["status"] == OK and pt is not None:
-                for metric in GROUP_METRICS:
-                    value = float(pt[metric])
-                    row[metric] = value if np.isfinite(value) else None
-                tasks.append(
-                    BootstrapTask(prepare(y_all[in_group], p_all[in_group], threshold), codes[in_group])
-                )
-                task_rows.append(row)
-            spec_rows.append(row)
-        replicates = bootstrap_metrics(tasks, n_patients, cfg.bootstrap_iterations, cfg.bootstrap_seed)
-        for row, reps in zip(task_rows, replicates):
-            row["_reps"] = reps
-            for metric in GROUP_METRICS:
-                lo, hi = percentile_interval(reps.get(metric), cfg.confidence)
-                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = lo, hi
-        summaries[spec.name] = summarise_attribute(spec_rows, overall, cfg.confidence)
-        for row in spec_rows:
-            row.pop("_reps", None)
-        rows.extend(spec_rows)
-    return SubgroupResult(_to_table(rows), summaries)
-
-
-TABLE_COLUMNS = [
-    "label",
-    "attribute",
-    "group",
-    "status",
-    "n",
-    "patients",
-    "positives",
-    "negatives",
-    "prevalence",
-    *[c for m in GROUP_METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")],
-    "sensitivity_diff_vs_overall",
-    "miss_rate_diff_vs_overall",
-    "miss_rate_gap_to_best",
-    "miss_rate_ratio_to_best",
-    "fpr_gap_to_best",
-    "auroc_gap_to_best",
-    "is_best",
-    "is_worst",
-]
-
-
-def _to_table(rows: list[dict[str, object]]) -> pd.DataFrame:
-    table = pd.DataFrame(rows)
-    for column in TABLE_COLUMNS:
-        if column not in table.columns:
-            table[column] = None
-    return table[TABLE_COLUMNS]
+        keys = group_keys(attrs, spec.columns)
+        members = pd.Series(np.arange(len(keys))).groupby(keys).indices
+        groups = [
+            builder.row(spec.name, name, values, np.asarray(members[name]))
+            for name, values in _present_group_values(attrs, spec.columns)
+        ]
+        results.append(AttributeResult(spec.name, available=True, groups=groups))
+    return results

@@ -7,6 +7,7 @@ are stored as tensors and plain Python containers only, so the file loads with `
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,14 @@ from xraytriage.utils.atomic import atomic_path
 BUNDLE_FORMAT = 1
 
 
-def logits_to_probabilities(logits: torch.Tensor, task: str, temperature: float = 1.0) -> torch.Tensor:
+def logits_to_probabilities(
+    logits: torch.Tensor, task: str, temperature: float | Sequence[float] | torch.Tensor = 1.0
+) -> torch.Tensor:
     """The one place logits become probabilities: softmax for multiclass, sigmoid otherwise, after the
-    calibration temperature. Validation, evaluation, scoring and exported graphs all use it."""
+    calibration temperature (one per output column, or one for all). Validation, evaluation, scoring
+    and exported graphs all use it, so a threshold chosen on validation sees the same numbers."""
+    if not isinstance(temperature, (int, float, torch.Tensor)):
+        temperature = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
     scaled = logits.float() / temperature
     if task == "multiclass":
         return torch.softmax(scaled, dim=1)
@@ -38,13 +44,19 @@ class Bundle:
     labels: list[str]
     thresholds: dict[str, float]
     task: str
-    temperature: float = 1.0
+    temperatures: dict[str, float] = field(default_factory=dict)  # per label; missing = 1.0
     metadata: dict[str, Any] = field(default_factory=dict)
     model_id: str = ""
+    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)  # OperatingPoint.to_json()
+
+    def temperature_vector(self) -> list[float]:
+        """One temperature per output column (multiclass: the softmax has one, the first label's)."""
+        values = [float(self.temperatures.get(label, 1.0)) for label in self.labels]
+        return values[:1] if self.task == "multiclass" else values
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits -> per-class probabilities under the bundle's task (and calibration temperature)."""
-        return logits_to_probabilities(logits, self.task, self.temperature)
+        """Logits -> per-class probabilities under the bundle's task (and calibration temperatures)."""
+        return logits_to_probabilities(logits, self.task, self.temperature_vector())
 
 
 def state_dict_id(state: dict[str, torch.Tensor]) -> str:
@@ -71,10 +83,14 @@ def save_bundle(
     labels: list[str],
     thresholds: dict[str, float],
     task: str,
-    temperature: float = 1.0,
+    temperatures: dict[str, float] | None = None,
     metadata: dict[str, Any] | None = None,
+    operating_points: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """Write the bundle atomically; returns its model id."""
+    """Write the bundle atomically; returns its model id.
+
+    ``operating_points``: per label, how its threshold was chosen (``OperatingPoint.to_json()``:
+    policy, the validation figure's lower bound, a fallback and its reason)."""
     state = _plain_state_dict(model)
     model_id = state_dict_id(state)
     payload = {
@@ -85,7 +101,8 @@ def save_bundle(
         "labels": list(labels),
         "thresholds": {k: float(v) for k, v in thresholds.items()},
         "task": task,
-        "temperature": float(temperature),
+        "temperatures": {k: float(v) for k, v in (temperatures or {}).items()},
+        "operating_points": dict(operating_points or {}),
         "metadata": metadata or {},
         "state_dict": state,
     }
@@ -131,10 +148,18 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> B
         labels=labels,
         thresholds=dict(payload["thresholds"]),
         task=payload["task"],
-        temperature=float(payload.get("temperature", 1.0)),
+        temperatures=_temperatures_from_payload(payload, labels),
         metadata=dict(payload.get("metadata", {})),
         model_id=str(payload.get("model_id", "")),
+        operating_points=dict(payload.get("operating_points", {})),
     )
+
+
+def _temperatures_from_payload(payload: dict[str, Any], labels: list[str]) -> dict[str, float]:
+    """Per-label temperatures; bundles written before they existed hold one for every label."""
+    if "temperatures" in payload:
+        return {str(k): float(v) for k, v in payload["temperatures"].items()}
+    return {label: float(payload.get("temperature", 1.0)) for label in labels}
 
 
 # Preprocessing keys added after bundles were first written, with the value those older bundles

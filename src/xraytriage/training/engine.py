@@ -80,6 +80,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     val_metrics: dict[str, Any] = field(default_factory=dict)
+    operating_points: dict[str, Any] = field(default_factory=dict)  # label -> OperatingPoint
 
 
 def _num_outputs(cfg: Config) -> int:
@@ -459,7 +460,9 @@ class Trainer:
 
         return signal.signal(signal.SIGINT, request_stop)
 
-    def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+        """Validation metrics, the prediction table (probabilities at temperature 1) and the logits
+        (rows aligned with the table)."""
         logits, indices, failures = predict_loader(
             self.net if not self.dist.enabled else self.model,
             self.val_loader,
@@ -483,12 +486,13 @@ class Trainer:
         val_loss = float(self._loss(torch.from_numpy(logits), targets))
         metrics: dict[str, Any] = {"val_loss": val_loss, "val_failed": len(failures)}
         from xraytriage.evaluation.metrics import binary_metrics
-        from xraytriage.evaluation.thresholds import choose_threshold
+        from xraytriage.evaluation.thresholds import choose_operating_point
 
         aurocs = []
+        patients = frame["patient_id"].to_numpy()
         for label in self.labels:
             y, p = frame[label].to_numpy(float), frame[f"prob_{label}"].to_numpy(float)
-            thr = choose_threshold(y, p, self.cfg.evaluation.operating_point)
+            thr = choose_operating_point(y, p, self.cfg.evaluation.operating_point, patients).threshold
             m = binary_metrics(y, p, thr)
             metrics[f"{label}/threshold"] = thr
             for key in ("auroc", "sensitivity", "specificity", "miss_rate", "auprc"):
@@ -496,7 +500,7 @@ class Trainer:
             if m.get("auroc") is not None:
                 aurocs.append(m["auroc"])
         metrics["val_mean_auroc"] = float(np.mean(aurocs)) if aurocs else float("nan")
-        return metrics, frame
+        return metrics, frame, logits
 
     # ------------------------------------------------------------------ TensorBoard
     def _open_writer(self) -> None:
@@ -590,7 +594,7 @@ class Trainer:
                 record: dict[str, Any] = {"epoch": epoch + 1}
                 record.update(self._train_one_epoch(epoch, partial or None))
                 partial = {}
-                metrics, val_frame = self._validate(epoch)
+                metrics, val_frame, _ = self._validate(epoch)
                 record.update(metrics)
                 history.append(record)
                 score = record["val_mean_auroc"]
@@ -652,14 +656,45 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
         return self._finish(history, best)
 
+    def _calibrate_and_choose(
+        self, frame: pd.DataFrame, logits: np.ndarray, metrics: dict[str, Any]
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Per-label temperatures fitted on the validation *logits*, then each label's operating point
+        chosen on the calibrated probabilities that inference will produce (same function, same
+        arithmetic), so the stored threshold means on validation what it means when applied.
+        ``frame``'s probabilities and ``metrics``' per-label figures are updated to match."""
+        from xraytriage.evaluation.calibration import fit_temperatures
+        from xraytriage.evaluation.metrics import binary_metrics
+        from xraytriage.evaluation.thresholds import choose_operating_point
+
+        cfg = self.cfg
+        temperatures = dict.fromkeys(self.labels, 1.0)
+        if cfg.evaluation.temperature_scaling and cfg.model.task != "multiclass":
+            fitted = fit_temperatures(logits, frame[self.labels].to_numpy(float))
+            temperatures = dict(zip(self.labels, fitted))
+            probs = probabilities(logits, cfg.model.task, fitted)
+            for j, label in enumerate(self.labels):
+                frame[f"prob_{label}"] = probs[:, j].astype(np.float64)
+        operating_points = {}
+        for label in self.labels:
+            y, p = frame[label].to_numpy(float), frame[f"prob_{label}"].to_numpy(float)
+            op = choose_operating_point(y, p, cfg.evaluation.operating_point, frame["patient_id"].to_numpy())
+            operating_points[label] = op
+            m = binary_metrics(y, p, op.threshold)
+            metrics[f"{label}/threshold"] = op.threshold
+            for key in ("sensitivity", "specificity", "miss_rate"):
+                metrics[f"{label}/{key}"] = m.get(key)
+        return temperatures, operating_points
+
     def _finish(self, history: list[dict[str, Any]], best: tuple[float, int]) -> TrainResult:
         cfg = self.cfg
         dist_utils.barrier(self.dist)
         best_path = self.run_dir / BEST_WEIGHTS
         if best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path)["model"])
-        metrics, frame = self._validate(best[1] - 1)
-        thresholds = {label: float(metrics[f"{label}/threshold"]) for label in self.labels}
+        metrics, frame, logits = self._validate(best[1] - 1)
+        temperatures, operating_points = self._calibrate_and_choose(frame, logits, metrics)
+        thresholds = {label: op.threshold for label, op in operating_points.items()}
         result = TrainResult(
             run_dir=self.run_dir,
             bundle_path=self.run_dir / BUNDLE_NAME,
@@ -668,18 +703,9 @@ class Trainer:
             history=history,
             thresholds=thresholds,
             val_metrics=metrics,
+            operating_points=operating_points,
         )
         if self.dist.is_main:
-            temperature = 1.0
-            from xraytriage.evaluation import calibration
-
-            if getattr(cfg.evaluation, "temperature_scaling", False) and cfg.model.task != "multiclass":
-                label = self.labels[0]
-                temperature = float(
-                    calibration.fit_temperature(
-                        frame[f"prob_{label}"].to_numpy(float), frame[label].to_numpy(float)
-                    )
-                )
             save_bundle(
                 result.bundle_path,
                 self.model,
@@ -688,7 +714,8 @@ class Trainer:
                 self.labels,
                 thresholds,
                 cfg.model.task,
-                temperature=temperature,
+                temperatures=temperatures,
+                operating_points={label: op.to_json() for label, op in operating_points.items()},
                 metadata={
                     "best_epoch": best[1],
                     "val_mean_auroc": best[0],
@@ -705,6 +732,8 @@ class Trainer:
                 "best_epoch": best[1],
                 "best_val_mean_auroc": best[0],
                 "thresholds": thresholds,
+                "temperatures": temperatures,
+                "operating_points": {label: op.to_json() for label, op in operating_points.items()},
                 "val": {k: v for k, v in metrics.items()},
                 "history": history,
             }

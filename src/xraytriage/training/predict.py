@@ -120,7 +120,7 @@ def predict_loader(
     return logits_all, torch.cat(index_parts).numpy(), failures
 
 
-def probabilities(logits: np.ndarray, task: str, temperature: float = 1.0) -> np.ndarray:
+def probabilities(logits: np.ndarray, task: str, temperature: float | list[float] = 1.0) -> np.ndarray:
     return logits_to_probabilities(torch.from_numpy(logits), task, temperature).numpy()
 
 
@@ -165,7 +165,7 @@ def predict_manifest(
     logits, indices, failures = predict_loader(
         model, loader, dev, resolve_amp_dtype(amp, dev), dev.type == "cuda", progress
     )
-    probs = probabilities(logits, bundle.task, bundle.temperature)
+    probs = probabilities(logits, bundle.task, bundle.temperature_vector())
     out = predictions_frame(frame, bundle.labels, probs, indices) if len(indices) else frame.iloc[:0].copy()
     out.attrs["failed"] = [(f.path, f.reason) for f in failures]
     if failures:

@@ -41,7 +41,7 @@ def sensitivity_at_specificity(y: np.ndarray, p: np.ndarray, specificity: float)
     known = known_mask(y, p)
     if len(np.unique(np.asarray(y, dtype=float)[known])) < 2:
         return float("nan")
-    policy = OperatingPointConfig(policy="target_specificity", target=specificity)
+    policy = OperatingPointConfig(policy="target_specificity", target=specificity, rule="point_estimate")
     sensitivity = binary_metrics(y, p, choose_threshold(y, p, policy))["sensitivity"]
     return float("nan") if sensitivity is None else float(sensitivity)
 
@@ -74,19 +74,19 @@ class TrialTrainer(Trainer):
         self.specificity = specificity
         self.reported: dict[int, float] = {}
 
-    def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
         import optuna
 
-        metrics, frame = super()._validate(epoch)
+        metrics, frame, logits = super()._validate(epoch)
         if epoch in self.reported:  # the final re-validation of the best epoch in _finish
-            return metrics, frame
+            return metrics, frame, logits
         value = objective_value(metrics, frame, self.labels, self.objective, self.specificity)
         self.reported[epoch] = value
         if math.isfinite(value):
             self.trial.report(value, epoch)
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} ({self.objective} {value:.4f})")
-        return metrics, frame
+        return metrics, frame, logits
 
 
 @dataclass

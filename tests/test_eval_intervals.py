@@ -1,0 +1,196 @@
+"""Interval formulas against independent oracles: scipy's Wilson and Clopper-Pearson intervals,
+Newcombe's published example, a cluster-robust variance written with pandas, scikit-learn's AUROC and
+the patient bootstrap's variance; exact values at the boundaries (all detected, none missed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize, stats
+from sklearn.metrics import roc_auc_score
+
+from xraytriage.evaluation.bootstrap import BootstrapTask, bootstrap_metrics
+from xraytriage.evaluation.intervals import (
+    ClusteredProportion,
+    auroc_interval,
+    clustered_auroc,
+    clustered_proportion,
+    difference_interval,
+    lower_bound,
+    lower_bounds_in_order,
+    wilson_interval,
+)
+from xraytriage.evaluation.metrics import prepare
+
+MANY = 10**9  # "infinitely many patients": the t critical value is the normal one
+
+
+@pytest.mark.parametrize("x,n", [(81, 263), (15, 148), (0, 20), (1, 29), (29, 29), (5, 5), (0, 1), (1, 1)])
+def test_wilson_equals_scipy_without_clustering(x, n):
+    expected = stats.binomtest(x, n).proportion_ci(0.95, method="wilson")
+    low, high = wilson_interval(ClusteredProportion(x, n, MANY, 1.0), 0.95)
+    assert low == pytest.approx(expected.low, abs=1e-7)
+    assert high == pytest.approx(expected.high, abs=1e-7)
+    assert high > low  # never zero width
+
+
+def _score_root_interval(x: int, n: float, crit: float) -> tuple[float, float]:
+    """Wilson by root-finding of |p_hat - p| = crit * sqrt(p (1 - p) / n) (not the closed form)."""
+    p_hat = x / n
+
+    def f(p: float) -> float:
+        return (p_hat - p) ** 2 - crit**2 * p * (1 - p) / n
+
+    low = 0.0 if x == 0 else optimize.brentq(f, 1e-15, p_hat - 1e-15 if x == n else p_hat)
+    high = 1.0 if x == n else optimize.brentq(f, p_hat + 1e-15 if x == 0 else p_hat, 1 - 1e-15)
+    return low, high
+
+
+@pytest.mark.parametrize("x,n", [(0, 12), (3, 12), (11, 40), (40, 40)])
+def test_one_scan_per_patient_is_wilson_with_t_on_patients_minus_one(x, n):
+    prop = clustered_proportion(np.arange(n) < x, np.arange(n))
+    assert prop.design_effect == 1.0 and prop.clusters == n and prop.trials == n
+    crit = stats.t.ppf(0.975, n - 1)
+    assert wilson_interval(prop, 0.95) == pytest.approx(_score_root_interval(x, n, crit), abs=1e-9)
+
+
+def test_design_effect_is_the_cluster_robust_variance_ratio():
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 5, 80)
+    codes = np.repeat(np.arange(80), sizes)
+    q = rng.beta(2, 1, 80)[codes]  # strongly clustered outcomes
+    success = rng.random(codes.size) < q
+    prop = clustered_proportion(success, codes + 7)  # codes need not start at 0
+    frame = pd.DataFrame({"patient": codes, "x": success.astype(float)})
+    n, p = len(frame), frame["x"].mean()
+    per_patient = frame.groupby("patient")["x"].agg(["sum", "size"])
+    m = len(per_patient)
+    variance = m / (m - 1) * ((per_patient["sum"] - p * per_patient["size"]) ** 2).sum() / n**2
+    worst = (per_patient["size"] ** 2).sum() / n
+    expected = min(max(variance / (p * (1 - p) / n), 1.0), worst)
+    assert prop.value == pytest.approx(p)
+    assert prop.design_effect == pytest.approx(expected, rel=1e-12)
+    assert 1.0 < prop.design_effect < worst  # the clustering is real and below its worst case
+    assert prop.effective_n == pytest.approx(n / expected)
+    low, high = wilson_interval(prop, 0.95)
+    expected_low, expected_high = _score_root_interval(
+        prop.value * prop.effective_n, prop.effective_n, stats.t.ppf(0.975, m - 1)
+    )
+    assert (low, high) == pytest.approx((expected_low, expected_high), abs=1e-9)
+
+
+def test_all_detected_interval_counts_patients_and_is_never_zero_width():
+    """30 of 30 detected (the issue's case): the bootstrap gave (1.0, 1.0); here the lower bound
+    treats each patient as one observation, since their scans may be perfectly alike."""
+    crit2 = stats.t.ppf(0.975, 29) ** 2
+    one_scan = clustered_proportion(np.ones(30, bool), np.arange(30))
+    two_scans = clustered_proportion(np.ones(60, bool), np.repeat(np.arange(30), 2))
+    assert one_scan.design_effect == 1.0 and two_scans.design_effect == 2.0
+    for prop in (one_scan, two_scans):
+        low, high = wilson_interval(prop, 0.95)
+        assert high == 1.0 and low == pytest.approx(30 / (30 + crit2), abs=1e-12)
+    miss = clustered_proportion(np.zeros(60, bool), np.repeat(np.arange(30), 2))
+    low, high = wilson_interval(miss, 0.95)
+    assert low == 0.0 and high == pytest.approx(crit2 / (30 + crit2), abs=1e-12)
+    assert wilson_interval(clustered_proportion(np.zeros(0, bool), np.zeros(0, int)), 0.95) == (None, None)
+
+
+def test_one_patient_is_one_observation():
+    prop = clustered_proportion(np.array([True, True, False, True]), np.zeros(4, int))
+    assert prop.clusters == 1 and prop.design_effect == 4.0 and prop.effective_n == 1.0
+
+
+def test_difference_matches_newcombe_1998_example():
+    """Newcombe (1998), method 10, 56/70 - 48/80: 0.2000 (0.0524, 0.3339)."""
+    d, low, high = difference_interval(
+        ClusteredProportion(56, 70, MANY, 1.0), ClusteredProportion(48, 80, MANY, 1.0), 0.95
+    )
+    assert (round(d, 4), round(low, 4), round(high, 4)) == (0.2, 0.0524, 0.3339)
+
+
+def test_difference_of_two_zero_rates_is_not_zero_width():
+    zero = clustered_proportion(np.zeros(40, bool), np.repeat(np.arange(20), 2))
+    d, low, high = difference_interval(zero, zero, 0.95)
+    assert d == 0.0 and low < 0.0 < high and low == pytest.approx(-high)
+
+
+@pytest.mark.parametrize("x,n", [(0, 15), (7, 30), (30, 30), (99, 100)])
+def test_lower_bound_is_clopper_pearson_without_clustering(x, n):
+    prop = clustered_proportion(np.arange(n) < x, np.arange(n))
+    expected = stats.binomtest(x, n).proportion_ci(0.90, method="exact").low  # one-sided 95 %
+    assert lower_bound(prop, 0.95) == pytest.approx(expected, abs=1e-10)
+
+
+def test_lower_bounds_in_order_match_the_direct_computation():
+    """The incremental design effect (one patient's count grows per step) against a fresh computation."""
+    rng = np.random.default_rng(2)
+    codes = np.repeat(np.arange(40), rng.integers(1, 4, 40))
+    order = rng.permutation(codes.size)
+    in_order = codes[order]
+    bounds = lower_bounds_in_order(in_order, 0.95)
+    for k in range(1, codes.size + 1):
+        success = np.arange(codes.size) < k
+        assert bounds[k - 1] == pytest.approx(
+            lower_bound(clustered_proportion(success, in_order), 0.95), abs=1e-12
+        )
+    singles = lower_bounds_in_order(np.arange(25), 0.9)
+    expected = [stats.binomtest(k, 25).proportion_ci(0.8, method="exact").low for k in range(1, 26)]
+    np.testing.assert_allclose(singles, expected, atol=1e-10)
+
+
+def test_auroc_value_matches_sklearn_and_interval_brackets_it():
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(120), rng.integers(1, 4, 120))
+    y = rng.random(120)[codes] < 0.4
+    prob = np.round(np.clip(0.3 * y + rng.random(codes.size) * 0.7, 0, 1), 2)  # ties
+    est = auroc_interval(y, prob, codes, 0.95)
+    assert est.value == pytest.approx(roc_auc_score(y, prob), abs=1e-12)
+    assert est.ci_low < est.value < est.ci_high
+
+
+def test_auroc_interval_bounds_solve_the_hanley_mcneil_score_equation():
+    rng = np.random.default_rng(4)
+    codes = np.arange(200)  # one scan per patient
+    y = np.arange(200) < 80
+    prob = rng.normal(1.0 * y, 1.0)
+    est = auroc_interval(y, prob, codes, 0.95)
+    m, n = 80 / est.design_effect, 120 / est.design_effect
+    crit = stats.t.ppf(0.975, 79)
+
+    def variance(t: float) -> float:  # Hanley & McNeil with Q1 = t/(2-t), Q2 = 2t^2/(1+t), N* symmetric
+        q1, q2 = t / (2 - t), 2 * t * t / (1 + t)
+        star = (m + n) / 2
+        return (t * (1 - t) + (star - 1) * (q1 - t * t) + (star - 1) * (q2 - t * t)) / (m * n)
+
+    for bound in (est.ci_low, est.ci_high):
+        assert (est.value - bound) ** 2 == pytest.approx(crit**2 * variance(bound), rel=1e-6)
+
+
+def test_perfect_separation_gives_a_real_interval():
+    codes = np.repeat(np.arange(20), 2)
+    y = codes < 10
+    est = auroc_interval(y, np.where(y, 0.9, 0.1) + 0.001 * np.arange(40) / 40, codes, 0.95)
+    assert est.value == 1.0 and est.ci_high == 1.0 and 0.5 < est.ci_low < 1.0
+    assert est.design_effect == 2.0  # worst case: the variance cannot be estimated at 1
+    assert auroc_interval(np.ones(5, bool), np.linspace(0, 1, 5), np.arange(5), 0.95).value is None
+
+
+def test_clustered_auroc_variance_agrees_with_the_patient_bootstrap():
+    """Obuchowski's variance against an independent estimate: the patient bootstrap's variance
+    (the bootstrap engine is itself checked against scikit-learn)."""
+    rng = np.random.default_rng(11)
+    patients = 300
+    codes = np.repeat(np.arange(patients), rng.integers(1, 4, patients))
+    effect = rng.normal(0, 0.8, patients)[codes]
+    y = rng.random(patients)[codes] < 0.35
+    y[rng.random(codes.size) < 0.1] ^= True  # some patients with positive and negative scans
+    prob = 1 / (1 + np.exp(-(1.2 * y + effect + rng.normal(0, 0.6, codes.size))))
+    found = clustered_auroc(y, prob, codes)
+    reps = bootstrap_metrics(
+        [BootstrapTask(prepare(y.astype(float), prob, 0.5), codes)], patients, 3000, seed=1
+    )
+    boot_var = np.var(reps[0]["auroc"], ddof=1)
+    assert found.variance == pytest.approx(boot_var, rel=0.15)
+    naive = clustered_auroc(y, prob, np.arange(codes.size)).variance  # scans as if independent
+    assert naive < 0.85 * found.variance  # clustering matters here, and the estimate sees it
