@@ -8,7 +8,7 @@ import logging
 import sys
 
 from xraytriage import __version__
-from xraytriage.config import ConfigError
+from xraytriage.commands.exit_codes import run_guarded
 
 # Order is the order shown by --help. Each module has ``register(subparsers)`` and ``run(args) -> int``.
 COMMANDS = ("demo", "prepare", "split", "audit", "cache", "train", "tune", "evaluate", "score", "export")
@@ -34,14 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return int(args.handler(args) or 0)
-    except ConfigError as exc:
-        print(f"xraytriage: config error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xraytriage: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded("xraytriage", lambda: args.handler(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":
