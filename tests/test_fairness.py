@@ -101,8 +101,9 @@ def test_group_metrics_and_gaps_match_fairlearn(seed):
 def test_unavailable_attribute_and_tiny_groups_are_reported():
     rng = np.random.default_rng(1)
     frame = _frame(rng, 120)
+    frame["scanner_serial"] = [f"SN{i:04d}" for i in range(len(frame))]  # one value per scan
     cfg = EvaluationConfig(
-        subgroups=["sex", "manufacturer", "patient_id"],
+        subgroups=["sex", "manufacturer", "scanner_serial"],
         intersections=[["sex", "site"]],
         min_group_size=15,
         bootstrap_iterations=20,
@@ -110,7 +111,12 @@ def test_unavailable_attribute_and_tiny_groups_are_reported():
     table = _run(frame, cfg).table
     status = dict(zip(table["attribute"] + "|" + table["group"], table["status"]))
     assert status["manufacturer|"].startswith("unavailable: column 'manufacturer'")
-    assert status["patient_id|"].startswith("unavailable: identifier")  # never a group per patient
+    assert status["scanner_serial|"].startswith(
+        "unavailable: has 120 different values"
+    )  # never a group per scan
+    assert not table["group"].str.contains("SN0").any()
+    with pytest.raises(ValueError, match="'patient_id' is an identifier column"):
+        EvaluationConfig(subgroups=["sex", "patient_id"])  # refused by name before any work
     inter = table[table["attribute"] == "sex & site"]
     assert len(inter) == frame.groupby(["sex", "site"]).ngroups
     assert inter["group"].str.match(r"sex=[FM] & site=[A-E]").all()

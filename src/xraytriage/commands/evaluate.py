@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     import importlib
 
     from xraytriage import models
-    from xraytriage.data.manifest import ManifestError, read_manifest
+    from xraytriage.data.manifest import ManifestError, check_split_values, read_manifest
+    from xraytriage.evaluation.identifiers import refuse_identifier_subgroups
     from xraytriage.evaluation.report import evaluate_predictions
 
     eval_cfg, full_cfg = _evaluation_config(args)
@@ -151,10 +152,17 @@ def run(args: argparse.Namespace) -> int:
         df = read_manifest(
             args.manifest, root=getattr(args, "root", None), labels=bundle.labels, leakage="warn"
         )
+        split = str(args.split).strip().lower()
+        known = {"train", "val", "test", val_name, *([] if split == "all" else [split])}
+        if full_cfg is not None:
+            known |= {full_cfg.data.train_split, full_cfg.data.test_split}
+        check_split_values(df, known, str(args.manifest))
     except ManifestError as exc:
         print(f"xraytriage evaluate: {exc}")
         return 1
-    split = str(args.split).strip().lower()
+    refuse_identifier_subgroups(
+        df, [*eval_cfg.subgroups, *(c for combo in eval_cfg.intersections for c in combo)]
+    )
     rows, val_rows = _select(df, split, val_name)
     if rows.empty:
         have = ", ".join(sorted(map(str, df["split"].dropna().unique()))) if "split" in df.columns else "none"

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from xraytriage.evaluation.bootstrap import (
 )
 from xraytriage.evaluation.calibration import reliability_curve
 from xraytriage.evaluation.fairness import check_gate
+from xraytriage.evaluation.identifiers import identifier_reason
 from xraytriage.evaluation.metrics import (
     COUNT_METRICS,
     DEFAULT_ECE_BINS,
@@ -40,6 +42,7 @@ from xraytriage.evaluation.metrics import (
 )
 from xraytriage.evaluation.subgroups import SubgroupResult, age_bands, evaluate_subgroups
 from xraytriage.evaluation.thresholds import choose_threshold
+from xraytriage.utils.csv_safety import safe_frame
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +272,8 @@ def evaluate_predictions(
     if out_dir is not None or tb_writer is not None:
         figures = _figures(frame, labels, used_thresholds, classes, subgroup_table, curves)
     if out_dir is not None:
-        result.files = write_outputs(Path(out_dir), result, frame, used_thresholds, figures)
+        in_use = [*cfg.subgroups, *(c for combo in cfg.intersections for c in combo)]
+        result.files = write_outputs(Path(out_dir), result, frame, used_thresholds, figures, in_use)
     if tb_writer is not None:
         log_tensorboard(tb_writer, result, frame, used_thresholds, figures)
     metrics["timing_seconds"]["total"] = round(time.perf_counter() - started, 3)
@@ -308,9 +312,33 @@ def _figures(
     return figs
 
 
-def predictions_output(frame: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """The prediction table as written: input columns, ``age_band`` and ``pred_L`` (0/1 at threshold)."""
-    out = frame.copy()
+#: What predictions.csv may carry besides the labels, probabilities, predictions and the subgroup
+#: columns in use: never names, birth dates or anything else a manifest happens to hold.
+PREDICTION_COLUMNS = (
+    "path",
+    "patient_id",
+    "study_id",
+    "split",
+    "fold",
+    "sex",
+    "age",
+    "age_band",
+    "view",
+    "site",
+    "manufacturer",
+)
+
+
+def predictions_output(
+    frame: pd.DataFrame, thresholds: dict[str, float], subgroup_columns: Iterable[str] = ()
+) -> pd.DataFrame:
+    """The prediction table as written: allow-listed columns, the subgroup attributes in use (never an
+    identifier), each label's truth, ``prob_L`` and ``pred_L`` (0/1 at threshold)."""
+    keep = [c for c in PREDICTION_COLUMNS if c in frame.columns]
+    keep += [c for c in subgroup_columns if c in frame.columns and identifier_reason(frame, c) is None]
+    for label in thresholds:
+        keep += [c for c in (label, f"prob_{label}") if c in frame.columns]
+    out = frame[list(dict.fromkeys(keep))].copy()
     for label, threshold in thresholds.items():
         prob = _column(out, f"prob_{label}")
         out[f"pred_{label}"] = np.where(np.isfinite(prob), (prob >= threshold).astype(float), np.nan)
@@ -323,8 +351,10 @@ def write_outputs(
     frame: pd.DataFrame,
     thresholds: dict[str, float],
     figures: dict[str, dict[str, Any]] | None,
+    subgroup_columns: Iterable[str] = (),
 ) -> dict[str, Path]:
-    """Write the four outputs atomically (each file appears whole or not at all)."""
+    """Write the four outputs atomically (each file appears whole or not at all); CSV text cells are
+    neutralised against spreadsheet formulas."""
     from xraytriage.evaluation.html import render_report
     from xraytriage.utils.atomic import atomic_path, atomic_write_text
 
@@ -332,9 +362,9 @@ def write_outputs(
     files = {name: out_dir / name for name in OUTPUT_FILES}
     atomic_write_text(files["metrics.json"], json.dumps(result.metrics, indent=2, allow_nan=False) + "\n")
     with atomic_path(files["subgroups.csv"]) as tmp:
-        result.subgroups.to_csv(tmp, index=False)
+        safe_frame(result.subgroups).to_csv(tmp, index=False)
     with atomic_path(files["predictions.csv"]) as tmp:
-        predictions_output(frame, thresholds).to_csv(tmp, index=False)
+        safe_frame(predictions_output(frame, thresholds, subgroup_columns)).to_csv(tmp, index=False)
     atomic_write_text(files["report.html"], render_report(result, figures or {}))
     return files
 
