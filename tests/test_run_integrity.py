@@ -3,9 +3,10 @@ what the weights were trained on, and a full disk while checkpointing says so (i
 
 from __future__ import annotations
 
-import builtins
 import errno
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,18 +80,31 @@ def test_a_second_train_in_a_directory_in_use_is_refused(
     assert not (run / "config.yaml").exists() and not (run / CHECKPOINT_NAME).exists()
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.fixture
+def full_disk_for_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every temporary file a checkpoint is written to lands on /dev/full (each write: ENOSPC)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        if CHECKPOINT_NAME in str(kwargs.get("prefix", "")):
+            os.close(fd)
+            os.unlink(path)
+            os.symlink("/dev/full", path)
+            fd = os.open(path, os.O_WRONLY)
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
 def test_a_full_disk_while_checkpointing_is_an_io_error_naming_the_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, full_disk_for_checkpoints: None
 ) -> None:
     from xraytriage.commands.exit_codes import io_error_line
     from xraytriage.training.checkpoint import save_checkpoint
-    from xraytriage.utils import atomic
 
-    def full_disk(path, mode="r", *args, **kwargs):
-        return builtins.open("/dev/full", mode) if "w" in mode else builtins.open(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(atomic, "open", full_disk, raising=False)
     target = tmp_path / CHECKPOINT_NAME
     with pytest.raises(OSError) as info:
         save_checkpoint(target, {"model": {"w": torch.zeros(100_000)}})
@@ -99,22 +113,14 @@ def test_a_full_disk_while_checkpointing_is_an_io_error_naming_the_checkpoint(
     assert not list(tmp_path.iterdir())  # no half-written checkpoint left behind
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_train_command_reports_a_full_disk_in_one_line_with_exit_4(
     tiny_manifest: Path,  # noqa: F811
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    full_disk_for_checkpoints: None,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     from xraytriage.cli import main
-    from xraytriage.utils import atomic
 
-    def full_disk_for_checkpoints(path, mode="r", *args, **kwargs):
-        if "w" in mode and CHECKPOINT_NAME in Path(path).name:
-            return builtins.open("/dev/full", mode)
-        return builtins.open(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(atomic, "open", full_disk_for_checkpoints, raising=False)
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  arch: resnet18\n  task: binary\n")
     run = tmp_path / "run"
