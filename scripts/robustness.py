@@ -231,17 +231,19 @@ def score_pass(folder: Path, bundle: Path, out: Path, workers: int) -> dict[str,
     files = sorted(str(p) for p in folder.iterdir())
     scored = set(read_scores(out, ["finding"])["path"]) if out.exists() else set()
     errors_file = out.with_name(f"{out.stem}.errors.csv")
-    failed = set()
+    failed: dict[str, str] = {}
     if errors_file.exists():
         import csv
 
         with open(errors_file, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            failed = {row["path"] for row in csv.DictReader(fh)}
+            failed = {row["path"]: f"{row['reason']}: {row['message']}" for row in csv.DictReader(fh)}
+    bombs = {Path(p).name: failed.get(p, "scored!") for p in files if Path(p).name.startswith("bomb_")}
     return {
         "files": len(files),
         "scored": len(scored),
         "failed": len(failed),
-        "unaccounted": len(set(files) - scored - failed),
+        "unaccounted": len(set(files) - scored - set(failed)),
+        "bombs": bombs,
         "reasons": reasons,
         "raised": raised,
         "seconds": time.perf_counter() - started,
@@ -281,6 +283,8 @@ def mutations(scratch: Path, per_source: int, seed: int, workers: int) -> None:
     done = f"scored {hostile['scored']}, failed {hostile['failed']} of {hostile['files']} files"
     print(f"  {done} in {hostile['seconds']:.0f} s")
     print(f"  failure reasons: {dict(sorted(reasons.items()))}")
+    for name, outcome in hostile["bombs"].items():
+        print(f"  {name}: {outcome}")
     print(
         f"  untyped escapes: {untyped} (internal_error {reasons.get('internal_error', 0)}, "
         f"unaccounted {hostile['unaccounted']}, run raised: {hostile['raised'] or 'no'})"

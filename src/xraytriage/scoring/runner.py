@@ -189,6 +189,13 @@ class ScoringRun:
         self.thr = np.array([self.thresholds[label] for label in self.labels], dtype=np.float64)
         self.expect = {"model_id": self.bundle.model_id}
         self.columns = score_columns(self.labels)
+        # the files this process appends to: under torchrun, this rank's part files
+        scores_file, errors_file = self.journal_path, self.errors_out
+        if self.ctx.initialized:
+            scores_file = dist_utils.part_path(self.journal_path, self.ctx.rank)
+            errors_file = dist_utils.part_path(self.errors_out, self.ctx.rank)
+        self.scores_j = CsvJournal(scores_file, self.columns)
+        self.errors_j = CsvJournal(errors_file, ERROR_COLUMNS)
         preprocess = self.bundle.preprocess
         if opts.corrupt_pixel_data is not None:
             preprocess = preprocess.model_copy(update={"corrupt_pixel_data": opts.corrupt_pixel_data})
@@ -216,8 +223,8 @@ class ScoringRun:
             check_available()
         with self._output_lock():
             self._forget_failures()
-            self._open_journals()
             try:
+                self._open_journals()
                 self.notes_dir = self.dataset.notes_dir = tempfile.mkdtemp(prefix="xraytriage-notes-")
                 self._build_engine()
                 self._score_all()
@@ -257,11 +264,9 @@ class ScoringRun:
             dist_utils.clear_failures(self.errors_out, self.ctx)
 
     def _open_journals(self) -> None:
-        """The journals this process appends to, and the paths an earlier run already answered."""
+        """Open (and repair) the journals; collect the paths an earlier run already answered."""
         ctx, out, summary = self.ctx, self.out, self.summary
         if ctx.initialized:
-            self.scores_j = CsvJournal(dist_utils.part_path(self.journal_path, ctx.rank), self.columns)
-            self.errors_j = CsvJournal(dist_utils.part_path(self.errors_out, ctx.rank), ERROR_COLUMNS)
             done = dist_utils.recorded_keys(self.journal_path)
             if is_parquet(out):
                 done |= parquet_done(out)
@@ -270,8 +275,6 @@ class ScoringRun:
             # rank 0 may clear the errors file while we read it
             error_keys = (error_keys - self.retry) | self.errors_j.open()
         else:
-            self.scores_j = CsvJournal(self.journal_path, self.columns)
-            self.errors_j = CsvJournal(self.errors_out, ERROR_COLUMNS)
             done = self.scores_j.open(self.expect)
             if is_parquet(out):
                 done |= parquet_done(out)
