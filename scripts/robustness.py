@@ -252,6 +252,44 @@ def score_pass(folder: Path, bundle: Path, out: Path, workers: int) -> dict[str,
     }
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def decode_peak(path: Path, how: str) -> dict[str, object]:
+    """How far a process's resident memory rises while it decodes ``path`` the old way (pydicom
+    straight to pixels, as before the codestream checks) or with ``load_image``: the peak (VmHWM, reset
+    through /proc/self/clear_refs once the modules are imported) minus the resident size before.
+    Run as a subprocess of this script."""
+    import pydicom
+
+    from xraytriage.io import load_image
+
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+        fh.write("5")  # reset the peak: imports must not count
+    before = _status_mb("VmRSS")
+    outcome = "decoded"
+    try:
+        if how == "pydicom":
+            pydicom.pixels.pixel_array(pydicom.dcmread(path))
+        else:
+            load_image(path)
+    except Exception as exc:
+        outcome = f"{exc.__class__.__name__}: {str(exc)[:120]}"
+    return {"outcome": outcome, "grown_mb": _status_mb("VmHWM") - before}
+
+
+def _decode_peak_subprocess(path: Path, how: str) -> dict[str, object]:
+    cmd = [sys.executable, __file__, "--decode-peak", str(path), how]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_pass(folder: Path, bundle: Path, out: Path, workers: int, limit_s: float) -> dict[str, object]:
     cmd = [sys.executable, __file__, "--score-pass", str(folder), str(bundle), str(out), str(workers)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -285,6 +323,10 @@ def mutations(scratch: Path, per_source: int, seed: int, workers: int) -> None:
     print(f"  failure reasons: {dict(sorted(reasons.items()))}")
     for name, outcome in hostile["bombs"].items():
         print(f"  {name}: {outcome}")
+        old = _decode_peak_subprocess(scratch / "mutated" / name, "pydicom")
+        new = _decode_peak_subprocess(scratch / "mutated" / name, "load_image")
+        print(f"    decoding it grows a process's peak RSS by: pydicom as before {old['grown_mb']:.0f} MB")
+        print(f"      ({old['outcome'][:90]}); load_image {new['grown_mb']:.0f} MB (refused before decoding)")
     print(
         f"  untyped escapes: {untyped} (internal_error {reasons.get('internal_error', 0)}, "
         f"unaccounted {hostile['unaccounted']}, run raised: {hostile['raised'] or 'no'})"
@@ -384,10 +426,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--skip", choices=["mutations", "kills"], action="append", default=[])
+    parser.add_argument("--decode-peak", nargs=2, metavar=("FILE", "HOW"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--score-pass", nargs=4, metavar=("FOLDER", "BUNDLE", "OUT", "WORKERS"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    if args.decode_peak:
+        print(json.dumps(decode_peak(Path(args.decode_peak[0]), args.decode_peak[1])))
+        return
     if args.score_pass:
         folder, bundle, out, workers = args.score_pass
         print(json.dumps(score_pass(Path(folder), Path(bundle), Path(out), int(workers))))

@@ -270,3 +270,27 @@ def test_training_refuses_a_manifest_with_a_misspelt_split(tmp_path: Path) -> No
     with pytest.raises(ManifestError, match="tset"):
         engine._splits(cfg, pd.read_csv(manifest), manifest)
     assert os.path.exists(manifest)
+
+
+def test_manifests_neutralise_formulas_and_keep_naming_the_same_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from xraytriage.data.manifest import read_manifest, write_manifest
+
+    for name in ("-x.png", "=y.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    frame = pd.DataFrame(
+        {
+            "path": [str(tmp_path / "-x.png"), str(tmp_path / "=y.png")],
+            "patient_id": ["=1+1", "@SUM(A1)"],
+            "site": ["+north", "south"],
+            "finding": [1.0, -1.0],  # numbers, including a negative one, are left alone
+        }
+    )
+    out = write_manifest(frame, tmp_path / "m.csv", ["finding"])
+    text = out.read_text()
+    assert "./-x.png" in text and "./=y.png" in text and "'=1+1" in text and "'+north" in text
+    assert ",-1" in text
+    back = read_manifest(out, labels=["finding"], check_files=True)
+    assert list(back["path"]) == [str(tmp_path / "-x.png"), str(tmp_path / "=y.png")]
+    assert list(back["finding"]) == [1.0, -1.0]
