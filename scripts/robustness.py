@@ -5,7 +5,8 @@ JPEG 2000) and the real hospital DICOMs in ../shared/data/dicom_samples (JPEG ba
 when present. Each is mutated, seeded: truncated at a random point, byte-flipped (in the pixel data
 or anywhere), and given header lies -- Rows/Columns/bits/samples/frames that disagree with the pixel
 data, and a transfer syntax that is not the one the data is in -- plus the issue's decompression
-bomb (a 16 x 16 header over a 20000 x 20000 JPEG). All of them are scored by the real command (two
+bomb (a 16 x 16 header over a 20000 x 20000 JPEG) and a 1 MB deflated data set that inflates to
+1 GiB. All of them are scored by the real command (two
 decoding workers, default time limit and memory cap) in a subprocess, which reports:
   untyped   - scans failed as internal_error, scans with neither a row nor an error, a run that raised
   hangs     - scans stopped by the per-file time limit, and whether the run itself finished
@@ -168,6 +169,36 @@ def jpeg_bomb(folder: Path, side: int = 20000) -> Path:
     return path
 
 
+def deflate_bomb(folder: Path, zeros: int = 1 << 30) -> Path:
+    """A deflated DICOM (zlib over the whole data set) holding ``zeros`` zero bytes: ~1 MB on disk."""
+    import struct
+    import zlib
+
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.TransferSyntaxUID = SYNTAXES["deflated"]
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.9"
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientSex = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.9", "F"
+    head, body = DicomBytesIO(), DicomBytesIO()
+    pydicom.filewriter.write_file_meta_info(head, meta, enforce_standard=True)
+    body.is_little_endian, body.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(body, ds)
+    element = struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, zeros)
+    path = folder / f"deflate_bomb_{zeros >> 20}MiB.dcm"
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 128 + b"DICM" + head.getvalue())
+        fh.write(squeeze.compress(body.getvalue() + element))
+        block = bytes(64 << 20)
+        for _ in range(zeros // len(block)):
+            fh.write(squeeze.compress(block))
+        fh.write(squeeze.flush())
+    return path
+
+
 def make_corpus(folder: Path, per_source: int, seed: int) -> Counter[str]:
     """``per_source`` mutations of every source (plus the bomb); returns the count per mutation kind."""
     rng = random.Random(seed)
@@ -193,7 +224,8 @@ def make_corpus(folder: Path, per_source: int, seed: int) -> Counter[str]:
             (folder / f"s{n}_{i:04d}_{kind}.dcm").write_bytes(out)
             kinds[kind] += 1
     jpeg_bomb(folder)
-    kinds["bomb"] += 1
+    deflate_bomb(folder)
+    kinds["bomb"] += 2
     return kinds
 
 
@@ -237,7 +269,7 @@ def score_pass(folder: Path, bundle: Path, out: Path, workers: int) -> dict[str,
 
         with open(errors_file, newline="", encoding="utf-8", errors="surrogateescape") as fh:
             failed = {row["path"]: f"{row['reason']}: {row['message']}" for row in csv.DictReader(fh)}
-    bombs = {Path(p).name: failed.get(p, "scored!") for p in files if Path(p).name.startswith("bomb_")}
+    bombs = {Path(p).name: failed.get(p, "scored!") for p in files if "bomb_" in Path(p).name}
     return {
         "files": len(files),
         "scored": len(scored),

@@ -116,12 +116,13 @@ def deflated_size_within(path: Path, limit: int, chunk: int = 1 << 20) -> bool:
         fh.seek(start)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         total = 0
-        while True:
+        while not inflater.eof:  # after the end, zlib keeps a byte in unconsumed_tail: stop there
             data = fh.read(chunk)
             if not data:
                 return True
-            while data:
+            while data and not inflater.eof:
                 total += len(inflater.decompress(data, chunk))
                 if total > limit:
                     return False
                 data = inflater.unconsumed_tail
+        return True

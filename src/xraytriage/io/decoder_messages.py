@@ -32,25 +32,27 @@ _LOCK = threading.Lock()
 def native_stderr() -> Iterator[list[str]]:
     """Collect what native code writes to fd 2 inside the block (the list is filled on exit)."""
     lines: list[str] = []
-    with _LOCK:
+    with _LOCK, contextlib.ExitStack() as stack:
+        try:
+            sink = stack.enter_context(tempfile.TemporaryFile())
+        except OSError:  # no writable temporary folder: decode without listening rather than not at all
+            yield lines
+            return
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         saved = os.dup(2)
+        stack.callback(os.close, saved)
+        os.dup2(sink.fileno(), 2)
         try:
-            with tempfile.TemporaryFile() as sink:
-                os.dup2(sink.fileno(), 2)
-                try:
-                    yield lines
-                finally:
-                    os.dup2(saved, 2)
-                    sink.seek(0)
-                    text = sink.read().decode("utf-8", "replace")
-                    lines.extend(line for line in text.splitlines() if line.strip())
-                    others = [line for line in lines if not DAMAGE.search(line)]
-                    if others:
-                        os.write(2, ("\n".join(others) + "\n").encode("utf-8", "replace"))
+            yield lines
         finally:
-            os.close(saved)
+            os.dup2(saved, 2)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            lines.extend(line for line in text.splitlines() if line.strip())
+            others = [line for line in lines if not DAMAGE.search(line)]
+            if others:
+                os.write(2, ("\n".join(others) + "\n").encode("utf-8", "replace"))
 
 
 def damage_reports(lines: Iterable[str]) -> list[str]:

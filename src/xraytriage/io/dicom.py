@@ -121,17 +121,8 @@ def read_dataset(path: Path, max_inflated_bytes: int | None = None) -> Dataset:
     A deflated dataset (zlib over the whole object) is first inflated into nothing, with a ceiling of
     ``max_inflated_bytes``: pydicom inflates it whole in memory, a zip bomb's favourite door.
     """
-    if max_inflated_bytes is not None and _is_deflated(path):
-        try:
-            within = codestream.deflated_size_within(path, max_inflated_bytes)
-        except Exception as exc:  # a damaged meta group or deflate stream
-            raise UnreadableImage(
-                path, "corrupt_header", f"deflated dataset: {exc.__class__.__name__}"
-            ) from None
-        if not within:
-            raise UnreadableImage(
-                path, "too_large", f"deflated dataset inflates beyond {max_inflated_bytes} bytes"
-            )
+    if max_inflated_bytes is not None:
+        refuse_deflate_bomb(path, max_inflated_bytes)
     try:
         ds = _dcmread(path, defer_size=_DEFER)
     except Exception as exc:  # pydicom raises assorted types on damaged headers
@@ -156,6 +147,21 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
         meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     else:
         meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+
+
+def refuse_deflate_bomb(path: Path, max_inflated_bytes: int) -> None:
+    """A deflated dataset that inflates past ``max_inflated_bytes`` is ``too_large``, found out by
+    inflating it into nothing (pydicom would inflate it whole, in memory)."""
+    if not _is_deflated(path):
+        return
+    try:
+        within = codestream.deflated_size_within(path, max_inflated_bytes)
+    except Exception as exc:  # a damaged meta group or deflate stream
+        raise UnreadableImage(path, "corrupt_header", f"deflated dataset: {exc.__class__.__name__}") from None
+    if not within:
+        raise UnreadableImage(
+            path, "too_large", f"deflated dataset inflates beyond {max_inflated_bytes} bytes"
+        )
 
 
 def _is_deflated(path: Path) -> bool:

@@ -21,6 +21,7 @@ log = logging.getLogger("xraytriage.data.adapters")
 UncertainPolicy = Literal["ignore", "zeros", "ones", "keep"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+HEADER_INFLATE_LIMIT = 256 << 20  # a deflated DICOM whose header needs more than this is a zip bomb
 
 
 class AdapterError(ValueError):
@@ -175,13 +176,14 @@ def read_dicom_headers(
 
     import pydicom
 
-    from xraytriage.io.dicom import read_meta
+    from xraytriage.io.dicom import read_meta, refuse_deflate_bomb
 
     rows = []
     todo = [p for p in paths if p is not None]
     by_path: dict[Path, dict[str, object]] = {}
     for p in _progress(todo, progress, "reading DICOM headers"):
         try:
+            refuse_deflate_bomb(p, HEADER_INFLATE_LIMIT)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
