@@ -12,10 +12,11 @@ decoding workers, default time limit and memory cap) in a subprocess, which repo
   hangs     - scans stopped by the per-file time limit, and whether the run itself finished
   peak RSS  - the largest resident set of any decoding worker (getrusage of the reaped children), and
               the same for the unmutated sources as the baseline, in the same run of this script
-Part 2, kill -9 at random moments. A folder grows by a few PNGs before each of ``--kills`` runs into
-one Parquet output; each run gets SIGKILL at a random moment (uniform over a clean run's duration) or,
-for every fourth run, the moment the Parquet file is being rewritten (finalisation). A last run
-completes the output, which is compared with the set of files: rows lost, rows duplicated.
+Part 2, kill -9 at random moments. A folder grows by a few PNGs before each run into one Parquet
+output; each run gets SIGKILL at a random moment (uniform over a clean run's duration) or, for every
+fourth kill, the moment the Parquet file is being rewritten (finalisation); a run that ends before its
+moment is counted and another is started, until ``--kills`` kills have landed. A last run completes
+the output, which is compared with the set of files: rows lost, rows duplicated.
 
     python scripts/robustness.py                 # >= 500 mutated files, 20 kills
     python scripts/robustness.py --per-source 20 --kills 4   # a quick look
@@ -415,29 +416,32 @@ def kills(scratch: Path, count: int, seed: int, per_run: int) -> None:
     clean_s = time.perf_counter() - t0
     delivered = at_finalisation = finished_first = 0
     added = per_run
-    for k in range(count):
+    while delivered < count and finished_first < count:  # a run that ends before its kill is retried
         _png_batch(folder, added, per_run)
         added += per_run
         proc = _start(folder, bundle, out)
-        if k % 4 == 3:
+        finalisation = delivered % 4 == 3  # every fourth kill lands in the Parquet finalisation
+        if finalisation:
             hit = _kill_at_finalisation(proc, out)
-            at_finalisation += hit
-            delivered += hit
-            finished_first += not hit
-            continue
-        time.sleep(rng.uniform(0.0, clean_s))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            delivered += 1
         else:
+            time.sleep(rng.uniform(0.0, clean_s))
+            hit = proc.poll() is None
+            if hit:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if hit:
+            delivered += 1
+            at_finalisation += finalisation
+        else:
+            proc.wait()
             finished_first += 1
     last = _start(folder, bundle, out)
     rc = last.wait()
     table = pd.read_parquet(out)
     expected = {str(folder / f"scan{i:05d}.png") for i in range(added)}
     got = list(table["path"])
-    print(f"kill -9: {count} runs of {per_run} new scans each (a clean run takes {clean_s:.1f} s)")
+    runs = delivered + finished_first
+    print(f"kill -9: {runs} runs of {per_run} new scans each (a clean run takes {clean_s:.1f} s)")
     print(
         f"  kills delivered {delivered} ({at_finalisation} during Parquet finalisation), "
         f"runs that finished before their kill {finished_first}; final run exit code {rc}"

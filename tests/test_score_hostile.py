@@ -398,3 +398,30 @@ def test_a_second_run_on_the_same_output_is_refused(
     errors_elsewhere = tmp_path / "other" / "e.csv"
     with exclusive_lock(lock_file_for(errors_elsewhere), "errors"):  # its errors file is locked too
         assert run_score(tmp_path / "in", bundle, tmp_path / "t.csv", "--errors", str(errors_elsewhere)) == 2
+
+
+def test_workers_of_a_killed_run_do_not_keep_its_output_locked(tmp_path: Path) -> None:
+    """A forked child shares the lock's open file: it must close its copy, or orphaned decoding
+    workers of a `kill -9`-ed run would refuse the rerun until they noticed and exited."""
+    from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
+
+    out = tmp_path / "s.csv"
+    read_end, write_end = os.pipe()
+    with exclusive_lock(lock_file_for(out), str(out)):
+        child = os.fork()
+        if child == 0:  # a worker that outlives its parent
+            os.close(read_end)
+            os.write(write_end, b"x")
+            time.sleep(30)
+            os._exit(0)
+        os.close(write_end)
+        assert os.read(read_end, 1) == b"x"
+    try:
+        with exclusive_lock(lock_file_for(out), str(out)):  # parent gone, child alive: free
+            pass
+    except OutputLocked:
+        pytest.fail("a forked child kept the lock")
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read_end)

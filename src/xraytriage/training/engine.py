@@ -166,6 +166,7 @@ class Trainer:
         self.labels = list(cfg.data.labels)
         self.writer: Any = None
         self._stop_requested = False
+        self._resume_state: dict[str, Any] | None = None  # the checkpoint, once _check_run_dir read it
 
     # ------------------------------------------------------------------ set-up
     def _log_main(self, msg: str, *args: Any) -> None:
@@ -317,7 +318,7 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from (was this run directory trained?)")
-        state = getattr(self, "_resume_state", None) or load_checkpoint(path)
+        state = self._resume_state or load_checkpoint(path)
         self._resume_state = None
         if list(state["labels"]) != self.labels:
             raise ValueError(

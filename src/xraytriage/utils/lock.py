@@ -4,6 +4,10 @@ Two ``score`` runs on one ``--out`` would interleave rows; two ``train`` runs in
 mix one's config with the other's checkpoint. The lock is held for the whole run and released by the
 kernel when the process ends, however it ends (``kill -9`` included), so a stale lock never blocks a
 rerun. The file stays in place (deleting a lock file reopens a race) and holds the holder's pid.
+
+A ``flock`` belongs to the open file, which a forked child (a DataLoader worker) shares: if the run
+is killed, its orphaned workers would hold the lock until they notice and exit, and the rerun would be
+refused. So every forked child closes its copy of the held lock descriptors at once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,18 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+_HELD: set[int] = set()  # lock descriptors this process holds; closed in forked children
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class OutputLocked(RuntimeError):
@@ -49,6 +65,8 @@ def exclusive_lock(lock_file: str | Path, what: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD.add(fd)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        _HELD.discard(fd)
+        os.close(fd)  # closing the last descriptor of the open file releases the lock
