@@ -415,6 +415,7 @@ def kills(scratch: Path, count: int, seed: int, per_run: int) -> None:
     reference.wait()
     clean_s = time.perf_counter() - t0
     delivered = at_finalisation = finished_first = 0
+    early_codes: Counter[int] = Counter()  # exit codes of the runs that ended before their kill
     added = per_run
     while delivered < count and finished_first < count:  # a run that ends before its kill is retried
         _png_batch(folder, added, per_run)
@@ -433,7 +434,7 @@ def kills(scratch: Path, count: int, seed: int, per_run: int) -> None:
             delivered += 1
             at_finalisation += finalisation
         else:
-            proc.wait()
+            early_codes[proc.wait()] += 1
             finished_first += 1
     last = _start(folder, bundle, out)
     rc = last.wait()
@@ -444,7 +445,8 @@ def kills(scratch: Path, count: int, seed: int, per_run: int) -> None:
     print(f"kill -9: {runs} runs of {per_run} new scans each (a clean run takes {clean_s:.1f} s)")
     print(
         f"  kills delivered {delivered} ({at_finalisation} during Parquet finalisation), "
-        f"runs that finished before their kill {finished_first}; final run exit code {rc}"
+        f"runs that ended before their kill {finished_first} (exit codes {dict(early_codes)}); "
+        f"final run exit code {rc}"
     )
     print(
         f"  rows expected {len(expected)}, present {len(got)}: lost {len(expected - set(got))}, "
