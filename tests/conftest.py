@@ -25,6 +25,18 @@ def _private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         os.environ["XRAYTRIAGE_CACHE_DIR"] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_site_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never create or read a site key in the user's ~/.config."""
+    before = os.environ.get("XRAYTRIAGE_KEY_FILE")
+    os.environ["XRAYTRIAGE_KEY_FILE"] = str(tmp_path_factory.mktemp("site-key") / "site.key")
+    yield
+    if before is None:
+        os.environ.pop("XRAYTRIAGE_KEY_FILE", None)
+    else:
+        os.environ["XRAYTRIAGE_KEY_FILE"] = before
+
+
 @pytest.fixture(autouse=True)
 def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests must never download: any connection beyond loopback fails at once, loudly."""

@@ -8,6 +8,9 @@ MIMIC-CXR-JPG and covid-chestxray tables are not in shared: they are synthetic r
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import os
 import shutil
 from pathlib import Path
 
@@ -698,11 +701,13 @@ def test_folder_dicom_tags_from_real_files(shared_data: Path, tmp_path: Path) ->
     assert run_prepare("folder", root, out, val=0.0, test=0.34, no_stratify=True) == 0
     df = load(out, ["normal", "pneumothorax", "finding"])
     assert len(df) == 3 and df["finding"].sum() == 1
+    site_key = bytes.fromhex(Path(os.environ["XRAYTRIAGE_KEY_FILE"]).read_text().strip())
     for path, row in df.set_index("path").iterrows():
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert row["sex"] == {"F": "F", "M": "M"}.get(str(ds.get("PatientSex", "")), "unknown")
-        assert row["patient_id"] != str(ds.PatientID)  # stored only as a salted hash
-        assert len(row["patient_id"]) == 16
+        # stored only as the keyed pseudonym: HMAC-SHA256 under the site key, computed independently
+        expected = hmac.new(site_key, str(ds.PatientID).strip().encode(), hashlib.sha256).hexdigest()[:32]
+        assert row["patient_id"] == expected != str(ds.PatientID)
         if ds.get("ViewPosition"):
             assert row["view"] == ds.ViewPosition
 

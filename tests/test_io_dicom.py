@@ -95,7 +95,7 @@ def test_real_hospital_dicoms_decode_with_demographics(shared_data: Path):
         assert image.min() >= 0.0 and image.max() <= 1.0 and image.std() > 0.05
         assert meta.sex in {"F", "M"}
         assert meta.age_years is not None and 0 < meta.age_years < 120
-        assert meta.patient_id_hash is None or len(meta.patient_id_hash) == 16
+        assert meta.patient_pseudonym is None  # only prepare, holding the site key, makes pseudonyms
         views[path.name[:4]] = meta.view
     assert views["rsna"] == "AP" and views["siim"] == "PA"
 
@@ -112,7 +112,7 @@ def test_metadata_never_carries_name_or_birth_date(tmp_path, pydicom_test_file):
     for secret in ("Doe", "Jane", "19500101", "SECRET-ID-77"):
         assert secret not in text
     assert meta.age_years == 58.0 and meta.sex == "F" and meta.view == "PA"
-    assert meta.pixel_spacing is not None and len(meta.patient_id_hash) == 16
+    assert meta.pixel_spacing is not None and meta.patient_pseudonym is None
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_error_reasons(tmp_path, pydicom_test_file):
     text = tmp_path / "notes.dcm"
     text.write_text("not an image at all\n" * 10)
     assert _reason(text).reason == "not_an_image"
-    assert _reason(tmp_path / "missing.dcm").reason == "not_an_image"
+    assert _reason(tmp_path / "missing.dcm").reason == "file_not_found"
     assert _reason(pydicom_test_file("rtstruct.dcm")).reason == "no_pixel_data"
     assert _reason(pydicom_test_file("test-SR.dcm")).reason == "no_pixel_data"
     assert _reason(pydicom_test_file("MR_truncated.dcm")).reason == "truncated"

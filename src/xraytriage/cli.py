@@ -8,7 +8,7 @@ import logging
 import sys
 
 from xraytriage import __version__
-from xraytriage.config import ConfigError
+from xraytriage.commands.exit_codes import run_guarded
 from xraytriage.utils.progress import set_progress
 
 # Order is the order shown by --help. Each module has ``register(subparsers)`` and ``run(args) -> int``.
@@ -36,14 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     set_progress(not getattr(args, "no_progress", False))
-    try:
-        return int(args.handler(args) or 0)
-    except ConfigError as exc:
-        print(f"xraytriage: config error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xraytriage: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded("xraytriage", lambda: args.handler(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

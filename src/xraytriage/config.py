@@ -8,6 +8,7 @@ naming the file, the key and what is allowed.
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -107,9 +108,20 @@ class PreprocessConfig(_Section):
     )
     mean: float = Field(0.5, ge=0.0, le=1.0)
     std: float = Field(0.25, gt=0.0, le=1.0)
-    patient_id_salt: str = Field(
-        "xraytriage", description="salt for hashing PatientID; never stored in clear"
+    corrupt_pixel_data: Literal["fail", "accept"] = Field(
+        "fail",
+        description="a decoder that reports damaged data (e.g. 'Corrupt JPEG data') but still returns a "
+        "picture: fail = the scan is refused as corrupt_pixel_data (default), accept = use the picture",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_keys(cls, values: Any) -> Any:
+        # patient_id_salt (a fixed salt for PatientID hashes) was replaced by a per-site secret key
+        # that is never written into a config or bundle; older configs and bundles still load.
+        if isinstance(values, dict) and "patient_id_salt" in values:
+            values = {k: v for k, v in values.items() if k != "patient_id_salt"}
+        return values
 
 
 class ModelConfig(_Section):
@@ -224,8 +236,27 @@ class EvaluationConfig(_Section):
     @field_validator("age_bands")
     @classmethod
     def _increasing(cls, value: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in value):
+            raise ValueError("age_bands must be finite numbers (no .nan or .inf)")
         if len(value) < 2 or any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError("age_bands must be at least two strictly increasing edges")
+        return value
+
+    @field_validator("subgroups")
+    @classmethod
+    def _no_identifier_subgroups(cls, value: list[str]) -> list[str]:
+        from xraytriage.evaluation.identifiers import identifying_name
+
+        for name in value:
+            why = identifying_name(name)
+            if why:
+                raise ValueError(f"'{name}' {why}; subgroups are group attributes such as sex, view or site")
+        return value
+
+    @field_validator("intersections")
+    @classmethod
+    def _no_identifier_intersections(cls, value: list[list[str]]) -> list[list[str]]:
+        cls._no_identifier_subgroups([name for combo in value for name in combo])
         return value
 
 
@@ -238,6 +269,16 @@ class ScoreConfig(_Section):
     engine: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",
         description="forward pass: auto = ONNX Runtime on CPU (checked against PyTorch), PyTorch on GPU",
+    )
+    file_timeout_s: float = Field(
+        120.0, ge=0.0, description="seconds one scan may take to decode in a worker (0 = no limit)"
+    )
+    worker_memory_mb: int = Field(
+        4096, ge=0, description="MiB a decoding worker may allocate beyond what it starts with (0 = no cap)"
+    )
+    corrupt_pixel_data: Literal["bundle", "fail", "accept"] = Field(
+        "bundle",
+        description="damaged but decodable pixel data: the bundle's preprocess setting, fail or accept",
     )
 
 

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from xraytriage.data.manifest import ManifestError, read_manifest
     from xraytriage.evaluation.audit import audit_manifest
     from xraytriage.utils.atomic import atomic_path, atomic_write_text
+    from xraytriage.utils.csv_safety import safe_frame
 
     overrides = list(getattr(args, "overrides", None) or [])
     labels: list[str] | None = (
@@ -111,14 +112,14 @@ def run(args: argparse.Namespace) -> int:
             ("missing", result.missing),
         ):
             with atomic_path(out / f"audit_{name}.csv") as tmp:
-                frame.to_csv(tmp, index=False)
+                safe_frame(frame).to_csv(tmp, index=False)
         leak_file = out / "leaking_patients.csv"
         if result.leakage:
             rows = pd.DataFrame(
                 {"patient_id": list(result.leakage), "splits": [";".join(v) for v in result.leakage.values()]}
             )
             with atomic_path(leak_file) as tmp:
-                rows.to_csv(tmp, index=False)
+                safe_frame(rows).to_csv(tmp, index=False)
         elif leak_file.exists():
             leak_file.unlink()  # a stale list from an earlier run would mislead
         print(f"audit files written to {out}", file=notes)

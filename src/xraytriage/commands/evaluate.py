@@ -291,12 +291,17 @@ def _exit_code(result) -> int:
     return {"fail": EXIT_GATE_FAILED, "cannot certify": EXIT_CANNOT_CERTIFY}.get(result.gate.verdict, EXIT_OK)
 
 
-def _predict_bundle(args: argparse.Namespace, full_cfg) -> EvaluationInputs | int:
+def _subgroup_columns(eval_cfg) -> list[str]:
+    return [*eval_cfg.subgroups, *(c for combo in eval_cfg.intersections for c in combo)]
+
+
+def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationInputs | int:
     """Bundle + manifest: run the model; returns evaluate_predictions' inputs, or an exit code."""
     import importlib
 
     from xraytriage import models
-    from xraytriage.data.manifest import ManifestError, read_manifest
+    from xraytriage.data.manifest import ManifestError, check_split_values, read_manifest
+    from xraytriage.evaluation.identifiers import refuse_identifier_subgroups
 
     if args.manifest is None:
         raise UsageError("--model needs --manifest (the labelled scans to evaluate on)")
@@ -307,12 +312,17 @@ def _predict_bundle(args: argparse.Namespace, full_cfg) -> EvaluationInputs | in
     bundle = models.load_bundle(args.model)
     try:
         df = read_manifest(args.manifest, root=args.root, labels=bundle.labels, leakage="ignore")
+        split = str(args.split).strip().lower()
+        known = {"train", "val", "test", val_name, *([] if split == "all" else [split])}
+        if full_cfg is not None:
+            known |= {full_cfg.data.train_split, full_cfg.data.test_split}
+        check_split_values(df, known, str(args.manifest))
     except ManifestError as exc:
         print(f"xraytriage evaluate: {exc}")
         return EXIT_OTHER
     _leakage_check(df, str(args.manifest), args.allow_leakage)
+    refuse_identifier_subgroups(df, _subgroup_columns(eval_cfg))  # before any inference
     thresholds = {**_bundle_operating_points(bundle), **parse_thresholds(args.threshold, list(bundle.labels))}
-    split = str(args.split).strip().lower()
     rows, val_rows = _select(df, split, val_name)
     if rows.empty:
         have = ", ".join(sorted(map(str, df["split"].dropna().unique()))) if "split" in df.columns else "none"
@@ -342,7 +352,7 @@ def _predict_bundle(args: argparse.Namespace, full_cfg) -> EvaluationInputs | in
     )
 
 
-def _from_predictions_file(args: argparse.Namespace, full_cfg) -> EvaluationInputs:
+def _from_predictions_file(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationInputs:
     if args.model is not None or args.manifest is not None:
         raise UsageError("--predictions evaluates a predictions file: leave out --model and --manifest")
     table, labels = _read_predictions(args.predictions)
@@ -350,6 +360,9 @@ def _from_predictions_file(args: argparse.Namespace, full_cfg) -> EvaluationInpu
     val_name = data.val_split if data is not None else "val"
     test_name = data.test_split if data is not None else "test"
     _leakage_check(table, str(args.predictions), args.allow_leakage)
+    from xraytriage.evaluation.identifiers import refuse_identifier_subgroups
+
+    refuse_identifier_subgroups(table, _subgroup_columns(eval_cfg))
     test, val = _prediction_splits(table, args.predictions, val_name, test_name)
     return EvaluationInputs(
         predictions=test,
@@ -371,9 +384,9 @@ def run(args: argparse.Namespace) -> int:
     eval_cfg, full_cfg = _config(args)
     try:
         if args.predictions is not None:
-            inputs = _from_predictions_file(args, full_cfg)
+            inputs = _from_predictions_file(args, eval_cfg, full_cfg)
         elif args.model is not None:
-            inputs = _predict_bundle(args, full_cfg)
+            inputs = _predict_bundle(args, eval_cfg, full_cfg)
         else:
             raise UsageError("give --model BUNDLE --manifest CSV, or --predictions PRED.csv")
     except UsageError as exc:

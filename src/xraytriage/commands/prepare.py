@@ -109,6 +109,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-headers", action="store_true", help="do not read DICOM headers (faster; sex/age/view unknown)"
     )
     parser.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help="folder: the site's secret key for PatientID pseudonyms (HMAC-SHA256). Default: "
+        "$XRAYTRIAGE_KEY_FILE, else ~/.config/xraytriage/site.key, created on first use. "
+        "Never written into any output; keep it secret and backed up",
+    )
+    parser.add_argument(
         "--keep-split",
         action="store_true",
         help="keep the publisher's split (or the folder's train/val/test folders) instead of re-splitting; "
@@ -199,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         validate_manifest,
         write_manifest,
     )
+    from xraytriage.data.pseudonyms import KeyFileError
     from xraytriage.data.splits import SplitError
 
     root = Path(args.root).expanduser()
@@ -214,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         patient_regex=getattr(args, "patient_regex", None),
         positive=getattr(args, "positive", None),
         read_headers=not getattr(args, "no_headers", False),
+        key_file=getattr(args, "key_file", None),
     )
     try:
         prepared = get_adapter(args.source)(root.resolve(), opts)
@@ -245,6 +255,9 @@ def run(args: argparse.Namespace) -> int:
     except (AdapterError, ManifestError, SplitError) as exc:
         print(f"xraytriage prepare: {exc}", file=sys.stderr)
         return 1
+    except KeyFileError as exc:
+        print(f"xraytriage prepare: {exc}", file=sys.stderr)
+        return 2
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         print(f"xraytriage prepare: a table under {root} cannot be parsed: {exc}", file=sys.stderr)
         return 1

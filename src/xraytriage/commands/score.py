@@ -20,9 +20,14 @@ such as a dataset's LICENSE or readme, CSV, JSON, XML, a DICOMDIR or another DIC
 pixel data) are listed there too, with reason not_a_scan, counted as skipped and not as failures;
 --strict counts them as failures.
 
+Hostile or broken files are contained: each scan has a decoding time limit (--file-timeout) and each
+decoding process a memory cap (--worker-memory-mb); compressed pixel data whose own size differs from
+the header's, or that the decoder reports as damaged, is refused with a reason code.
+
 exit codes: 0 every scan scored (files that are not scans skipped); 1 some files could not be scored
-(see the errors file); 2 usage or configuration error (missing bundle/input, output from another
-model, bad config).
+(see the errors file); 2 usage or configuration error (missing bundle/input, output from another model
+or in use by another run, bad config); 74 I/O error (disk full, permission denied: the message names the
+path); 70 internal error (a bug; the message names the file holding the traceback).
 
 Under torchrun each rank scores a shard and rank 0 merges: see docs/scoring.md."""
 
@@ -102,6 +107,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="count files that are plainly not scans (text, CSV, JSON, XML, DICOMDIR, DICOM without pixel "
         "data) as failures (exit 1) instead of skipping them",
     )
+    parser.add_argument(
+        "--file-timeout",
+        type=float,
+        metavar="S",
+        help="seconds one scan may take to decode before it is recorded as 'timeout' (default 120; "
+        "0 = none; needs --workers >= 1)",
+    )
+    parser.add_argument(
+        "--worker-memory-mb",
+        type=int,
+        metavar="MB",
+        help="memory a decoding process may allocate beyond what it starts with; past it the scan fails "
+        "as 'too_large' (default 4096; 0 = no cap; Linux)",
+    )
+    parser.add_argument(
+        "--corrupt-pixel-data",
+        choices=["fail", "accept"],
+        help="pixel data the decoder reports as damaged: fail = record 'corrupt_pixel_data' "
+        "(default: the bundle's setting, fail unless trained otherwise), accept = score the picture",
+    )
     add_progress_flag(parser)
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="YAML config; its 'score' section sets the defaults above"
@@ -114,7 +139,8 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Returns 0 (all scored), 1 (some files failed) or 2 (usage/config error)."""
+    """Returns 0 (all scored), 1 (some files failed) or 2 (usage/config error); I/O and internal
+    failures propagate to :func:`~xraytriage.commands.exit_codes.run_guarded` (74, 70)."""
     from xraytriage.config import ConfigError, ScoreConfig, load_config
     from xraytriage.scoring import ScoreOptions, score
     from xraytriage.scoring.engine import EngineUnavailable
@@ -135,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--batch-size must be at least 1")
     if workers < 0:
         return _fail("--workers must be 0 or more")
+    timeout = float(pick("file_timeout", cfg.file_timeout_s))
+    memory_mb = int(pick("worker_memory_mb", cfg.worker_memory_mb))
+    if timeout < 0 or memory_mb < 0:
+        return _fail("--file-timeout and --worker-memory-mb must be 0 (off) or more")
+    corrupt = pick("corrupt_pixel_data", cfg.corrupt_pixel_data)
     if not Path(args.input).exists():
         return _fail(f"{args.input}: input not found (give a folder, a text file of paths, or a manifest)")
     if not Path(args.model).is_file():
@@ -156,10 +187,17 @@ def run(args: argparse.Namespace) -> int:
         progress=not getattr(args, "no_progress", False),
         strict=bool(getattr(args, "strict", False)),
         threads=getattr(args, "threads", None),
+        file_timeout_s=timeout or None,
+        worker_memory_mb=memory_mb,
+        corrupt_pixel_data=None if corrupt == "bundle" else str(corrupt),
     )
     try:
         summary = score(opts)
-    except (JournalMismatch, EngineUnavailable, ImportError, FileNotFoundError) as exc:
+    except (JournalMismatch, EngineUnavailable, ImportError) as exc:
+        return _fail(str(exc))
+    except FileNotFoundError as exc:
+        if exc.errno is not None:  # a file vanished under the run: an I/O error, not a usage error
+            raise
         return _fail(str(exc))
     except (ValueError, RuntimeError) as exc:
         if any(word in str(exc) for word in ("bundle", "device", "manifest", "torchrun", "engine")):
@@ -178,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="xraytriage score", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
+    from xraytriage.commands.exit_codes import run_guarded
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_guarded("xraytriage score", lambda: run(args))
 
 
 if __name__ == "__main__":

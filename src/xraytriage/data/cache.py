@@ -43,9 +43,9 @@ FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 LOCK_NAME = ".lock"
 DTYPES = ("uint16", "uint8", "float32")
-# Fields that never change the pixels: mean/std are applied later in image_to_tensor, the salt only
-# hashes PatientID. Every other PreprocessConfig field (present or future) is part of the key.
-_PIXEL_NEUTRAL_FIELDS = frozenset({"mean", "std", "patient_id_salt"})
+# Fields that never change the pixels: mean/std are applied later in image_to_tensor. Every other
+# PreprocessConfig field (present or future) is part of the key.
+_PIXEL_NEUTRAL_FIELDS = frozenset({"mean", "std"})
 _SCALE = {"uint8": 255.0, "uint16": 65535.0}
 VerifyMode = Literal["once", "always", "off"]
 VERIFY_MODES = ("once", "always", "off")

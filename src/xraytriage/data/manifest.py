@@ -245,6 +245,21 @@ def validate_manifest(
     return df.reset_index(drop=True)
 
 
+def check_split_values(df: pd.DataFrame, allowed: Iterable[str], source: str) -> None:
+    """Refuse ``split`` values outside ``allowed``: a misspelt "tset" would silently drop its rows."""
+    if "split" not in df.columns:
+        return
+    names = {str(a).strip().lower() for a in allowed}
+    values = df["split"].astype("string").str.strip().str.lower()
+    bad = (values.notna() & ~values.isin(names)).fillna(False).astype(bool)
+    if bad.any():
+        raise ManifestError(
+            f"{source}: column 'split' has values other than {', '.join(sorted(names))} at {_rows(bad)} "
+            f"(values: {_bad_values_text(df['split'], bad)}); correct them, or name your splits with "
+            "data.train_split / data.val_split / data.test_split"
+        )
+
+
 def patient_leakage(df: pd.DataFrame, split_column: str = "split") -> dict[str, list[str]]:
     """Patients that appear in more than one split: {patient_id: [splits]}. Empty means no leakage."""
     if split_column not in df.columns:
@@ -283,6 +298,7 @@ def write_manifest(
 ) -> Path:
     """Atomically write CSV (or Parquet by suffix) with paths relative to the manifest where possible."""
     from xraytriage.utils.atomic import atomic_path
+    from xraytriage.utils.csv_safety import safe_frame
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -296,8 +312,8 @@ def write_manifest(
         with atomic_path(out) as tmp:
             table.to_parquet(tmp, index=False)
     else:
-        with atomic_path(out) as tmp:
-            table.to_csv(tmp, index=False, float_format="%g")
+        with atomic_path(out) as tmp:  # text cells cannot start a spreadsheet formula
+            safe_frame(table).to_csv(tmp, index=False, float_format="%g")
     return out
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from xraytriage.utils.atomic import atomic_path, atomic_write
 from xraytriage.utils.progress import show_progress
+from xraytriage.utils.csv_safety import safe_frame
 
 SOP_CLASS = {
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
@@ -218,5 +219,5 @@ def generate_dataset(out_dir: str | Path, spec: SyntheticSpec | None = None, pro
             index += 1
     manifest = out / "manifest.csv"
     frame = pd.DataFrame(rows)
-    atomic_write(manifest, lambda fh: frame.to_csv(fh, index=False))
+    atomic_write(manifest, lambda fh: safe_frame(frame).to_csv(fh, index=False))
     return manifest

@@ -15,7 +15,7 @@ import datetime as _dt
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from xraytriage.evaluation.bootstrap import (
 )
 from xraytriage.evaluation.calibration import reliability_curve
 from xraytriage.evaluation.fairness import check_gate, summarise_attribute
+from xraytriage.evaluation.identifiers import identifier_reason
 from xraytriage.evaluation.metrics import RATE_METRICS, binary_metrics, known_mask, prepare
 from xraytriage.evaluation.rates import RATE_DEFINITIONS, auroc_estimate, rate_estimates
 from xraytriage.evaluation.results import (
@@ -51,6 +52,7 @@ from xraytriage.evaluation.results import (
 )
 from xraytriage.evaluation.subgroups import GROUP_METRICS, age_bands, evaluate_subgroups
 from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point
+from xraytriage.utils.csv_safety import safe_frame
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +341,8 @@ def evaluate_predictions(
     if out_dir is not None or tb_writer is not None:
         figures = _figures(run.frame, result)
     if out_dir is not None:
-        result.files = write_outputs(Path(out_dir), result, run.frame, figures)
+        in_use = [*cfg.subgroups, *(c for combo in cfg.intersections for c in combo)]
+        result.files = write_outputs(Path(out_dir), result, run.frame, figures, in_use)
     if tb_writer is not None:
         log_tensorboard(tb_writer, result, run.frame, figures)
     result.timing_seconds["total"] = round(time.perf_counter() - started, 3)
@@ -374,10 +377,34 @@ def _figures(frame: pd.DataFrame, result: EvaluationResult) -> dict[str, dict[st
     return figs
 
 
-def predictions_output(frame: pd.DataFrame, result: EvaluationResult) -> pd.DataFrame:
-    """The prediction table as written: input columns, ``age_band``, ``pred_L`` (0/1 at threshold)
-    and, when leakage was allowed, the leakage mark."""
-    out = frame.copy()
+#: What predictions.csv may carry besides the labels, probabilities, predictions and the subgroup
+#: columns in use: never names, birth dates or anything else a manifest happens to hold.
+PREDICTION_COLUMNS = (
+    "path",
+    "patient_id",
+    "study_id",
+    "split",
+    "fold",
+    "sex",
+    "age",
+    "age_band",
+    "view",
+    "site",
+    "manufacturer",
+)
+
+
+def predictions_output(
+    frame: pd.DataFrame, result: EvaluationResult, subgroup_columns: Iterable[str] = ()
+) -> pd.DataFrame:
+    """The prediction table as written: allow-listed columns, the subgroup attributes in use (never an
+    identifier), each label's truth, ``prob_L`` and ``pred_L`` (0/1 at threshold) and, when leakage was
+    allowed, the leakage mark."""
+    keep = [c for c in PREDICTION_COLUMNS if c in frame.columns]
+    keep += [c for c in subgroup_columns if c in frame.columns and identifier_reason(frame, c) is None]
+    for label in result.classes:
+        keep += [c for c in (label, f"prob_{label}") if c in frame.columns]
+    out = frame[list(dict.fromkeys(keep))].copy()
     for label, block in result.classes.items():
         prob = _column(out, f"prob_{label}")
         out[f"pred_{label}"] = np.where(np.isfinite(prob), (prob >= block.threshold).astype(float), np.nan)
@@ -391,8 +418,10 @@ def write_outputs(
     result: EvaluationResult,
     frame: pd.DataFrame,
     figures: dict[str, dict[str, Any]] | None,
+    subgroup_columns: Iterable[str] = (),
 ) -> dict[str, Path]:
-    """Write the four outputs atomically (each file appears whole or not at all)."""
+    """Write the four outputs atomically (each file appears whole or not at all); CSV text cells are
+    neutralised against spreadsheet formulas."""
     from xraytriage.evaluation.html import render_report
     from xraytriage.utils.atomic import atomic_path, atomic_write_text
 
@@ -400,9 +429,9 @@ def write_outputs(
     files = {name: out_dir / name for name in OUTPUT_FILES}
     atomic_write_text(files["metrics.json"], json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
     with atomic_path(files["subgroups.csv"]) as tmp:
-        subgroup_table(result).to_csv(tmp, index=False)
+        safe_frame(subgroup_table(result)).to_csv(tmp, index=False)
     with atomic_path(files["predictions.csv"]) as tmp:
-        predictions_output(frame, result).to_csv(tmp, index=False)
+        safe_frame(predictions_output(frame, result, subgroup_columns)).to_csv(tmp, index=False)
     atomic_write_text(files["report.html"], render_report(result, figures or {}))
     return files
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.config import EvaluationConfig
+from xraytriage.evaluation.identifiers import identifier_reason
 from xraytriage.evaluation.metrics import known_mask
 from xraytriage.evaluation.rates import auroc_estimate, rate_counts, rate_estimates
 from xraytriage.evaluation.results import AttributeResult, GroupRow
@@ -35,8 +36,6 @@ UNKNOWN = "unknown"
 OK = "ok"
 INSUFFICIENT = "insufficient data"
 UNAVAILABLE = "unavailable"
-#: Identifier columns are never used as subgroups (reports must not list patients).
-IDENTIFIER_COLUMNS = frozenset({"path", "patient_id", "study_id", "series_id", "accession", "split"})
 #: Metrics reported per group with an interval.
 GROUP_METRICS = ("sensitivity", "miss_rate", "specificity", "fpr", "ppv", "auroc")
 
@@ -76,8 +75,9 @@ def intersection_name(columns: list[str]) -> str:
 
 def _attribute(frame: pd.DataFrame, name: str, cfg: EvaluationConfig) -> pd.Series | str:
     """The attribute's string values (missing -> ``unknown``), or why it is unavailable."""
-    if name in IDENTIFIER_COLUMNS:
-        return "identifier columns are never used as subgroups"
+    why = identifier_reason(frame, name)
+    if why is not None:
+        return f"{why}; identifier columns are never used as subgroups"
     if name == "age_band" and "age_band" not in frame.columns:
         if "age" not in frame.columns:
             return "no 'age' column to derive age bands from"

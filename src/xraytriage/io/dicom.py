@@ -6,16 +6,22 @@ area averaging, and it keeps a 2k x 2.5k radiograph out of float64 entirely.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from xraytriage.io import codestream
+from xraytriage.io.decoder_messages import damage_reports, native_stderr
 from xraytriage.io.errors import UnreadableImage
-from xraytriage.io.metadata import ImageMeta, hash_patient_id, normalise_sex, parse_age
+
+if TYPE_CHECKING:
+    from xraytriage.data.pseudonyms import SiteKey
+from xraytriage.io.metadata import ImageMeta, normalise_sex, parse_age
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -54,8 +60,22 @@ def _spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def read_meta(ds: Dataset, path: Path, salt: str) -> ImageMeta:
-    """Subgroup attributes and UIDs. PatientName and PatientBirthDate are never read."""
+_UID_RE = re.compile(r"[0-9.]{1,64}")
+
+
+def _uid(ds: Dataset, keyword: str, notes: list[str]) -> str | None:
+    value = _text(ds, keyword)
+    if value is None or _UID_RE.fullmatch(value):
+        return value
+    notes.append(f"{keyword} is not a valid UID (digits and dots, at most 64); left out")
+    return None
+
+
+def read_meta(ds: Dataset, path: Path, site_key: SiteKey | None = None) -> ImageMeta:
+    """Subgroup attributes and UIDs. PatientName and PatientBirthDate are never read; PatientID only
+    to make its pseudonym with ``site_key`` (none without one). A UID that is not digits and dots
+    (at most 64) is left out with a note: it would be hostile text in every output."""
+    notes: list[str] = []
     syntax = None
     if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
         syntax = str(ds.file_meta.TransferSyntaxUID)
@@ -71,14 +91,15 @@ def read_meta(ds: Dataset, path: Path, salt: str) -> ImageMeta:
         manufacturer=_text(ds, "Manufacturer"),
         institution=_text(ds, "InstitutionName"),
         body_part=_text(ds, "BodyPartExamined"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_uid=_text(ds, "SOPInstanceUID"),
+        study_uid=_uid(ds, "StudyInstanceUID", notes),
+        series_uid=_uid(ds, "SeriesInstanceUID", notes),
+        sop_uid=_uid(ds, "SOPInstanceUID", notes),
         pixel_spacing=_spacing(ds),
-        patient_id_hash=hash_patient_id(_text(ds, "PatientID"), salt),
+        patient_pseudonym=site_key.pseudonym(_text(ds, "PatientID")) if site_key is not None else None,
         photometric=_text(ds, "PhotometricInterpretation"),
         transfer_syntax=syntax,
         bits_stored=int(bits) if isinstance(bits, int) else None,
+        notes=notes,
     )
 
 
@@ -94,8 +115,14 @@ def _dcmread(path: Path, **kwargs: Any) -> Dataset:
         return pydicom.dcmread(path, force=True, **kwargs)
 
 
-def read_dataset(path: Path) -> Dataset:
-    """Header plus lazily-read large elements: the pixel data is only read when it is needed."""
+def read_dataset(path: Path, max_inflated_bytes: int | None = None) -> Dataset:
+    """Header plus lazily-read large elements: the pixel data is only read when it is needed.
+
+    A deflated dataset (zlib over the whole object) is first inflated into nothing, with a ceiling of
+    ``max_inflated_bytes``: pydicom inflates it whole in memory, a zip bomb's favourite door.
+    """
+    if max_inflated_bytes is not None:
+        refuse_deflate_bomb(path, max_inflated_bytes)
     try:
         ds = _dcmread(path, defer_size=_DEFER)
     except Exception as exc:  # pydicom raises assorted types on damaged headers
@@ -120,6 +147,27 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
         meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     else:
         meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+
+
+def refuse_deflate_bomb(path: Path, max_inflated_bytes: int) -> None:
+    """A deflated dataset that inflates past ``max_inflated_bytes`` is ``too_large``, found out by
+    inflating it into nothing (pydicom would inflate it whole, in memory)."""
+    if not _is_deflated(path):
+        return
+    try:
+        within = codestream.deflated_size_within(path, max_inflated_bytes)
+    except Exception as exc:  # a damaged meta group or deflate stream
+        raise UnreadableImage(path, "corrupt_header", f"deflated dataset: {exc.__class__.__name__}") from None
+    if not within:
+        raise UnreadableImage(
+            path, "too_large", f"deflated dataset inflates beyond {max_inflated_bytes} bytes"
+        )
+
+
+def _is_deflated(path: Path) -> bool:
+    """The deflated transfer syntax UID in the file meta (which precedes the deflated stream)."""
+    with open(path, "rb") as fh:
+        return codestream.DEFLATED_SYNTAX.encode() in fh.read(4096)
 
 
 def transfer_syntax(ds: Dataset) -> str:
@@ -160,6 +208,43 @@ def check_pixels(ds: Dataset, path: Path, multiframe: str, max_pixels: int) -> G
     if geo.frames > 1 and multiframe == "reject":
         raise UnreadableImage(path, "multiframe", f"{geo.frames} frames")
     return geo
+
+
+def check_codestream(ds: Dataset, path: Path, geo: Geometry, max_pixels: int) -> None:
+    """Refuse, before any decoder allocates, a compressed first frame whose own size differs from the
+    header's or exceeds ``max_pixels`` (see :mod:`xraytriage.io.codestream`)."""
+    syntax = transfer_syntax(ds)
+    if not codestream.is_checked(syntax) or "PixelData" not in ds:
+        return
+    frame = first_frame_bytes(ds, geo)
+    if not frame:
+        raise UnreadableImage(path, "corrupt_pixel_data", "the compressed pixel data has no readable frame")
+    if syntax == codestream.RLE_SYNTAX:
+        found = codestream.rle_segments(frame)
+        needed = geo.samples * ((geo.bits_allocated + 7) // 8)
+        if found is None:
+            raise UnreadableImage(path, "corrupt_pixel_data", "the RLE segment table is invalid")
+        if found != needed:
+            raise UnreadableImage(
+                path,
+                "size_mismatch",
+                f"RLE frame has {found} segments; the header's pixel layout needs {needed}",
+            )
+        return
+    size = codestream.frame_size(syntax, frame)
+    if size is None:
+        raise UnreadableImage(path, "corrupt_pixel_data", "the compressed frame states no image size")
+    if size.rows * size.columns > max_pixels:
+        raise UnreadableImage(
+            path, "too_large", f"compressed frame is {size.columns}x{size.rows} > max_pixels={max_pixels}"
+        )
+    if (size.rows, size.columns, size.components) != (geo.rows, geo.cols, geo.samples):
+        raise UnreadableImage(
+            path,
+            "size_mismatch",
+            f"compressed frame is {size.columns}x{size.rows}x{size.components}, the header says "
+            f"{geo.cols}x{geo.rows}x{geo.samples}",
+        )
 
 
 def native_frame(ds: Dataset, path: Path, geo: Geometry) -> np.ndarray | None:
@@ -215,14 +300,34 @@ def first_frame_bytes(ds: Dataset, geo: Geometry) -> bytes | None:
         return None
 
 
-def decode_pixels(ds: Dataset, path: Path, multiframe: str, max_pixels: int) -> np.ndarray:
-    """Decoded stored values of the first frame through pydicom's plugins, colour already reduced to grey."""
+def decode_pixels(
+    ds: Dataset,
+    path: Path,
+    multiframe: str,
+    max_pixels: int,
+    corrupt: str = "fail",
+    notes: list[str] | None = None,
+) -> np.ndarray:
+    """Decoded stored values of the first frame through pydicom's plugins, colour already reduced to grey.
+
+    A decoder that reports damaged data but returns a picture fails the scan as ``corrupt_pixel_data``
+    (``corrupt="accept"``: the picture is kept and the report added to ``notes``).
+    """
     geo = check_pixels(ds, path, multiframe, max_pixels)
     syntax = transfer_syntax(ds)
     try:
-        with warnings.catch_warnings(), pydicom.config.disable_value_validation():
+        with (
+            native_stderr() as messages,
+            warnings.catch_warnings(),
+            pydicom.config.disable_value_validation(),
+        ):
             warnings.simplefilter("ignore")
             arr = pydicom.pixels.pixel_array(ds, index=0 if geo.frames > 1 else None)
+        damage = damage_reports(messages)
+        if damage and corrupt != "accept":
+            raise UnreadableImage(path, "corrupt_pixel_data", f"decoder reported: {damage[0][:200]}")
+        if damage and notes is not None:
+            notes.append(f"decoder reported damaged data, accepted: {damage[0][:200]}")
     except NotImplementedError as exc:
         hint = _CODEC_HINTS.get(syntax)
         if hint:
@@ -250,7 +355,7 @@ def decode_pixels(ds: Dataset, path: Path, multiframe: str, max_pixels: int) -> 
         )
         reason = "truncated" if truncated else "decode_failed"
         raise UnreadableImage(path, reason, f"{exc.__class__.__name__}: {_scrub(str(exc), ds)}") from None
-    except MemoryError:
+    except (MemoryError, UnreadableImage):
         raise
     except Exception as exc:
         raise UnreadableImage(

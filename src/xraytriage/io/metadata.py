@@ -1,8 +1,7 @@
-"""Subgroup-relevant DICOM attributes, with patient identity reduced to a salted hash."""
+"""Subgroup-relevant DICOM attributes; patient identity only ever as a keyed pseudonym."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -41,14 +40,6 @@ def normalise_sex(value: Any) -> str:
     return "unknown"
 
 
-def hash_patient_id(patient_id: Any, salt: str) -> str | None:
-    """Salted SHA-256 prefix: lets splits group by patient without ever writing the ID itself."""
-    if patient_id is None or str(patient_id).strip() == "":
-        return None
-    digest = hashlib.sha256(f"{salt}\x00{str(patient_id).strip()}".encode()).hexdigest()
-    return digest[:16]
-
-
 @dataclass
 class ImageMeta:
     """What we keep about a scan. Deliberately has no field for names or birth dates."""
@@ -67,7 +58,7 @@ class ImageMeta:
     series_uid: str | None = None
     sop_uid: str | None = None
     pixel_spacing: tuple[float, float] | None = None
-    patient_id_hash: str | None = None
+    patient_pseudonym: str | None = None  # HMAC of PatientID with the site key; set by prepare only
     photometric: str | None = None
     transfer_syntax: str | None = None
     bits_stored: int | None = None

@@ -6,6 +6,8 @@ Resizing happens on the decoded stored values in their native integer dtype, bef
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from xraytriage.config import PreprocessConfig
 from xraytriage.io import dicom as dcm
 from xraytriage.io import gpu, jpeg2000
 from xraytriage.io.detect import sniff_format
-from xraytriage.io.errors import UnreadableImage
+from xraytriage.io.errors import OUT_OF_MEMORY, UnreadableImage
 from xraytriage.io.metadata import ImageMeta
 from xraytriage.io.raster import read_raster
 from xraytriage.io.resize import fit_shape, pad_to_square, resize_to
@@ -108,9 +110,10 @@ def _reduced_jpeg2000(ds, path: Path, geo: dcm.Geometry, cfg: PreprocessConfig, 
 
 
 def _load_dicom(path: Path, cfg: PreprocessConfig, resize: bool) -> tuple[np.ndarray, ImageMeta]:
-    ds = dcm.read_dataset(path)
-    meta = dcm.read_meta(ds, path, cfg.patient_id_salt)
+    ds = dcm.read_dataset(path, max_inflated_bytes=8 * cfg.max_pixels + (64 << 20))
+    meta = dcm.read_meta(ds, path)
     geo = dcm.check_pixels(ds, path, cfg.multiframe, cfg.max_pixels)
+    dcm.check_codestream(ds, path, geo, cfg.max_pixels)
     meta.frames = geo.frames
     if geo.frames > 1:
         meta.notes.append(f"multi-frame ({geo.frames} frames): first frame used")
@@ -128,7 +131,9 @@ def _load_dicom(path: Path, cfg: PreprocessConfig, resize: bool) -> tuple[np.nda
         if stored is not None:
             meta.decode_path = "native"
     if stored is None:
-        stored = dcm.decode_pixels(ds, path, cfg.multiframe, cfg.max_pixels)
+        stored = dcm.decode_pixels(
+            ds, path, cfg.multiframe, cfg.max_pixels, cfg.corrupt_pixel_data, meta.notes
+        )
         meta.decode_path = "pydicom"
 
     if colour:
@@ -197,11 +202,20 @@ def load_image(
     cfg = config or PreprocessConfig()
     p = Path(path)
     try:
-        if not p.is_file():
-            raise UnreadableImage(p, "not_an_image", "no such file")
-        if p.stat().st_size == 0:
+        try:
+            st = os.stat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            raise UnreadableImage(p, "file_not_found", "no such file") from None
+        except PermissionError:
+            raise UnreadableImage(p, "permission_denied", "a folder on its path cannot be searched") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableImage(p, "not_an_image", "not a regular file (a folder or a device?)")
+        if st.st_size == 0:
             raise UnreadableImage(p, "empty_file")
-        fmt = sniff_format(p)
+        try:
+            fmt = sniff_format(p)
+        except PermissionError:
+            raise UnreadableImage(p, "permission_denied", "cannot open the file for reading") from None
         if fmt is None:
             raise UnreadableImage(p, "not_an_image", "unrecognised file signature")
         if fmt == "dicom":
@@ -221,7 +235,7 @@ def load_image(
     except UnreadableImage:
         raise
     except MemoryError:
-        raise UnreadableImage(p, "too_large", "out of memory while decoding") from None
+        raise UnreadableImage(p, "too_large", OUT_OF_MEMORY) from None
     except RecursionError:
         raise UnreadableImage(p, "corrupt_header", "nesting too deep") from None
     except (KeyboardInterrupt, SystemExit, GeneratorExit):

@@ -17,9 +17,14 @@ from torch import nn
 
 from xraytriage.config import ModelConfig, PreprocessConfig
 from xraytriage.models.factory import build_model
-from xraytriage.utils.atomic import atomic_path
+from xraytriage.utils.atomic import write_torch_file
+from xraytriage.utils.errors import InputRefused
 
 BUNDLE_FORMAT = 1
+
+
+class BundleError(InputRefused):
+    """The file is not a usable bundle: unreadable, another format, or weights altered after training."""
 
 
 def logits_to_probabilities(
@@ -106,8 +111,7 @@ def save_bundle(
         "metadata": metadata or {},
         "state_dict": state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch_file(path, payload)
     return model_id
 
 
@@ -125,22 +129,34 @@ def _model_with_weights(cfg: ModelConfig, outputs: int, state: dict[str, torch.T
 
 
 def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> Bundle:
-    """Rebuild the network from a bundle (no download: the weights are in the file)."""
+    """Rebuild the network from a bundle (no download: the weights are in the file).
+
+    The model id is recomputed from the stored weights and must equal the one recorded at training:
+    outputs name the model that produced them, so a changed weight must never pass as the original.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: model bundle not found (train writes RUN_DIR/model.pt)")
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(
+        raise BundleError(
             f"{p}: not a readable xraytriage model bundle ({exc.__class__.__name__}: {exc})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{p}: not an xraytriage model bundle of format {BUNDLE_FORMAT}")
+        raise BundleError(f"{p}: not an xraytriage model bundle of format {BUNDLE_FORMAT}")
+    state = payload["state_dict"]
+    stored_id = str(payload.get("model_id", ""))
+    actual_id = state_dict_id(state)
+    if stored_id != actual_id:
+        raise BundleError(
+            f"{p}: the bundle's weights do not match its model id (stored {stored_id or 'none'}, weights "
+            f"hash to {actual_id}): the file was changed or damaged after training; use the original bundle"
+        )
     model_cfg = ModelConfig.model_validate(payload["model"])
     labels = list(payload["labels"])
     outputs = len(labels) if payload["task"] != "binary" else 1
-    model = _model_with_weights(model_cfg, outputs, payload["state_dict"])
+    model = _model_with_weights(model_cfg, outputs, state)
     return Bundle(
         model=model,
         model_config=model_cfg,
@@ -150,7 +166,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> B
         task=payload["task"],
         temperatures=_temperatures_from_payload(payload, labels),
         metadata=dict(payload.get("metadata", {})),
-        model_id=str(payload.get("model_id", "")),
+        model_id=actual_id,
         operating_points=dict(payload.get("operating_points", {})),
     )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Skipped by name wherever they appear: OS/tooling litter, never scans. DICOMDIR is a media index
@@ -37,17 +37,23 @@ def is_hidden_or_system(name: str) -> bool:
     return name.startswith((".", "~$")) or name.lower() in SYSTEM_NAMES
 
 
-def walk_files(root: str | Path) -> Iterator[str]:
+OnError = Callable[[str, OSError], None]
+
+
+def walk_files(root: str | Path, on_error: OnError | None = None) -> Iterator[str]:
     """Regular files under ``root`` (recursively, sorted per folder), hidden/system entries skipped.
 
     Symbolic links to folders are followed, but every real folder is entered once (keyed by device
     and inode), so a link loop cannot hang the walk and a linked folder is not scored twice.
-    Unreadable folders are skipped.
+    A folder (or entry) that cannot be read is passed to ``on_error`` with the error, so the caller
+    can record that its scans were not scored; one that vanished meanwhile is not an error.
     """
     root = os.path.abspath(os.fspath(root))
     try:
         st = os.stat(root)
-    except OSError:
+    except OSError as exc:
+        if on_error is not None:
+            on_error(root, exc)
         return
     seen: set[tuple[int, int]] = {(st.st_dev, st.st_ino)}
     stack = [root]
@@ -56,7 +62,9 @@ def walk_files(root: str | Path) -> Iterator[str]:
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
+        except OSError as exc:
+            if on_error is not None and not isinstance(exc, FileNotFoundError):
+                on_error(folder, exc)
             continue
         subdirs: list[str] = []
         for entry in entries:
@@ -71,7 +79,9 @@ def walk_files(root: str | Path) -> Iterator[str]:
                         subdirs.append(entry.path)
                 elif entry.is_file(follow_symlinks=True):
                     yield entry.path
-            except OSError:  # dangling link, permission denied, vanished meanwhile
+            except OSError as exc:  # permission denied; vanished meanwhile (not an error)
+                if on_error is not None and not isinstance(exc, FileNotFoundError):
+                    on_error(entry.path, exc)
                 continue
         stack.extend(reversed(subdirs))  # depth-first, in name order
 
@@ -137,11 +147,12 @@ def input_kind(source: str | Path) -> str:
     return "manifest" if p.suffix.lower() in MANIFEST_SUFFIXES else "list"
 
 
-def iter_inputs(source: str | Path) -> Iterator[str]:
-    """Absolute paths of candidate scans, streamed, in a deterministic order."""
+def iter_inputs(source: str | Path, on_error: OnError | None = None) -> Iterator[str]:
+    """Absolute paths of candidate scans, streamed, in a deterministic order (``on_error``: see
+    :func:`walk_files`)."""
     kind = input_kind(source)
     if kind == "folder":
-        return walk_files(source)
+        return walk_files(source, on_error)
     if kind == "manifest":
         return iter_manifest(source)
     return iter_path_list(source)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from xraytriage.scoring.journal import CsvJournal, JournalMismatch, _repair_tail
+from xraytriage.scoring.journal import ENCODING_ERRORS, CsvJournal, JournalMismatch, _repair_tail
 
 
 @dataclass
@@ -77,7 +77,7 @@ def read_keys(path: Path, key: str = "path") -> set[str]:
     """Keys of complete rows in a journal someone else may be writing (read-only, no repair)."""
     keys: set[str] = set()
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if not header or key not in header:
@@ -143,7 +143,7 @@ def merge_parts(
     added = 0
     for part in parts:
         _repair_tail(part)
-        with open(part, encoding="utf-8", newline="") as fh:
+        with open(part, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:

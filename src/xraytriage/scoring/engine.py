@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xraytriage.scoring.crashes import worker_died
+
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -176,6 +178,8 @@ def _checked_forward(model: nn.Module, graph: bytes, check: torch.Tensor, thread
         forward = OnnxRuntimeForward(graph, threads)
         got = forward(check)
     except Exception as exc:
+        if worker_died(exc):  # a decoding process's death is never a reason to change engines
+            raise
         raise EngineUnavailable(f"running the network in ONNX Runtime failed ({exc})") from exc
     with torch.no_grad():
         expected = model(check.contiguous(memory_format=torch.channels_last)).float()
@@ -224,6 +228,8 @@ def onnxruntime_forward(
     try:
         graph = onnx_graph(model, example, output_name=LOGITS_NAME)
     except Exception as exc:
+        if worker_died(exc):
+            raise
         raise EngineUnavailable(f"exporting the network to ONNX failed ({exc})") from exc
     forward = _checked_forward(model, graph, check, threads)
     if cached is not None:

@@ -3,8 +3,9 @@
 Each batch's rows are formatted into one buffer, written with a single ``write`` to a file opened in
 append mode and ``fsync``-ed before the next batch is read, so after a kill (even ``kill -9``) the
 file holds whole batches plus, at worst (power loss), one partial last line. Reopening repairs that
-line (truncates after the last newline) and returns the set of paths already present, which the run
-skips: nothing is lost and nothing is written twice.
+line (truncates after the last record end, quoted newlines in file names respected) and returns the
+set of paths already present, which the run skips: nothing is lost and nothing is written twice.
+Text cells that a spreadsheet would run as a formula are neutralised (``utils.csv_safety``).
 """
 
 from __future__ import annotations
@@ -15,31 +16,53 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from xraytriage.utils.csv_safety import safe_row
+
 
 class JournalMismatch(ValueError):
     """The existing output belongs to a different model or column layout; resuming would mix them."""
 
 
+# File names are bytes on POSIX: a name that is not UTF-8 reaches Python with surrogate escapes, is
+# written back as its original bytes, and must be read the same way or a resume could never start.
+ENCODING_ERRORS = "surrogateescape"
+
+
+def _last_record_end(path: Path, chunk: int = 1 << 20) -> int:
+    """Offset just past the last newline that ends a CSV record (not one inside a quoted field).
+
+    A record ends at a newline outside quotes; every ``"`` toggles "inside quotes" (an escaped ``""``
+    toggles twice), so a newline ends a record exactly when the quotes before it are even in number.
+    Counted in chunks at C speed: one pass over the file, memory bounded.
+    """
+    end = 0
+    quotes = 0
+    offset = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            start = 0
+            while True:
+                nl = block.find(b"\n", start)
+                if nl < 0:
+                    quotes += block.count(b'"', start)
+                    break
+                quotes += block.count(b'"', start, nl)
+                if quotes % 2 == 0:
+                    end = offset + nl + 1
+                start = nl + 1
+            offset += len(block)
+    return end
+
+
 def _repair_tail(path: Path) -> int:
-    """Drop a trailing partial line; returns how many bytes were cut."""
+    """Drop a trailing partial record (quoting respected); returns how many bytes were cut."""
     size = path.stat().st_size
     if size == 0:
         return 0
+    keep = _last_record_end(path)
+    if keep == size:
+        return 0
     with open(path, "rb+") as fh:
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
-            return 0
-        pos = size
-        keep = 0
-        while pos > 0:
-            step = min(65_536, pos)
-            pos -= step
-            fh.seek(pos)
-            chunk = fh.read(step)
-            idx = chunk.rfind(b"\n")
-            if idx >= 0:
-                keep = pos + idx + 1
-                break
         fh.truncate(keep)
         fh.flush()
         os.fsync(fh.fileno())
@@ -48,7 +71,7 @@ def _repair_tail(path: Path) -> int:
 
 def read_rows(path: str | Path) -> Iterator[dict[str, str]]:
     """Rows of a journal (after its last complete line), streamed."""
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as fh:
         yield from csv.DictReader(fh)
 
 
@@ -70,7 +93,7 @@ class CsvJournal:
             self.repaired_bytes = _repair_tail(self.path)
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         if not fresh:
-            with open(self.path, encoding="utf-8", newline="") as fh:
+            with open(self.path, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as fh:
                 reader = csv.reader(fh)
                 header = next(reader, None)
                 if header != self.columns:
@@ -90,7 +113,10 @@ class CsvJournal:
                                 f"{column}={value!r}; choose another output or delete it to rescore"
                             )
                     done.add(row[key_index])
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         if fresh:
             self._write([self.columns])
         return done
@@ -99,13 +125,16 @@ class CsvJournal:
         if self._fd is None:
             raise RuntimeError("journal is not open")
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        data = buf.getvalue().encode("utf-8", "surrogateescape")
+        csv.writer(buf, lineterminator="\n").writerows(safe_row(row) for row in rows)
+        data = buf.getvalue().encode("utf-8", ENCODING_ERRORS)
         view = memoryview(data)
-        while view:  # a single write for small buffers; loop only on short writes
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
+        try:
+            while view:  # a single write for small buffers; loop only on short writes
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError as exc:  # name the file: "disk full: cannot write scores.csv", not "[Errno 28]"
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def append(self, rows: Sequence[Sequence[object]]) -> None:
         """Durably append whole rows (call once per batch: one write + fsync)."""

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from xraytriage.utils.atomic import atomic_path
+from xraytriage.utils.csv_safety import safe_frame
 
 ERROR_COLUMNS = ["path", "reason", "message", "scored_at"]
 
 
 def count_error_rows(errors: str | Path, skipped_reason: str) -> tuple[int, int]:
-    """(failures, skipped files) among the complete rows of an errors file (absent: none)."""
+    """(failures, skipped files) among the complete rows of an errors file (absent: none), read the way
+    the journals write it (file names that are not UTF-8 survive)."""
     import csv
+
+    from xraytriage.scoring.journal import ENCODING_ERRORS
 
     failed = skipped = 0
     try:
-        with open(errors, encoding="utf-8", newline="") as fh:
+        with open(errors, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if not header or "reason" not in header:
@@ -59,11 +64,21 @@ def journal_for(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial.csv") if is_parquet(out) else out
 
 
+def display_path(path: str) -> str:
+    """``path`` as valid UTF-8 text, for Parquet (whose strings must be UTF-8): a file name that is not
+    UTF-8 keeps its odd bytes as ``\\xNN`` escapes. Every valid name is returned unchanged."""
+    if path.isascii():
+        return path
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _read_scores_csv(path: Path, labels: Sequence[str]) -> pd.DataFrame:
-    dtypes = dict.fromkeys(["path", "sop_instance_uid", "study_instance_uid", "model_id"], "string")
+    # path as Python str: a name that is not UTF-8 holds surrogates, which Arrow-backed strings refuse
+    dtypes: dict[str, object] = {"path": object}
+    dtypes.update(dict.fromkeys(["sop_instance_uid", "study_instance_uid", "model_id"], "string"))
     dtypes.update({f"prob_{label}": "float64" for label in labels})
     dtypes.update({f"flag_{label}": "int8" for label in labels})
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False)
+    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, encoding_errors="surrogateescape")
 
 
 def read_scores(out: str | Path, labels: Sequence[str]) -> pd.DataFrame:
@@ -82,17 +97,23 @@ def parquet_done(out: Path) -> set[str]:
 
 
 def finalize_parquet(out: Path, labels: Sequence[str]) -> None:
-    """Fold the CSV journal into the Parquet file (atomically), then drop the journal."""
+    """Fold the CSV journal into the Parquet file (atomically), then drop the journal.
+
+    A kill between the rename and the journal's deletion leaves rows in both: the next run folds in
+    only the journal rows the Parquet file does not already hold, so no row is written twice.
+    """
     journal = journal_for(out)
     if not journal.exists():
         return
     new = _read_scores_csv(journal, labels)
-    if out.exists() and new.empty:
+    new["path"] = new["path"].map(display_path).astype("string")
+    old = pd.read_parquet(out) if out.exists() else None
+    if old is not None:
+        new = new[~new["path"].isin(set(old["path"].astype(str)))]
+    if old is not None and new.empty:
         journal.unlink()
         return
-    frames = [pd.read_parquet(out)] if out.exists() else []
-    frames.append(new)
-    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else new
+    table = pd.concat([old, new], ignore_index=True) if old is not None else new
     with atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
     journal.unlink()
@@ -119,5 +140,5 @@ def aggregate_studies(
         if is_parquet(target):
             studies.to_parquet(tmp, index=False)
         else:
-            studies.to_csv(tmp, index=False, float_format="%.6f")
+            safe_frame(studies).to_csv(tmp, index=False, float_format="%.6f")
     return len(studies)

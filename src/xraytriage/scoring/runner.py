@@ -9,8 +9,11 @@ the part files after all ranks finish.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,13 +26,9 @@ import numpy as np
 import torch
 
 from xraytriage.scoring import distributed as dist_utils
-from xraytriage.scoring.dataset import (
-    PathStream,
-    ScanBatch,
-    ScanDataset,
-    collate_scans,
-    worker_init,
-)
+from xraytriage.scoring.crashes import REASONS as CRASH_REASONS
+from xraytriage.scoring.crashes import death_reason, read_death_note, sigchld_deferred, worker_died
+from xraytriage.scoring.dataset import PathStream, ScanBatch, ScanDataset, WorkerInit, collate_scans
 from xraytriage.scoring.discovery import NOT_A_SCAN, iter_inputs, shard_of
 from xraytriage.scoring.engine import Runner, check_engine, prepare_model, select_runner
 from xraytriage.scoring.journal import CsvJournal
@@ -37,6 +36,7 @@ from xraytriage.scoring.outputs import (
     ERROR_COLUMNS,
     aggregate_studies,
     count_error_rows,
+    display_path,
     finalize_parquet,
     is_parquet,
     journal_for,
@@ -45,6 +45,7 @@ from xraytriage.scoring.outputs import (
     score_columns,
 )
 from xraytriage.training.predict import BatchLogits, iter_logits
+from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class ScoreOptions:
     strict: bool = False  # files plainly not scans (text, DICOMDIR, ...) count as failures
     prefetch_factor: int = 4
     threads: int | None = None  # torch CPU threads; None = torch's default (all cores)
+    file_timeout_s: float | None = 120.0  # per scan, in a worker; None = no limit
+    worker_memory_mb: int = 4096  # per worker, beyond what it inherits; 0 = no cap
+    corrupt_pixel_data: str | None = None  # "fail" | "accept"; None = the bundle's preprocessing
 
 
 @dataclass
@@ -154,255 +158,373 @@ class _Counter(threading.Thread):
         self.bar.refresh()
 
 
-def _worker_died(exc: BaseException) -> bool:
-    return "DataLoader worker" in str(exc) and ("exited unexpectedly" in str(exc) or "killed" in str(exc))
+def _scoring_device(name: str, ctx: dist_utils.DistContext) -> torch.device:
+    """The device this rank scores on: ``cuda:LOCAL_RANK`` under torchrun with ``auto``."""
+    from xraytriage.utils.runtime import resolve_device
 
-
-def score(opts: ScoreOptions) -> ScoreSummary:
-    """Score every scan of ``opts.input`` not yet in ``opts.out``; see ``docs/scoring.md``."""
-    from tqdm import tqdm
-
-    from xraytriage.models import load_bundle
-    from xraytriage.utils.progress import show_progress
-    from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, worker_start_method
-
-    t0 = time.perf_counter()
-    ctx = dist_utils.init_from_env()
-    out = Path(opts.out)
-    errors_out = Path(opts.errors) if opts.errors else default_errors_path(out)
-    journal_path = journal_for(out)
-
-    if opts.device == "auto" and ctx.initialized and torch.cuda.is_available():
+    if name == "auto" and ctx.initialized and torch.cuda.is_available():
         device = torch.device("cuda", ctx.local_rank)
     else:
-        device = resolve_device(opts.device)
+        device = resolve_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", ctx.local_rank if ctx.initialized else torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    bundle = load_bundle(opts.model)
-    labels = list(bundle.labels)
-    thresholds = _thresholds(bundle.thresholds, labels)
-    thr = np.array([thresholds[label] for label in labels], dtype=np.float64)
-    expect = {"model_id": bundle.model_id}
-    if opts.cam_dir is not None:
-        from xraytriage.scoring.cam import check_available
+    return device
 
-        check_available()
 
-    columns = score_columns(labels)
-    summary = ScoreSummary(flagged=dict.fromkeys(labels, 0), rank=ctx.rank, world_size=ctx.world_size)
+class ScoringRun:
+    """One ``score`` run: its outputs, what is already answered, what is in flight, the counts.
 
-    check_engine(opts.engine, device, opts.compile)  # a choice that cannot work fails before any output
+    :meth:`run` is the sequence of steps, one method each. The paths handed to the decoding workers
+    and not yet answered are ``pending``; ``queued`` maps every path this run drew to whether its
+    answer (a row in the scores or errors journal) is written, so a crash isolation never scores a
+    path twice.
+    """
 
-    # --retry-failed: the recorded failures are scored again (each rank its shard of them, like any
-    # path). Every rank reads them before any rank clears them; rank 0 merges the new failures as usual.
-    retry: set[str] = set()
-    if opts.retry_failed:
-        retry = dist_utils.recorded_keys(errors_out)
-        dist_utils.sum_across_ranks(ctx, [0])  # barrier: all ranks have read the errors file
-        dist_utils.clear_failures(errors_out, ctx)
+    def __init__(self, opts: ScoreOptions) -> None:
+        from xraytriage.models import load_bundle
+        from xraytriage.utils.runtime import resolve_amp_dtype
 
-    # Outputs this process appends to, and the set of paths that already have an answer.
-    if ctx.initialized:
-        scores_j = CsvJournal(dist_utils.part_path(journal_path, ctx.rank), columns)
-        errors_j = CsvJournal(dist_utils.part_path(errors_out, ctx.rank), ERROR_COLUMNS)
-        done = dist_utils.recorded_keys(journal_path)
-        if is_parquet(out):
-            done |= parquet_done(out)
-        error_keys = dist_utils.recorded_keys(errors_out)
-        done |= scores_j.open(expect)
-        error_keys = (error_keys - retry) | errors_j.open()  # rank 0 may clear the file while we read
-    else:
-        scores_j = CsvJournal(journal_path, columns)
-        errors_j = CsvJournal(errors_out, ERROR_COLUMNS)
-        done = scores_j.open(expect)
-        if is_parquet(out):
-            done |= parquet_done(out)
-        parts = dist_utils.find_parts(journal_path)
-        summary.merged_rows += dist_utils.merge_parts(scores_j, done, parts, expect)
-        error_keys = errors_j.open()
-        summary.merged_rows += dist_utils.merge_parts(errors_j, error_keys, dist_utils.find_parts(errors_out))
-    if scores_j.repaired_bytes or errors_j.repaired_bytes:
-        log.info("dropped a partial last line left by an interrupted run")
-    skip = done | error_keys
-    summary.already_done = len(skip)
+        self.opts = opts
+        self.t0 = time.perf_counter()
+        self.ctx = dist_utils.init_from_env()
+        self.out = Path(opts.out)
+        self.errors_out = Path(opts.errors) if opts.errors else default_errors_path(self.out)
+        self.journal_path = journal_for(self.out)
+        self.device = _scoring_device(opts.device, self.ctx)
+        self.amp_dtype = resolve_amp_dtype(opts.amp, self.device)
+        self.bundle = load_bundle(opts.model)
+        self.labels = list(self.bundle.labels)
+        self.thresholds = _thresholds(self.bundle.thresholds, self.labels)
+        self.thr = np.array([self.thresholds[label] for label in self.labels], dtype=np.float64)
+        self.expect = {"model_id": self.bundle.model_id}
+        self.columns = score_columns(self.labels)
+        # the files this process appends to: under torchrun, this rank's part files
+        scores_file, errors_file = self.journal_path, self.errors_out
+        if self.ctx.initialized:
+            scores_file = dist_utils.part_path(self.journal_path, self.ctx.rank)
+            errors_file = dist_utils.part_path(self.errors_out, self.ctx.rank)
+        self.scores_j = CsvJournal(scores_file, self.columns)
+        self.errors_j = CsvJournal(errors_file, ERROR_COLUMNS)
+        preprocess = self.bundle.preprocess
+        if opts.corrupt_pixel_data is not None:
+            preprocess = preprocess.model_copy(update={"corrupt_pixel_data": opts.corrupt_pixel_data})
+        self.dataset = ScanDataset(
+            preprocess,
+            self.bundle.model_config.in_channels,
+            opts.file_timeout_s,
+            skip_non_scans=not opts.strict,
+        )
+        self.notes_dir: str | None = None  # where a worker that ends itself on purpose says why
+        self.summary = ScoreSummary(
+            flagged=dict.fromkeys(self.labels, 0), rank=self.ctx.rank, world_size=self.ctx.world_size
+        )
+        self.failures: Counter[str] = Counter()
+        self.pending: dict[str, None] = {}  # drawn for a worker, no answer yet (insertion-ordered)
+        self.queued: dict[str, bool] = {}  # every path drawn this run -> its answer is journaled
+        self.skip: set[str] = set()  # answered by an earlier run
+        self.error_keys: set[str] = set()
+        self.runner: Runner | None = None
+        self.model: torch.nn.Module | None = None
+        self.bar: Any = None
 
-    def source() -> Iterator[str]:  # called by the sampler and by the ETA counter
-        for path in iter_inputs(opts.input):
-            if path in skip or shard_of(path, ctx.world_size) != ctx.rank:
-                continue
-            yield path
+    # ------------------------------------------------------------------ steps
+    def run(self) -> ScoreSummary:
+        """Check, lock, open the journals, build the engine, score, merge ranks, finish the outputs."""
+        check_engine(self.opts.engine, self.device, self.opts.compile)  # before any output is opened
+        if self.opts.cam_dir is not None:
+            from xraytriage.scoring.cam import check_available
 
-    queued: set[str] = set()
+            check_available()
+        with self._output_lock():
+            self._forget_failures()
+            try:
+                self._open_journals()
+                self.notes_dir = self.dataset.notes_dir = tempfile.mkdtemp(prefix="xraytriage-notes-")
+                self._build_engine()
+                self._score_all()
+            finally:
+                self.scores_j.close()
+                self.errors_j.close()
+                if self.notes_dir is not None:
+                    shutil.rmtree(self.notes_dir, ignore_errors=True)
+            self.summary.failed_by_reason = dict(self.failures)
+            self._merge_ranks()
+            if self.ctx.is_main:
+                self._finish_outputs()
+        self.summary.elapsed_s = time.perf_counter() - self.t0
+        return self.summary
 
-    def unique_source() -> Iterator[str]:  # a list may name a file twice: score it once
-        for path in source():
-            if path not in queued:
-                queued.add(path)
-                yield path
+    @contextlib.contextmanager
+    def _output_lock(self) -> Iterator[None]:
+        """One run per output: rank 0 locks the scores and errors files; every rank learns the answer."""
+        with contextlib.ExitStack() as stack:
+            refused: OutputLocked | None = None
+            if self.ctx.is_main:
+                try:
+                    for target in dict.fromkeys([self.out, self.errors_out]):
+                        stack.enter_context(exclusive_lock(lock_file_for(target), str(target)))
+                except OutputLocked as exc:
+                    refused = exc
+            if dist_utils.sum_across_ranks(self.ctx, [int(refused is not None)])[0]:
+                raise refused or OutputLocked(f"{self.out} is in use by another xraytriage run")
+            yield
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    model = prepare_model(bundle.model, device)
-    runner: Runner | None = None  # built once the decoding workers are running (export overlaps decoding)
+    def _forget_failures(self) -> None:
+        """``--retry-failed``: every rank reads the recorded failures before any rank clears them."""
+        self.retry: set[str] = set()
+        if self.opts.retry_failed:
+            self.retry = dist_utils.recorded_keys(self.errors_out)
+            dist_utils.sum_across_ranks(self.ctx, [0])  # barrier: all ranks have read the errors file
+            dist_utils.clear_failures(self.errors_out, self.ctx)
 
-    def build_runner() -> Runner:
-        built = select_runner(
-            model,
-            device,
+    def _open_journals(self) -> None:
+        """Open (and repair) the journals; collect the paths an earlier run already answered."""
+        ctx, out, summary = self.ctx, self.out, self.summary
+        if ctx.initialized:
+            done = dist_utils.recorded_keys(self.journal_path)
+            if is_parquet(out):
+                done |= parquet_done(out)
+            error_keys = dist_utils.recorded_keys(self.errors_out)
+            done |= self.scores_j.open(self.expect)
+            # rank 0 may clear the errors file while we read it
+            error_keys = (error_keys - self.retry) | self.errors_j.open()
+        else:
+            done = self.scores_j.open(self.expect)
+            if is_parquet(out):
+                done |= parquet_done(out)
+            parts = dist_utils.find_parts(self.journal_path)
+            summary.merged_rows += dist_utils.merge_parts(self.scores_j, done, parts, self.expect)
+            error_keys = self.errors_j.open()
+            error_parts = dist_utils.find_parts(self.errors_out)
+            summary.merged_rows += dist_utils.merge_parts(self.errors_j, error_keys, error_parts)
+        if self.scores_j.repaired_bytes or self.errors_j.repaired_bytes:
+            log.info("dropped a partial last line left by an interrupted run")
+        self.error_keys = error_keys
+        self.skip = done | error_keys
+        summary.already_done = len(self.skip)
+
+    def _build_engine(self) -> None:
+        """Export/check the forward pass now, before any decoding process exists: a worker that dies
+        later can never be mistaken for an engine failure (nor interrupt the export)."""
+        opts, bundle = self.opts, self.bundle
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        self.model = prepare_model(bundle.model, self.device)
+        self.runner = select_runner(
+            self.model,
+            self.device,
             opts.engine,
             compile=opts.compile,
             in_channels=bundle.model_config.in_channels,
             image_size=bundle.preprocess.image_size,
             weights_id=bundle.model_id,
         )
-        summary.engine = built.description
-        log.info("scoring engine: %s", built.description)
-        return built
+        self.summary.engine = self.runner.description
+        log.info("scoring engine: %s", self.runner.description)
 
-    amp_dtype = resolve_amp_dtype(opts.amp, device)
-    cuda = device.type == "cuda"
-    in_channels = bundle.model_config.in_channels
-    dataset = ScanDataset(bundle.preprocess, in_channels, skip_non_scans=not opts.strict)
-    pending: dict[str, None] = {}  # handed to a worker, no answer yet (insertion-ordered)
+    def _score_all(self) -> None:
+        """Decode in workers and score batch by batch; a dead worker sends its batch-mates to isolation."""
+        from tqdm import tqdm
 
-    def tracked(paths: Iterator[str]) -> Iterator[str]:
-        for path in paths:
-            pending[path] = None
+        from xraytriage.utils.progress import show_progress
+
+        opts, ctx = self.opts, self.ctx
+        show_bar = show_progress(opts.progress) and ctx.is_main
+        self.bar = tqdm(
+            desc=f"scoring (rank {ctx.rank})" if ctx.initialized else "scoring",
+            unit="scan",
+            disable=not show_bar,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+        counter: _Counter | None = None
+        stream = self._stream()
+        try:
+            while True:
+                batches = iter(self._loader(stream, opts.workers, opts.batch_size))  # workers fork here
+                if counter is None and show_bar:
+                    counter = _Counter(self._candidates, self.bar)  # started after the fork
+                    counter.start()
+                try:
+                    for result in self._infer(batches):
+                        self._process(result)
+                    break
+                except RuntimeError as exc:
+                    if opts.workers == 0 or not worker_died(exc):
+                        raise
+                    del batches
+                    self._isolate_crash()
+        finally:
+            if counter is not None:
+                counter.stop.set()
+            self.bar.close()
+
+    # ------------------------------------------------------------------ paths
+    def _already_done(self, path: str) -> bool:
+        return path in self.skip or (not path.isascii() and display_path(path) in self.skip)
+
+    def _candidates(self, on_error: Callable[[str, OSError], None] | None = None) -> Iterator[str]:
+        """This rank's paths without an answer from an earlier run (also the ETA counter's source)."""
+        for path in iter_inputs(self.opts.input, on_error=on_error):
+            if self._already_done(path) or shard_of(path, self.ctx.world_size) != self.ctx.rank:
+                continue
             yield path
 
-    def make_loader(paths: Iterator[str], workers: int, batch_size: int) -> torch.utils.data.DataLoader:
+    def _stream(self) -> Iterator[str]:
+        """Candidates, each once (a list may name a file twice); unreadable folders are recorded."""
+        for path in self._candidates(on_error=self._unreadable_folder):
+            if path not in self.queued:
+                self.queued[path] = False
+                yield path
+
+    def _tracked(self, paths: Iterator[str]) -> Iterator[str]:
+        """Mark each path pending as a worker gets it. Drawing is shielded from SIGCHLD: an error
+        raised inside the shared path generator would end it, and the rest of the input with it."""
+        while True:
+            with sigchld_deferred():
+                path = next(paths, None)
+                if path is None:
+                    return
+                self.pending[path] = None
+            yield path
+
+    def _unreadable_folder(self, folder: str, exc: OSError) -> None:
+        """A folder discovery cannot list: its scans would never be triaged, so it is a failure row."""
+        if folder in self.error_keys or shard_of(folder, self.ctx.world_size) != self.ctx.rank:
+            return
+        self.error_keys.add(folder)
+        why = exc.strerror or exc.__class__.__name__
+        self._record_failure(
+            folder, "unreadable_folder", f"this folder cannot be read ({why}); its scans were not scored"
+        )
+
+    # ------------------------------------------------------------------ decoding and inference
+    def _loader(self, paths: Iterator[str], workers: int, batch_size: int) -> torch.utils.data.DataLoader:
+        from xraytriage.utils.runtime import worker_start_method
+
         return torch.utils.data.DataLoader(
-            dataset,
+            self.dataset,
             batch_size=batch_size,
-            sampler=PathStream(lambda: tracked(paths)),
+            sampler=PathStream(lambda: self._tracked(paths)),
             num_workers=workers,
             collate_fn=collate_scans,
-            pin_memory=cuda,
-            worker_init_fn=worker_init if workers > 0 else None,
-            prefetch_factor=opts.prefetch_factor if workers > 0 else None,
-            **worker_start_method(bundle.preprocess.gpu_decode, workers),
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=WorkerInit(self.opts.worker_memory_mb) if workers > 0 else None,
+            prefetch_factor=self.opts.prefetch_factor if workers > 0 else None,
+            **worker_start_method(self.bundle.preprocess.gpu_decode, workers),
         )
 
-    failures: Counter[str] = Counter()
-    show_bar = show_progress(opts.progress)
-    bar = tqdm(
-        desc=f"scoring (rank {ctx.rank})" if ctx.initialized else "scoring",
-        unit="scan",
-        disable=not (show_bar and ctx.is_main),
-        dynamic_ncols=True,
-        smoothing=0.05,
-    )
-
-    def infer(batches: Iterable[ScanBatch]) -> Iterator[BatchLogits[ScanBatch]]:
+    def _infer(self, batches: Iterable[ScanBatch]) -> Iterator[BatchLogits[ScanBatch]]:
         """The shared inference loop (also validation's and evaluate's), one batch at a time."""
-        assert runner is not None
+        assert self.runner is not None
         return iter_logits(
-            runner.forward,
+            self.runner.forward,
             batches,
-            device,
+            self.device,
             lambda b: b.tensor,
-            amp_dtype,
-            channels_last=runner.channels_last,
+            self.amp_dtype,
+            channels_last=self.runner.channels_last,
             inference_mode=True,
-            pad_to=opts.batch_size if opts.compile else None,
+            pad_to=self.opts.batch_size if self.opts.compile else None,
         )
 
-    def process(result: BatchLogits[ScanBatch]) -> None:
-        batch, x, logits = result.batch, result.inputs, result.logits
+    def _process(self, result: BatchLogits[ScanBatch]) -> None:
+        """One batch: probabilities and flags, Grad-CAM, then the rows journaled as one step."""
+        batch, logits = result.batch, result.logits
         now = _now()
         rows: list[list[object]] = []
+        flagged = np.zeros(len(self.labels), dtype=np.int64)
         if logits is not None:
-            probs = bundle.probabilities(logits).double().cpu().numpy()
-            flags = probs >= thr
-            for k, label in enumerate(labels):
-                summary.flagged[label] += int(flags[:, k].sum())
-            if opts.cam_dir is not None and flags.any():
-                from xraytriage.scoring.cam import write_cams
-
-                items = [
-                    (i, batch.paths[i], k, label)
-                    for i in range(len(batch.paths))
-                    for k, label in enumerate(labels)
-                    if flags[i, k]
-                ]
-                summary.cams += write_cams(model, x, items, bundle.preprocess, opts.cam_dir)
+            probs = self.bundle.probabilities(logits).double().cpu().numpy()
+            flags = probs >= self.thr
+            flagged = flags.sum(axis=0)
+            if self.opts.cam_dir is not None and flags.any():
+                self._write_cams(batch, result.inputs, flags)
             for i, path in enumerate(batch.paths):
+                probs_text = [f"{p:.6f}" for p in probs[i]]
                 rows.append(
-                    [
-                        path,
-                        batch.sop_uids[i],
-                        batch.study_uids[i],
-                        *[f"{p:.6f}" for p in probs[i]],
-                        *[int(f) for f in flags[i]],
-                        bundle.model_id,
-                        now,
-                    ]
+                    [path, batch.sop_uids[i], batch.study_uids[i], *probs_text, *flags[i].astype(int)]
                 )
-        scores_j.append(rows)
-        errors_j.append([[path, reason, message, now] for path, reason, message in batch.failures])
-        for path in batch.paths:
-            pending.pop(path, None)
-        for path, reason, _ in batch.failures:
-            pending.pop(path, None)
-            if reason == NOT_A_SCAN:
-                summary.skipped += 1
-            else:
-                failures[reason] += 1
-                summary.failed += 1
-        summary.scored += len(rows)
-        bar.update(len(rows) + len(batch.failures))
-        if batch.failures:
-            bar.set_postfix(failed=summary.failed, skipped=summary.skipped, refresh=False)
+                rows[-1] += [self.bundle.model_id, now]
+        failed = [[path, reason, message, now] for path, reason, message in batch.failures]
+        with sigchld_deferred():  # append and bookkeeping happen whole, or not at all
+            self.scores_j.append(rows)
+            self.errors_j.append(failed)
+            for path in batch.paths:
+                self._answered(path)
+            for path, reason, _ in batch.failures:
+                self._answered(path)
+                self._count_failure(reason)
+            for k, label in enumerate(self.labels):
+                self.summary.flagged[label] += int(flagged[k])
+            self.summary.scored += len(rows)
+            self.bar.update(len(rows) + len(failed))
+            if failed:
+                self.bar.set_postfix(failed=self.summary.failed, skipped=self.summary.skipped, refresh=False)
 
-    def isolate_crash() -> None:
-        """A worker died (e.g. a decoder segfault): retry the in-flight scans one per process."""
-        suspects = list(pending)
-        pending.clear()
+    def _write_cams(self, batch: ScanBatch, inputs: torch.Tensor | None, flags: np.ndarray) -> None:
+        from xraytriage.scoring.cam import write_cams
+
+        assert self.model is not None
+        items = [
+            (i, batch.paths[i], k, label)
+            for i in range(len(batch.paths))
+            for k, label in enumerate(self.labels)
+            if flags[i, k]
+        ]
+        self.summary.cams += write_cams(self.model, inputs, items, self.bundle.preprocess, self.opts.cam_dir)
+
+    def _answered(self, path: str) -> None:
+        self.pending.pop(path, None)
+        self.queued[path] = True
+
+    def _count_failure(self, reason: str) -> None:
+        """A file that is plainly not a scan is skipped, not failed (unless --strict)."""
+        if reason == NOT_A_SCAN:
+            self.summary.skipped += 1
+        else:
+            self.failures[reason] += 1
+            self.summary.failed += 1
+
+    def _record_failure(self, path: str, reason: str, message: str) -> None:
+        with sigchld_deferred():
+            self.errors_j.append([[path, reason, message, _now()]])
+            self._answered(path)
+            self._count_failure(reason)
+            self.bar.update(1)
+
+    def _isolate_crash(self) -> None:
+        """A worker died (a decoder segfault, a file over the time limit): retry the in-flight scans
+        without an answer one per process, so only the culprit fails, with the reason it died of."""
+        suspects = [path for path in self.pending if not self.queued.get(path)]
+        self.pending.clear()
         log.warning("a decoding process died; retrying %d in-flight scans one at a time", len(suspects))
         for path in suspects:
+            started = time.monotonic()
             try:
-                for result in infer(make_loader(iter([path]), 1, 1)):
-                    process(result)
+                for result in self._infer(self._loader(iter([path]), 1, 1)):
+                    self._process(result)
             except RuntimeError as exc:
-                if not _worker_died(exc):
+                if not worker_died(exc):
                     raise
-                pending.pop(path, None)
-                message = f"the decoding process died on this file ({exc})"
-                errors_j.append([[path, "decoder_crashed", message, _now()]])
-                failures["decoder_crashed"] += 1
-                summary.failed += 1
-                bar.update(1)
+                note = read_death_note(self.notes_dir, path)
+                if note is not None:
+                    reason, detail = note
+                else:
+                    reason = death_reason(exc, time.monotonic() - started, self.opts.file_timeout_s)
+                    detail = f"{CRASH_REASONS[reason]}; {exc}"
+                    if reason == "timeout":
+                        detail = f"decoding took longer than {self.opts.file_timeout_s:g} s; {exc}"
+                self._record_failure(path, reason, detail)
 
-    counter: _Counter | None = None
-    stream = unique_source()
-    try:
-        while True:
-            batches = iter(make_loader(stream, opts.workers, opts.batch_size))  # workers fork here
-            if runner is None:
-                runner = build_runner()  # the workers decode the first batches meanwhile
-            if counter is None and show_bar and ctx.is_main:
-                counter = _Counter(source, bar)  # started after the fork, never inherited by workers
-                counter.start()
-            try:
-                for result in infer(batches):
-                    process(result)
-                break
-            except RuntimeError as exc:
-                if opts.workers == 0 or not _worker_died(exc):
-                    raise
-                del batches
-                isolate_crash()
-    finally:
-        if counter is not None:
-            counter.stop.set()
-        bar.close()
-        scores_j.close()
-        errors_j.close()
-    summary.failed_by_reason = dict(failures)
-
-    if ctx.initialized:
+    # ------------------------------------------------------------------ finishing
+    def _merge_ranks(self) -> None:
+        """Under torchrun: sum the counts over ranks, and rank 0 merges every rank's part files."""
+        ctx, summary, labels = self.ctx, self.summary, self.labels
+        if not ctx.initialized:
+            return
         counts = [summary.scored, summary.failed, *[summary.flagged[label] for label in labels], summary.cams]
         counts += [summary.already_done if ctx.is_main else 0, summary.skipped]
         totals = dist_utils.sum_across_ranks(ctx, counts)
@@ -411,32 +533,35 @@ def score(opts: ScoreOptions) -> ScoreSummary:
         summary.cams = totals[2 + len(labels)]
         summary.skipped = totals[-1]
         if ctx.is_main:
-            main_scores = CsvJournal(journal_path, columns)
-            main_errors = CsvJournal(errors_out, ERROR_COLUMNS)
+            main_scores = CsvJournal(self.journal_path, self.columns)
+            main_errors = CsvJournal(self.errors_out, ERROR_COLUMNS)
             try:
-                merged_done = main_scores.open(expect)
-                if is_parquet(out):
-                    merged_done |= parquet_done(out)
+                merged_done = main_scores.open(self.expect)
+                if is_parquet(self.out):
+                    merged_done |= parquet_done(self.out)
                 summary.merged_rows += dist_utils.merge_parts(
-                    main_scores, merged_done, dist_utils.find_parts(journal_path), expect
+                    main_scores, merged_done, dist_utils.find_parts(self.journal_path), self.expect
                 )
                 summary.merged_rows += dist_utils.merge_parts(
-                    main_errors, main_errors.open(), dist_utils.find_parts(errors_out)
+                    main_errors, main_errors.open(), dist_utils.find_parts(self.errors_out)
                 )
             finally:
                 main_scores.close()
                 main_errors.close()
         dist_utils.sum_across_ranks(ctx, [0])  # everyone waits for the merge before exiting
         dist_utils.shutdown(ctx)
-        if not ctx.is_main:
-            summary.elapsed_s = time.perf_counter() - t0
-            return summary
 
-    if is_parquet(out):
-        finalize_parquet(out, labels)
-    failed_rows, summary.skipped_total = count_error_rows(errors_out, NOT_A_SCAN)
-    summary.errors_total = failed_rows + (summary.skipped_total if opts.strict else 0)
-    if opts.studies is not None:
-        summary.studies = aggregate_studies(read_scores(out, labels), labels, thresholds, opts.studies)
-    summary.elapsed_s = time.perf_counter() - t0
-    return summary
+    def _finish_outputs(self) -> None:
+        """Rank 0: fold a Parquet journal, count the errors file, aggregate studies."""
+        if is_parquet(self.out):
+            finalize_parquet(self.out, self.labels)
+        failed_rows, self.summary.skipped_total = count_error_rows(self.errors_out, NOT_A_SCAN)
+        self.summary.errors_total = failed_rows + (self.summary.skipped_total if self.opts.strict else 0)
+        if self.opts.studies is not None:
+            scores = read_scores(self.out, self.labels)
+            self.summary.studies = aggregate_studies(scores, self.labels, self.thresholds, self.opts.studies)
+
+
+def score(opts: ScoreOptions) -> ScoreSummary:
+    """Score every scan of ``opts.input`` not yet in ``opts.out``; see ``docs/scoring.md``."""
+    return ScoringRun(opts).run()

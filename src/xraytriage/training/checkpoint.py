@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xraytriage.utils.atomic import atomic_path
+from xraytriage.utils.atomic import write_torch_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -60,8 +60,8 @@ def _plain_to_python_state(plain: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """Atomic; a full disk raises ``OSError(ENOSPC)`` naming ``path`` (the previous checkpoint stays)."""
+    write_torch_file(path, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

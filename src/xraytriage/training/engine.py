@@ -7,6 +7,7 @@ synchronises with the GPU except at logging intervals.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,10 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from xraytriage.config import Config, save_config
+from xraytriage.config import Config, ConfigError, DataConfig, ModelConfig, PreprocessConfig, save_config
 from xraytriage.data.augment import build_augmentation, seed_worker
 from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip, label_matrix
-from xraytriage.data.manifest import ManifestError, patient_leakage, read_manifest
+from xraytriage.data.manifest import ManifestError, check_split_values, patient_leakage, read_manifest
 from xraytriage.models.bundle import save_bundle
 from xraytriage.models.factory import build_model, head_parameters
 from xraytriage.models.pretrained import adopt_expected_input, expected_input
@@ -43,6 +44,7 @@ from xraytriage.training.losses import masked_bce, multiclass_ce
 from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.training.schedule import warmup_cosine
 from xraytriage.utils.atomic import atomic_write_text
+from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
 from xraytriage.utils.progress import show_progress
 from xraytriage.utils.runtime import (
     resolve_amp_dtype,
@@ -56,6 +58,29 @@ log = logging.getLogger(__name__)
 
 BEST_WEIGHTS = "best_weights.pt"
 BUNDLE_NAME = "model.pt"
+
+
+# Settings a resumed run may not change: they define what the checkpoint's weights were trained on.
+# Within data, how the scans are read (workers, cache folder) does not change what is learnt.
+_RESUME_FIXED = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig}
+_RESUME_FREE_DATA_KEYS = frozenset({"num_workers", "cache_dir"})
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """``section.key old -> new`` for each data/preprocess/model setting that differs from ``saved``
+    (the checkpoint's config), read through today's schema so keys added since compare as defaults."""
+    changes = []
+    now = cfg.to_yaml_dict()
+    for section, schema in _RESUME_FIXED.items():
+        stored = saved.get(section, {})
+        with contextlib.suppress(Exception):  # an old or edited checkpoint: compare what it holds
+            stored = schema.model_validate(stored).model_dump(mode="json")
+        for key in sorted(set(stored) | set(now[section])):
+            if section == "data" and key in _RESUME_FREE_DATA_KEYS:
+                continue
+            if stored.get(key) != now[section].get(key):
+                changes.append(f"{section}.{key} {stored.get(key)!r} -> {now[section].get(key)!r}")
+    return changes
 
 
 class TrainingDiverged(RuntimeError):
@@ -92,6 +117,7 @@ def _splits(cfg: Config, frame: pd.DataFrame, source: Path) -> tuple[pd.DataFram
         raise ManifestError(
             f"{source}: no 'split' column; add one (train/val/test) or run `xraytriage prepare ... --split`"
         )
+    check_split_values(frame, [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split], str(source))
     leaks = patient_leakage(frame)
     if leaks:
         raise ManifestError(
@@ -151,6 +177,7 @@ class Trainer:
         self.labels = list(cfg.data.labels)
         self.writer: Any = None
         self._stop_requested = False
+        self._resume_state: dict[str, Any] | None = None  # the checkpoint, once _check_run_dir read it
         self._adopt_pretrained_input()
 
     def _adopt_pretrained_input(self) -> None:
@@ -312,7 +339,8 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from (was this run directory trained?)")
-        state = load_checkpoint(path)
+        state = self._resume_state or load_checkpoint(path)
+        self._resume_state = None
         if list(state["labels"]) != self.labels:
             raise ValueError(
                 f"{path}: checkpoint labels {state['labels']} differ from data.labels {self.labels}"
@@ -560,22 +588,58 @@ class Trainer:
 
     # ------------------------------------------------------------------ main
     def fit(self) -> TrainResult:
+        """Train (or resume) holding an exclusive lock on the run directory; the config is written
+        only once the run directory has been checked (a refused run changes nothing)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            refusal: Exception | None = None
+            if self.dist.is_main:
+                try:
+                    where = f"run directory {self.run_dir}"
+                    stack.enter_context(exclusive_lock(lock_file_for(self.run_dir), where))
+                    self._check_run_dir()
+                except (OutputLocked, FileExistsError, FileNotFoundError, ConfigError) as exc:
+                    refusal = exc
+            refusal = dist_utils.broadcast_object(refusal, self.dist)
+            if refusal is not None:
+                raise refusal
+            if self.dist.is_main:
+                save_config(self.cfg, self.run_dir / "config.yaml")
+            return self._fit()
+
+    def _check_run_dir(self) -> None:
+        """A new run needs a directory without a checkpoint; a resumed one the same data, preprocessing
+        and model settings as the checkpoint (a bundle must never claim preprocessing it was not
+        trained with). Epochs, learning rate and the like may change."""
+        path = self.run_dir / CHECKPOINT_NAME
+        if not self.resume:
+            if path.exists():
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a training checkpoint: pass --resume to continue it, "
+                    "or choose a new --out directory"
+                )
+            return
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from (was this run directory trained?)")
+        self._resume_state = load_checkpoint(path)
+        changed = resume_changes(json.loads(self._resume_state["config_json"]), self.cfg)
+        if changed:
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            raise ConfigError(
+                f"{self.run_dir}: --resume with changed settings ({shown}); data, preprocess and model "
+                "settings must stay as trained (train.epochs and the like may change): restore them, "
+                "or start a new run with another --out"
+            )
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
         self._data()
         self._model()
         start_epoch, history, best, bad_epochs = 0, [], (-math.inf, -1), 0
         partial: dict[str, Any] = {}
         if self.resume:
             start_epoch, history, best, bad_epochs, partial = self._restore()
-        elif self.dist.is_main and (self.run_dir / CHECKPOINT_NAME).exists():
-            raise FileExistsError(
-                f"{self.run_dir} already holds a training checkpoint: pass --resume to continue it, "
-                "or choose a new --out directory"
-            )
         self._open_writer()
         self._log_main(
             "training %s on %d scans (val %d) on %s%s, %d epoch(s)",

@@ -24,6 +24,7 @@ from xraytriage.models.pretrained import WeightsMismatch, WeightsUnavailable
 from xraytriage.training.engine import Trainer
 from xraytriage.tuning.space import Param, to_overrides
 from xraytriage.utils.atomic import atomic_path
+from xraytriage.utils.csv_safety import safe_frame
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def _write_outputs(study: Any, config: str | Path | None, out: Path, done_before
     frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
     trials_csv = out / "trials.csv"
     with atomic_path(trials_csv) as tmp:
-        frame.to_csv(tmp, index=False)
+        safe_frame(frame).to_csv(tmp, index=False)
     counts = {
         s: sum(t.state == s for t in trials)
         for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

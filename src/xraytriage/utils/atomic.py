@@ -45,3 +45,15 @@ def atomic_write(path: str | Path, writer: Callable[[IO[Any]], None], mode: str 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text))
+
+
+def write_torch_file(path: str | Path, payload: Any) -> None:
+    """``torch.save`` atomically, through a Python file object so that a failed write surfaces as the
+    ``OSError`` it is (errno and path), not as ``RuntimeError: [enforce fail at inline_container.cc]``."""
+    import torch
+
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None

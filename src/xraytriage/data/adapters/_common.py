@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from xraytriage.data.pseudonyms import SiteKey, load_site_key
 from xraytriage.io.metadata import normalise_sex, parse_age
 
 log = logging.getLogger("xraytriage.data.adapters")
@@ -20,6 +21,7 @@ log = logging.getLogger("xraytriage.data.adapters")
 UncertainPolicy = Literal["ignore", "zeros", "ones", "keep"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+HEADER_INFLATE_LIMIT = 256 << 20  # a deflated DICOM whose header needs more than this is a zip bomb
 
 
 class AdapterError(ValueError):
@@ -38,8 +40,12 @@ class PrepareOptions:
     patient_regex: str | None = None
     positive: str | None = None
     read_headers: bool = True
-    salt: str = "xraytriage"
+    key_file: Path | None = None  # the site key for PatientID pseudonyms (data.pseudonyms); made on first use
     progress: bool = True
+
+    def site_key(self) -> SiteKey:
+        """The site key, loaded (or created, with a message) only when an adapter needs pseudonyms."""
+        return load_site_key(self.key_file)
 
 
 @dataclass
@@ -159,27 +165,31 @@ def _progress(items: list[Path], enabled: bool, desc: str) -> Iterable[Path]:
     return tqdm(items, desc=desc, unit="file")
 
 
-def read_dicom_headers(paths: Sequence[Path | None], salt: str, progress: bool = True) -> pd.DataFrame:
+def read_dicom_headers(
+    paths: Sequence[Path | None], site_key: SiteKey | None = None, progress: bool = True
+) -> pd.DataFrame:
     """Header-only read (no pixels) of subgroup attributes, via :func:`xraytriage.io.dicom.read_meta`.
 
-    Columns: sex, age, view, manufacturer, institution, study_uid, patient_id_hash, dicom_patient_id
-    (the raw PatientID, for public datasets that publish it anyway). Unreadable or absent files give blanks.
+    Columns: sex, age, view, manufacturer, institution, study_uid, patient_pseudonym (HMAC of PatientID
+    with ``site_key``; blank without one), dicom_patient_id (the raw PatientID, for public datasets that
+    publish it anyway). Unreadable or absent files give blanks.
     """
     import warnings
 
     import pydicom
 
-    from xraytriage.io.dicom import read_meta
+    from xraytriage.io.dicom import read_meta, refuse_deflate_bomb
 
     rows = []
     todo = [p for p in paths if p is not None]
     by_path: dict[Path, dict[str, object]] = {}
     for p in _progress(todo, progress, "reading DICOM headers"):
         try:
+            refuse_deflate_bomb(p, HEADER_INFLATE_LIMIT)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-            meta = read_meta(ds, p, salt)
+            meta = read_meta(ds, p, site_key)
             raw_id = ds.get("PatientID")
         except Exception as exc:  # a damaged header costs that file its demographics, not the run
             log.debug("cannot read DICOM header of %s: %s", p, exc.__class__.__name__)
@@ -191,7 +201,7 @@ def read_dicom_headers(paths: Sequence[Path | None], salt: str, progress: bool =
             "manufacturer": meta.manufacturer,
             "institution": meta.institution,
             "study_uid": meta.study_uid,
-            "patient_id_hash": meta.patient_id_hash,
+            "patient_pseudonym": meta.patient_pseudonym,
             "dicom_patient_id": str(raw_id).strip() if raw_id not in (None, "") else None,
         }
     empty = dict.fromkeys(
@@ -202,7 +212,7 @@ def read_dicom_headers(paths: Sequence[Path | None], salt: str, progress: bool =
             "manufacturer",
             "institution",
             "study_uid",
-            "patient_id_hash",
+            "patient_pseudonym",
             "dicom_patient_id",
         )
     )

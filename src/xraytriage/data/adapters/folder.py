@@ -177,16 +177,18 @@ def build(root: Path, opts: PrepareOptions) -> Prepared:
     dicom = files["path"].map(lambda p: Path(p).suffix.lower() in DICOM_SUFFIXES)
     if opts.read_headers and dicom.any():
         sel = files.index[dicom]
-        headers = read_dicom_headers([Path(p) for p in files.loc[sel, "path"]], opts.salt, opts.progress)
+        headers = read_dicom_headers(
+            [Path(p) for p in files.loc[sel, "path"]], opts.site_key(), opts.progress
+        )
         headers.index = sel
-        out.loc[sel, "patient_id"] = headers["patient_id_hash"].astype("string")
+        out.loc[sel, "patient_id"] = headers["patient_pseudonym"].astype("string")
         out.loc[sel, "study_id"] = headers["study_uid"].astype("string")
         out.loc[sel, "sex"] = headers["sex"]
         out.loc[sel, "age"] = headers["age"].astype(float)
         out.loc[sel, "view"] = headers["view"].astype("string")
         out.loc[sel, "site"] = headers["institution"].astype("string")
         out.loc[sel, "manufacturer"] = headers["manufacturer"].astype("string")
-        notes.append(f"read DICOM tags of {len(sel)} files (PatientID stored only as a salted hash)")
+        notes.append(f"read DICOM tags of {len(sel)} files (PatientID stored only as a keyed pseudonym)")
     if opts.demographics is not None:
         demo, demo_notes = _demographics(files, Path(opts.demographics))
         notes += demo_notes

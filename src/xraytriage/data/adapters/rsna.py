@@ -55,7 +55,7 @@ def build(root: Path, opts: PrepareOptions) -> Prepared:
         labels.append("finding")
         notes.append("no detailed_class_info.csv: finding = pneumonia (lung opacity)")
     if opts.read_headers:
-        headers = read_dicom_headers(existing(paths), opts.salt, opts.progress)
+        headers = read_dicom_headers(existing(paths), None, opts.progress)
         out["sex"], out["age"], out["view"] = headers["sex"], headers["age"], headers["view"]
         out["manufacturer"] = headers["manufacturer"]
         notes.append(f"sex/age/view from the DICOM headers of {int(headers['view'].notna().sum())} files")

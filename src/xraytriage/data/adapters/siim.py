@@ -40,7 +40,7 @@ def build(root: Path, opts: PrepareOptions) -> Prepared:
         f"read {len(raw)} rows ({len(ids)} images) from {table_path.name}; {len(index)} .dcm files found"
     ]
     if opts.read_headers:
-        headers = read_dicom_headers(paths, opts.salt, opts.progress)
+        headers = read_dicom_headers(paths, None, opts.progress)
     else:
         headers = pd.DataFrame(index=range(len(ids)), columns=["dicom_patient_id", "study_uid", "view"])
         headers["sex"], headers["age"], headers["manufacturer"] = "unknown", np.nan, pd.NA

@@ -98,7 +98,7 @@ def build(root: Path, opts: PrepareOptions) -> Prepared:
     out["split"] = table["split"].to_numpy()
     notes = [f"read {len(out)} images from {source}; label = {opts.vote} radiologist(s)"]
     if opts.read_headers:
-        headers = read_dicom_headers(existing(paths), opts.salt, opts.progress)
+        headers = read_dicom_headers(existing(paths), None, opts.progress)
         for column in ("sex", "age", "view", "manufacturer"):
             out[column] = headers[column].to_numpy()
     else:
