@@ -140,11 +140,14 @@ def test_unavailable_attribute_and_tiny_groups_are_reported():
     frame = _frame(rng, 120)
     frame["scanner_serial"] = [f"SN{i:04d}" for i in range(len(frame))]  # one value per scan
     cfg = EvaluationConfig(
-        subgroups=["sex", "manufacturer", "scanner_serial"], intersections=[["sex", "site"]], min_group_size=15
+        subgroups=["sex", "manufacturer", "scanner_serial"],
+        intersections=[["sex", "site"]],
+        min_group_size=15,
     )
     attributes = _run(frame, cfg)
     assert attributes["manufacturer"].reason.startswith("column 'manufacturer'")
-    assert attributes["scanner_serial"].reason.startswith("has 120 different values")  # never a group per scan
+    # never a group per scan
+    assert attributes["scanner_serial"].reason.startswith("has 120 different values")
     assert not any("SN0" in g.group for a in attributes.values() for g in a.groups)
     with pytest.raises(ValueError, match="'patient_id' is an identifier column"):
         EvaluationConfig(subgroups=["sex", "patient_id"])  # refused by name before any work

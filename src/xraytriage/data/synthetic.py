@@ -25,8 +25,8 @@ from pydicom.uid import (
 from tqdm import tqdm
 
 from xraytriage.utils.atomic import atomic_path, atomic_write
-from xraytriage.utils.progress import show_progress
 from xraytriage.utils.csv_safety import safe_frame
+from xraytriage.utils.progress import show_progress
 
 SOP_CLASS = {
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
