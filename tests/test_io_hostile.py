@@ -100,12 +100,7 @@ def test_a_transfer_syntax_lie_is_refused_before_decoding(tmp_path: Path, no_pix
 def test_a_deflated_dataset_that_inflates_past_the_ceiling_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ds = pydicom.Dataset()
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientSex = "1.2.840.10008.5.1.4.1.1.7", "1.2.3", "F"
+    ds = _deflated_dataset()
     ds.add_new(0x00091010, "OB", bytes(48 << 20))  # 48 MiB of zeros: ~50 kB deflated
     ds.save_as(tmp_path / "zip.dcm", enforce_file_format=True)
     assert (tmp_path / "zip.dcm").stat().st_size < 1_000_000
@@ -122,6 +117,17 @@ def test_a_deflated_dataset_that_inflates_past_the_ceiling_is_refused(
     assert list(_common.read_dicom_headers([tmp_path / "zip.dcm"], None, False)["sex"]) == ["F"]
     monkeypatch.setattr(_common, "HEADER_INFLATE_LIMIT", 16 << 20)
     assert list(_common.read_dicom_headers([tmp_path / "zip.dcm"], None, False)["sex"]) == ["unknown"]
+
+
+def _deflated_dataset() -> pydicom.Dataset:
+    """A minimal Secondary Capture header under the Deflated Explicit VR transfer syntax."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientSex = "1.2.840.10008.5.1.4.1.1.7", "1.2.3", "F"
+    return ds
 
 
 def _allocate_under_cap(cap_mb: int, alloc_mb: int, queue: multiprocessing.Queue) -> None:
@@ -234,12 +240,7 @@ def test_inflating_a_deflated_dataset_ends_whatever_follows_the_stream(tmp_path:
     """zlib keeps a byte in ``unconsumed_tail`` once the stream has ended: the size check must stop."""
     from xraytriage.io.codestream import deflated_size_within
 
-    ds = pydicom.Dataset()
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientSex = "1.2.840.10008.5.1.4.1.1.7", "1.2.3", "F"
+    ds = _deflated_dataset()
     ds.PatientAge = "0" * (2 * extra) + "58Y"[: 4 if extra % 2 else 3]
     ds.add_new(0x00091010, "OB", bytes((3 << 20) + 2 * extra))
     ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
