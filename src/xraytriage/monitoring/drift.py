@@ -12,6 +12,7 @@ PSI = sum over bins of (deployed share - validation share) * ln(deployed share /
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ import numpy as np
 from scipy import stats
 
 PSEUDO_COUNT = 0.5
+EXACT_KS_MAX_PAIRS = 10_000  # larger samples use the asymptotic distribution (exact is slow and unneeded)
 
 
 def psi_edges(reference: np.ndarray, bins: int) -> np.ndarray:
@@ -54,5 +56,10 @@ def shift(
     """PSI and the KS test; ``higher`` tests only for deployed values above validation's (OOD scores:
     lower is never a problem)."""
     # ks_2samp's 'less': the first sample's CDF lies below the second's, i.e. its values are larger
-    ks = stats.ks_2samp(current, reference, alternative="less" if alternative == "higher" else "two-sided")
+    method = "exact" if len(current) * len(reference) <= EXACT_KS_MAX_PAIRS else "asymp"
+    with warnings.catch_warnings():  # an exact calculation that fails falls back to asymp: fine
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ks = stats.ks_2samp(
+            current, reference, alternative="less" if alternative == "higher" else "two-sided", method=method
+        )
     return Shift(psi(reference, current, bins), float(ks.statistic), float(ks.pvalue))

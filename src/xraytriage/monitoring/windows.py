@@ -64,12 +64,15 @@ def ordered_windows(keys: pd.Series) -> list[str]:
 
 
 def cells(table: pd.DataFrame, window: Window, by: Sequence[str]) -> Iterator[Cell]:
-    """Every window x group with at least one scan, in time order."""
+    """Every window x group with at least one scan, in time order. A group holding every scan of its
+    window (one site only) repeats the 'all' cell and is left out: a duplicate check adds no
+    information but would weaken the multiple-testing correction."""
     keys = window_keys(table["study_date"], window)
     for key in ordered_windows(keys):
         in_window = np.ones(len(table), bool) if key == ALL else (keys == key).to_numpy()
         yield Cell(key, ALL, ALL, np.flatnonzero(in_window))
         for attribute in by:
             values = table[attribute].to_numpy()
-            for group in sorted(set(values[in_window])):
+            groups = sorted(set(values[in_window]))
+            for group in groups if len(groups) > 1 else []:
                 yield Cell(key, attribute, str(group), np.flatnonzero(in_window & (values == group)))
