@@ -323,3 +323,12 @@ def test_command_refuses_scores_of_another_model_and_a_locked_output(
     with exclusive_lock(lock_file_for(out), "test"):
         assert main(["monitor", "--model", str(model), str(mine), "--out", str(out)]) == 2
     assert "in use by another xraytriage run" in capsys.readouterr().err
+
+
+def test_cbpe_interval_never_zero_width_when_nothing_is_flagged() -> None:
+    """No scan reaches the threshold: under calibration every positive is missed (miss rate 1), yet
+    the answer keeps an interval: Wilson of 3 missed of 3 expected positives."""
+    est = expected_miss_rate(np.full(30, 0.1), 0.5, 500, 0.95, np.random.default_rng(0))
+    assert est is not None and est.miss_rate == 1.0 and est.miss_rate_high == 1.0
+    low = stats.binomtest(3, 3).proportion_ci(confidence_level=0.95, method="wilson").low
+    assert est.miss_rate_low == pytest.approx(low, abs=1e-12) and est.miss_rate_low < 0.6

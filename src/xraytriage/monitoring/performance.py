@@ -10,7 +10,8 @@ independent Bernoulli draws (Poisson-binomial), and
 
 (NannyML's ratio of expected confusion-matrix counts). Its interval comes from simulating the labels
 ``simulations`` times (each scan positive with its own p): the spread of sensitivity a labelled sample
-of these very scans would show. When calibration fails (a new scanner changes what a probability
+of these very scans would show (where the simulation leaves no spread, e.g. no scan flagged, the
+Wilson interval of the expected counts stands in, so no interval has zero width). When calibration fails (a new scanner changes what a probability
 means) the estimate is wrong in a way no label-free method can see: CBPE watches the case mix, the
 probability shift and OOD tests watch the rest.
 """
@@ -73,4 +74,15 @@ def expected_miss_rate(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(draws, [tail, 1.0 - tail])
     miss = 1.0 - sensitivity
+    if low == high:  # no spread left (no scan flagged, or every p is 0 or 1): never a zero-width answer
+        low, high = _wilson(total * miss, total, confidence)
     return ExpectedMissRate(total, sensitivity, miss, float(min(low, miss)), float(max(high, miss)), draws)
+
+
+def _wilson(missed: float, positives: float, confidence: float) -> tuple[float, float]:
+    """Wilson interval of the expected counts, rounded to whole scans (at least one positive)."""
+    from scipy import stats
+
+    n = max(1, round(positives))
+    ci = stats.binomtest(min(n, round(missed)), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
