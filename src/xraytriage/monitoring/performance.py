@@ -11,9 +11,9 @@ independent Bernoulli draws (Poisson-binomial), and
 (NannyML's ratio of expected confusion-matrix counts). Its interval comes from simulating the labels
 ``simulations`` times (each scan positive with its own p): the spread of sensitivity a labelled sample
 of these very scans would show (where the simulation leaves no spread, e.g. no scan flagged, the
-Wilson interval of the expected counts stands in, so no interval has zero width). When calibration fails (a new scanner changes what a probability
-means) the estimate is wrong in a way no label-free method can see: CBPE watches the case mix, the
-probability shift and OOD tests watch the rest.
+Wilson interval of the expected counts stands in, so no interval has zero width). When calibration
+fails (a new scanner changes what a probability means) the estimate is wrong in a way no label-free
+method can see: CBPE watches the case mix, the probability shift and OOD tests watch the rest.
 """
 
 from __future__ import annotations
