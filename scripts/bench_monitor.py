@@ -36,6 +36,9 @@ SITES = {"A": 150, "B": 100, "C": 60}
 BY = ["site", "manufacturer", "view"]
 
 
+LEVELS = (0.01, 0.001)  # false_alert_rate values compared (0.001 is the default)
+
+
 def false_alerts(repeats: int, seed: int) -> dict[str, float]:
     from xraytriage.config import MonitorConfig
     from xraytriage.monitoring.compare import monitor_scores
@@ -43,7 +46,8 @@ def false_alerts(repeats: int, seed: int) -> dict[str, float]:
     from xraytriage.monitoring.simulation import calibrated_reference, deployed_scores
 
     cfg = MonitorConfig()
-    runs_alerting = alerts = raw = tests = 0
+    runs_alerting = dict.fromkeys(LEVELS, 0)
+    alerts = raw = tests = 0
     started = time.perf_counter()
     for r in range(repeats):
         rng = np.random.default_rng(seed + r)
@@ -51,14 +55,17 @@ def false_alerts(repeats: int, seed: int) -> dict[str, float]:
         frame = deployed_scores(rng, ref, WEEKS, SITES)
         frame["in_scope"] = frame["in_scope"].astype("boolean")
         result = monitor_scores(DeployedScores(frame, ["sim"], len(frame), 0, True, True), ref, cfg)
-        runs_alerting += bool(result.alerts)
+        for level in LEVELS:  # the verdict at another level, from the same q-values and limits
+            runs_alerting[level] += any(
+                c.q_value is not None and c.q_value <= level and c.effect >= c.limit for c in result.checks
+            )
         alerts += len(result.alerts)
         raw += sum(c.p_value is not None and c.p_value < 0.05 for c in result.checks)
         tests += result.tests
     return {
         "runs": repeats,
-        "runs_with_alert": runs_alerting,
-        "alerts": alerts,
+        **{f"runs_with_alert_at_{level:g}": n for level, n in runs_alerting.items()},
+        "alerts_at_default": alerts,
         "checks": tests,
         "raw_p_below_0.05": raw,
         "seconds_per_run": (time.perf_counter() - started) / repeats,

@@ -294,7 +294,7 @@ class MonitorConfig(_Section):
         description="scores.csv columns to group by (each on its own, besides all scans)",
     )
     false_alert_rate: float = Field(
-        0.01,
+        0.001,
         gt=0.0,
         lt=0.5,
         description="false-discovery rate over all tests of one run (BH); a run of in-distribution "
