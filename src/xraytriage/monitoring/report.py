@@ -35,12 +35,8 @@ def checks_frame(result: MonitorResult) -> pd.DataFrame:
 
 def write_json(result: MonitorResult, out: Path) -> Path:
     target = out / "monitor.json"
-    atomic_write_text(target, json.dumps(result.to_dict(), indent=2, allow_nan=False, default=_finite) + "\n")
+    atomic_write_text(target, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     return target
-
-
-def _finite(value: object) -> object:
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def write_checks_csv(result: MonitorResult, out: Path) -> Path:
