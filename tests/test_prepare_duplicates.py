@@ -154,3 +154,28 @@ def test_real_covid_metadata_prepares(shared_data: Path, tmp_path: Path) -> None
     out = tmp_path / "covid.csv"
     assert run_prepare("covid-chestxray", root, out, views="frontal", drop_missing=True) == 0
     load(out, ["finding"])
+
+
+def test_nih_table_with_a_repeated_row_and_a_file_under_two_patients(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The same class of quirk in another adapter: the real NIH table with one row repeated verbatim
+    and one image re-listed under another patient's ID."""
+    from test_adapters import _nih_root
+
+    rows = pd.read_csv(shared_data / "public_metadata" / "Data_Entry_2017_v2020.csv.gz", nrows=120, dtype=str)
+    moved = rows.iloc[[5]].copy()
+    other = rows["Patient ID"].iloc[60]
+    assert other != moved["Patient ID"].iloc[0]
+    moved["Patient ID"] = other
+    root = _nih_root(tmp_path, pd.concat([rows, rows.iloc[[3]], moved], ignore_index=True))
+    out = tmp_path / "nih.csv"
+    assert run_prepare("nih-cxr14", root, out, val=0.1, test=0.2) == 0
+    df = load(out, ["finding"])
+    assert len(df) == 120 and df["path"].is_unique
+    image5, image60 = rows["Image Index"].iloc[5], rows["Image Index"].iloc[60]
+    pid = df.set_index(df["path"].map(lambda p: Path(p).name))["patient_id"]
+    merged = "+".join(sorted([rows["Patient ID"].iloc[5], other]))
+    assert pid[image5] == pid[image60] == merged
+    details = pd.read_csv(duplicates_report_path(out), dtype=str)
+    assert len(details) == 1 and details["merged_patient_id"].iloc[0] == merged
