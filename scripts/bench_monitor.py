@@ -1,12 +1,14 @@
 """Does ``monitor`` stay quiet on noise, alert on a new scanner, and does CBPE estimate the miss rate?
 
-Usage: .venv/bin/python scripts/bench_monitor.py [--repeats 200] [--cbpe-repeats 200] [--patients 600]
-       [--epochs 5] [--skip-model] [--seed 0]
+Usage: .venv/bin/python scripts/bench_monitor.py [--repeats 200] [--detection-repeats 50]
+       [--cbpe-repeats 200] [--patients 600] [--epochs 5] [--skip-model] [--seed 0]   (0 repeats: skip)
 
 1. False alerts: ``--repeats`` times, a calibrated synthetic validation reference (500 scans) and a fresh
    draw of the same population as deployed scores (4 ISO weeks x 3 sites of 150/100/60 scans a week:
    1 240 scans, 100 checks a run). Counts runs with any alert (goal: 0) and, for contrast, checks whose
    raw p-value is below 0.05 (what a per-check test without BH and limits would raise).
+1b. Detection: ``--detection-repeats`` runs with a probability-level shift at site B in one week
+   (p -> p ** 0.6, OOD score + 1.5 SD): how often is site B / that week named, and by which measure.
 2. CBPE on calibrated scans: ``--cbpe-repeats`` labelled samples of 300 scans whose labels are drawn
    from their probabilities; how often the 95 % expected-miss-rate interval holds the true miss rate.
 3. A real new scanner: a tiny ResNet-18 trained on the synthetic DICOMs (``xraytriage train``), its
@@ -70,6 +72,34 @@ def false_alerts(repeats: int, seed: int) -> dict[str, float]:
         "raw_p_below_0.05": raw,
         "seconds_per_run": (time.perf_counter() - started) / repeats,
     }
+
+
+def detection(repeats: int, seed: int) -> dict[str, object]:
+    """Probability-level shift: at site B in week 3 every probability becomes p ** 0.6 (a scanner that
+    makes the model see more disease) and the OOD score rises by 1.5 SD. How often is it named?"""
+    from xraytriage.config import MonitorConfig
+    from xraytriage.monitoring.compare import monitor_scores
+    from xraytriage.monitoring.deployed import DeployedScores
+    from xraytriage.monitoring.simulation import Population, calibrated_reference, deployed_scores
+
+    found = dict.fromkeys(("probability_shift", "flagged_rate", "ood_shift", "any"), 0)
+    elsewhere = 0
+    for r in range(repeats):
+        rng = np.random.default_rng(20_000 + seed + r)
+        ref = calibrated_reference(rng, 500)
+        frame = deployed_scores(
+            rng, ref, WEEKS, SITES, {("B", WEEKS[2]): Population(power=0.6, ood_shift=3.0)}
+        )
+        frame["in_scope"] = frame["in_scope"].astype("boolean")
+        alerts = monitor_scores(
+            DeployedScores(frame, ["sim"], len(frame), 0, True, True), ref, MonitorConfig()
+        ).alerts
+        named = {a.measure for a in alerts if a.group == "B" and a.window == "2026-W47"}
+        for measure in named & found.keys():
+            found[measure] += 1
+        found["any"] += bool(named)
+        elsewhere += any(a.window not in ("2026-W47", "all") or a.group not in ("B", "all") for a in alerts)
+    return {"repeats": repeats, "site_B_week_47_named_by": found, "runs_alerting_elsewhere": elsewhere}
 
 
 def cbpe_coverage(repeats: int, seed: int, n: int = 300) -> dict[str, float]:
@@ -220,16 +250,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--detection-repeats", type=int, default=50)
     parser.add_argument("--cbpe-repeats", type=int, default=200)
     parser.add_argument("--patients", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    out: dict[str, object] = {"false_alerts": false_alerts(args.repeats, args.seed)}
-    print(json.dumps(out["false_alerts"], indent=1), flush=True)
-    out["cbpe_calibrated"] = cbpe_coverage(args.cbpe_repeats, args.seed)
-    print(json.dumps(out["cbpe_calibrated"], indent=1), flush=True)
+    out: dict[str, object] = {}
+    if args.repeats:
+        out["false_alerts"] = false_alerts(args.repeats, args.seed)
+        print(json.dumps(out["false_alerts"], indent=1), flush=True)
+    if args.detection_repeats:
+        out["detection"] = detection(args.detection_repeats, args.seed)
+        print(json.dumps(out["detection"], indent=1), flush=True)
+    if args.cbpe_repeats:
+        out["cbpe_calibrated"] = cbpe_coverage(args.cbpe_repeats, args.seed)
+        print(json.dumps(out["cbpe_calibrated"], indent=1), flush=True)
     if not args.skip_model:
         out["new_scanner"] = new_scanner(args.patients, args.epochs, args.seed)
         print(json.dumps(out["new_scanner"], indent=1, default=str), flush=True)
