@@ -332,3 +332,8 @@ def test_cbpe_interval_never_zero_width_when_nothing_is_flagged() -> None:
     assert est is not None and est.miss_rate == 1.0 and est.miss_rate_high == 1.0
     low = stats.binomtest(3, 3).proportion_ci(confidence_level=0.95, method="wilson").low
     assert est.miss_rate_low == pytest.approx(low, abs=1e-12) and est.miss_rate_low < 0.6
+
+
+def test_shipped_monitor_config_states_the_defaults() -> None:
+    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "monitor.yaml").monitor
+    assert shipped == MonitorConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from xraytriage.commands._common import add_progress_flag
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         f"from {len(files)} file(s); {result.tests} checks, {len(result.alerts)} alert(s) "
         f"(false-alert rate {cfg.false_alert_rate:g}, BH)"
     )
+    verdicts = Counter(c.verdict for c in result.checks)
+    print("verdicts: " + ", ".join(f"{verdict} {n}" for verdict, n in sorted(verdicts.items())))
     print("outputs: " + ", ".join(str(p) for p in written))
     for alert in result.alerts[:MAX_ALERT_LINES]:
         print(
