@@ -201,9 +201,11 @@ def test_several_files_repeated_scans_count_once(tmp_path: Path) -> None:
     rerun["scored_at"], rerun["prob_finding"] = "2026-11-10T01:00:00", 0.99
     png = night1.iloc[:3].copy()  # PNGs have no SOPInstanceUID: the path identifies them
     png["sop_instance_uid"], png["path"] = "", ["/png/a.png", "/png/b.png", "/png/a.png"]
-    files = [_write(f, tmp_path / f"n{i}.csv") for i, f in enumerate([night1, night2, rerun, png])]
+    older = night2.iloc[:4].drop(columns=["sop_instance_uid", "scored_at"])  # an old file: no UID column
+    older["path"] = [f"/old/{i}.dcm" for i in range(4)]
+    files = [_write(f, tmp_path / f"n{i}.csv") for i, f in enumerate([night1, night2, rerun, png, older])]
     deployed = read_deployed(files, ref.labels, ref.model_id, BY)
-    assert deployed.rows_read == 40 + 40 + 10 + 3 and len(deployed.table) == 80 + 2
+    assert deployed.rows_read == 40 + 40 + 10 + 3 + 4 and len(deployed.table) == 80 + 2 + 4
     assert deployed.duplicates_dropped == 11
     assert (deployed.table["prob_finding"] == 0.99).sum() == 10
 

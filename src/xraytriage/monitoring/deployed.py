@@ -61,13 +61,16 @@ def _check_file(frame: pd.DataFrame, path: Path, labels: Sequence[str], model_id
 
 def _dedupe(table: pd.DataFrame) -> pd.DataFrame:
     """A scan scored by several runs counts once: its newest row (by scored_at), keyed by the DICOM
-    SOPInstanceUID where there is one, else by the path."""
-    uid = (
-        table["sop_instance_uid"] if "sop_instance_uid" in table.columns else pd.Series("", index=table.index)
-    )
-    key = uid.where(uid.astype(str).str.strip() != "", "path:" + table["path"].astype(str))
-    order = table["scored_at"] if "scored_at" in table.columns else pd.Series("", index=table.index)
-    table = table.assign(_key=key.to_numpy(), _order=order.to_numpy()).sort_values("_order", kind="stable")
+    SOPInstanceUID where there is one, else by the path (files without either column: '' for it)."""
+
+    def column(name: str) -> pd.Series:
+        values = table[name] if name in table.columns else pd.Series("", index=table.index)
+        return values.fillna("").astype(str).str.strip()
+
+    uid = column("sop_instance_uid")
+    key = uid.where(uid != "", "path:" + column("path"))
+    table = table.assign(_key=key.to_numpy(), _order=column("scored_at").to_numpy())
+    table = table.sort_values("_order", kind="stable")
     return table.drop_duplicates("_key", keep="last").drop(columns=["_key", "_order"]).sort_index()
 
 
