@@ -74,6 +74,45 @@ def _dedupe(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop_duplicates("_key", keep="last").drop(columns=["_key", "_order"]).sort_index()
 
 
+MISSING_SCOPE_NOTES = {
+    "in_scope": "out-of-scope rate unknown for those scans",
+    "ood_score": "OOD shift unknown for those scans",
+    "study_date": "their window is 'unknown'",
+}
+
+
+def _missing_column_warnings(lacking: dict[str, list[str]], by: Sequence[str]) -> list[str]:
+    out = []
+    for column, files in lacking.items():
+        if not files:
+            continue
+        if column in by:
+            out.append(GROUP_FALLBACK_NOTE.format(column=column, files=", ".join(files)))
+        else:
+            out.append(
+                f"column '{column}' absent from {', '.join(files)} (scored before scope checks): "
+                + MISSING_SCOPE_NOTES[column]
+            )
+    return out
+
+
+def _typed(table: pd.DataFrame, labels: Sequence[str], by: Sequence[str]) -> pd.DataFrame:
+    """Text columns as read -> probabilities (float), in_scope (boolean, NA unknown), ood_score
+    (float, NaN unknown), study_date (str) and group columns ('unknown' when blank)."""
+    out = pd.DataFrame(
+        {f"prob_{label}": pd.to_numeric(table[f"prob_{label}"], errors="coerce") for label in labels}
+    )
+    scope = table["in_scope"].astype(str).str.strip()
+    out["in_scope"] = pd.array(
+        np.where(scope == "", None, scope.isin(["1", "True", "true"])), dtype="boolean"
+    )
+    out["ood_score"] = pd.to_numeric(table["ood_score"], errors="coerce")
+    out["study_date"] = table["study_date"].astype(str).str.strip()
+    for column in by:
+        out[column] = table[column].astype(str).str.strip().replace("", UNKNOWN)
+    return out
+
+
 def read_deployed(
     paths: Sequence[str | Path], labels: Sequence[str], model_id: str, by: Sequence[str]
 ) -> DeployedScores:
@@ -92,32 +131,11 @@ def read_deployed(
     table = pd.concat(frames, ignore_index=True)
     rows_read = len(table)
     table = _dedupe(table).reset_index(drop=True)
-    warnings = [
-        GROUP_FALLBACK_NOTE.format(column=c, files=", ".join(files))
-        if c in by
-        else f"column '{c}' absent from {', '.join(files)} (scored before scope checks): "
-        + {
-            "in_scope": "out-of-scope rate unknown for those scans",
-            "ood_score": "OOD shift unknown for those scans",
-            "study_date": "their window is 'unknown'",
-        }[c]
-        for c, files in lacking.items()
-        if files
-    ]
-    out = pd.DataFrame(
-        {f"prob_{label}": pd.to_numeric(table[f"prob_{label}"], errors="coerce") for label in labels}
-    )
-    unreadable = out.isna().any(axis=1)
+    warnings = _missing_column_warnings(lacking, by)
+    out = _typed(table, labels, by)
+    unreadable = out[[f"prob_{label}" for label in labels]].isna().any(axis=1)
     if unreadable.any():
         warnings.append(f"{int(unreadable.sum())} row(s) without a readable probability left out")
-    scope = table["in_scope"].astype(str).str.strip()
-    out["in_scope"] = pd.array(
-        np.where(scope == "", None, scope.isin(["1", "True", "true"])), dtype="boolean"
-    )
-    out["ood_score"] = pd.to_numeric(table["ood_score"], errors="coerce")
-    out["study_date"] = table["study_date"].astype(str).str.strip()
-    for column in by:
-        out[column] = table[column].astype(str).str.strip().replace("", UNKNOWN)
     out = out.loc[~unreadable].reset_index(drop=True)
     return DeployedScores(
         table=out,
