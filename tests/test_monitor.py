@@ -339,3 +339,23 @@ def test_cbpe_interval_never_zero_width_when_nothing_is_flagged() -> None:
 def test_shipped_monitor_config_states_the_defaults() -> None:
     shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "monitor.yaml").monitor
     assert shipped == MonitorConfig()
+
+
+def test_flagged_rate_interval_is_wilson_by_hand() -> None:
+    """14 of 60 scans flagged: the Wilson score interval from its formula (z = 1.959964)."""
+    from xraytriage.monitoring.compare import CellChecks
+    from xraytriage.monitoring.windows import Cell
+
+    ref = calibrated_reference(np.random.default_rng(0), 200)
+    probs = np.array([0.9] * 14 + [0.01] * 46)
+    check = CellChecks(
+        Cell("w", "all", "all", np.arange(60)), ref, MonitorConfig(), np.random.default_rng(0), {}
+    )
+    result = check.flagged_rate("finding", probs)
+    z, n, p = 1.959963984540054, 60, 14 / 60
+    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert result.value == p
+    assert result.value_low == pytest.approx((centre - half) / (1 + z * z / n), abs=1e-12)
+    assert result.value_high == pytest.approx((centre + half) / (1 + z * z / n), abs=1e-12)
+    k0 = int((ref.probabilities["finding"] >= 0.2).sum())
+    assert result.reference == k0 / 200 and result.effect == pytest.approx(abs(p - k0 / 200), abs=1e-15)

@@ -16,7 +16,7 @@ from xraytriage.config import MonitorConfig
 from xraytriage.monitoring import drift
 from xraytriage.monitoring.alerts import decide
 from xraytriage.monitoring.deployed import DeployedScores
-from xraytriage.monitoring.performance import ExpectedMissRate, expected_miss_rate
+from xraytriage.monitoring.performance import ExpectedMissRate, expected_miss_rate, wilson_counts
 from xraytriage.monitoring.reference import ValidationReference
 from xraytriage.monitoring.results import CANNOT_TELL, Check, MonitorResult
 from xraytriage.monitoring.windows import Cell, cells
@@ -28,11 +28,6 @@ ASSUMPTIONS = [
     "flagged-rate and out-of-scope tests compare with validation's own counts (Fisher's exact test), "
     "so the validation sample's uncertainty is included",
 ]
-
-
-def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
-    ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 class CellChecks:
@@ -75,11 +70,11 @@ class CellChecks:
         n0, k0 = len(self.ref.probabilities[label]), self.ref.flagged(label)
         check = self._check(label, "flagged_rate", n)
         check.reference = k0 / n0
-        check.reference_low, check.reference_high = _wilson(k0, n0, self.cfg.confidence)
+        check.reference_low, check.reference_high = wilson_counts(k0, n0, self.cfg.confidence)
         check.limit = self.cfg.flag_rate_limit
         if n:
             check.value = k / n
-            check.value_low, check.value_high = _wilson(k, n, self.cfg.confidence)
+            check.value_low, check.value_high = wilson_counts(k, n, self.cfg.confidence)
         if self._enough(check, n):
             check.effect = abs(k / n - k0 / n0)
             check.p_value = float(stats.fisher_exact([[k, n - k], [k0, n0 - k0]]).pvalue)
@@ -115,11 +110,11 @@ class CellChecks:
         n0 = max(self.ref.n_scans, 1)
         k0 = round(self.ref.out_of_scope_rate * n0)
         check.reference = k0 / n0
-        check.reference_low, check.reference_high = _wilson(k0, n0, self.cfg.confidence)
+        check.reference_low, check.reference_high = wilson_counts(k0, n0, self.cfg.confidence)
         check.limit = self.cfg.out_of_scope_limit
         if n:
             check.value = k / n
-            check.value_low, check.value_high = _wilson(k, n, self.cfg.confidence)
+            check.value_low, check.value_high = wilson_counts(k, n, self.cfg.confidence)
         if self._enough(check, n):
             check.effect = k / n - k0 / n0
             check.p_value = float(

@@ -75,14 +75,15 @@ def expected_miss_rate(
     low, high = np.quantile(draws, [tail, 1.0 - tail])
     miss = 1.0 - sensitivity
     if low == high:  # no spread left (no scan flagged, or every p is 0 or 1): never a zero-width answer
-        low, high = _wilson(total * miss, total, confidence)
+        low, high = wilson_counts(total * miss, total, confidence)
     return ExpectedMissRate(total, sensitivity, miss, float(min(low, miss)), float(max(high, miss)), draws)
 
 
-def _wilson(missed: float, positives: float, confidence: float) -> tuple[float, float]:
-    """Wilson interval of the expected counts, rounded to whole scans (at least one positive)."""
+def wilson_counts(k: float, n: float, confidence: float) -> tuple[float, float]:
+    """Wilson interval of k successes in n (counts rounded to whole scans, n at least one): never zero
+    width, sensible at 0 and n. The monitor's one interval for a share."""
     from scipy import stats
 
-    n = max(1, round(positives))
-    ci = stats.binomtest(min(n, round(missed)), n).proportion_ci(confidence_level=confidence, method="wilson")
+    n = max(1, round(n))
+    ci = stats.binomtest(min(n, round(k)), n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
