@@ -47,6 +47,7 @@ def test_bars_only_on_a_terminal_unless_switched_off(monkeypatch: pytest.MonkeyP
         ["tune", "--config", "c.yaml", "--trials", "1", "--out", "t"],
         ["evaluate", "--model", "m.pt", "--manifest", "m.csv", "--out", "e"],
         ["score", "in", "--model", "m.pt", "--out", "s.csv"],
+        ["monitor", "s.csv", "--model", "m.pt", "--out", "mon"],
     ],
 )
 def test_every_long_running_command_takes_no_progress(argv: list[str]) -> None:

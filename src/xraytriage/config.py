@@ -282,6 +282,49 @@ class ScoreConfig(_Section):
     )
 
 
+class MonitorConfig(_Section):
+    """``xraytriage monitor``: how deployed scores are grouped and when a difference is an alert.
+
+    An alert needs both: a test that says the difference is real (Benjamini-Hochberg across every
+    group, window, label and measure at ``false_alert_rate``) and a difference beyond its limit."""
+
+    window: Literal["day", "week"] = Field("week", description="time window by study date")
+    by: list[str] = Field(
+        default_factory=lambda: ["site", "manufacturer", "view"],
+        description="scores.csv columns to group by (each on its own, besides all scans)",
+    )
+    false_alert_rate: float = Field(
+        0.001,
+        gt=0.0,
+        lt=0.5,
+        description="false-discovery rate over all tests of one run (BH); a run of in-distribution "
+        "scores raises any alert with at most this chance",
+    )
+    min_scans: int = Field(30, ge=5, description="windows/groups with fewer scans are 'cannot tell'")
+    psi_bins: int = Field(10, ge=2, le=100, description="PSI bins: quantiles of the validation scores")
+    psi_limit: float = Field(0.2, gt=0.0, description="PSI at or above which a real shift is an alert")
+    flag_rate_limit: float = Field(
+        0.1, gt=0.0, le=1.0, description="absolute change of the flagged rate that is an alert"
+    )
+    out_of_scope_limit: float = Field(
+        0.05, gt=0.0, le=1.0, description="rise of the out-of-scope rate over validation that is an alert"
+    )
+    miss_rate_margin: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="expected miss rate (CBPE) above the validation's by more than this is an alert",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of every interval shown")
+    simulations: int = Field(2000, ge=200, le=200_000, description="draws for CBPE intervals")
+    seed: int = 0
+
+    @field_validator("by")
+    @classmethod
+    def _no_identifier_groups(cls, value: list[str]) -> list[str]:
+        return EvaluationConfig._no_identifier_subgroups(value)
+
+
 class Config(_Section):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -291,6 +334,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -123,7 +123,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "it is checked for patient leakage, and val is carved from train by patient if it has none",
     )
     parser.add_argument(
-        "--views", metavar="LIST", help="keep only these views, comma-separated (e.g. PA,AP); default all"
+        "--views",
+        metavar="LIST",
+        help="keep only these views, comma-separated: 'frontal' (PA and AP, including AP supine/erect/"
+        "axial and decubitus frontals), 'lateral', or exact views such as PA,AP; default all",
     )
     parser.add_argument(
         "--drop-missing",
@@ -196,6 +199,41 @@ def print_summary(df, labels: list[str], out: Path) -> None:  # type: ignore[no-
     print("  (any subset of these label columns works as data.labels; 'finding' = any abnormality)")
 
 
+def duplicates_report_path(out: Path) -> Path:
+    """Details of what ``prepare`` merged, beside the manifest."""
+    return out.with_name(out.stem + ".duplicates.csv")
+
+
+def merge_repeated_files(df, labels: list[str], out: Path):  # type: ignore[no-untyped-def]
+    """One row per file and one patient id per person (data.duplicates); one line here, details in
+    the ``.duplicates.csv`` report beside the manifest (a stale one from an earlier run is removed)."""
+    from xraytriage.data.duplicates import merge_duplicate_files
+    from xraytriage.utils.atomic import atomic_path
+    from xraytriage.utils.csv_safety import safe_frame
+
+    df, report = merge_duplicate_files(df, labels)
+    details = duplicates_report_path(out)
+    if not report.changed:
+        details.unlink(missing_ok=True)
+        return df
+    with atomic_path(details) as tmp:
+        safe_frame(report.to_frame()).to_csv(tmp, index=False)
+    print(f"note: {report.summary()}; details in {details}")
+    return df
+
+
+def keep_views(df, views: str):  # type: ignore[no-untyped-def]
+    """``--views``: the rows whose view is listed (data.views: 'frontal', 'lateral' or exact views)."""
+    from xraytriage.data.adapters._common import AdapterError
+    from xraytriage.data.views import view_matches
+
+    if "view" not in df.columns:
+        raise AdapterError(f"--views {views}: this source records no view for its images; drop --views")
+    keep = view_matches(df["view"], views)
+    print(f"note: --views {views}: kept {int(keep.sum())} of {len(df)} images")
+    return df.loc[keep.to_numpy()].reset_index(drop=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -231,12 +269,10 @@ def run(args: argparse.Namespace) -> int:
         for note in prepared.notes:
             print(f"note: {note}")
         df["dataset"] = args.source
+        df = merge_repeated_files(df, prepared.labels, Path(args.out))
         views = getattr(args, "views", None)
         if views:
-            wanted = {v.strip().upper() for v in views.split(",") if v.strip()}
-            keep = df["view"].astype("string").str.upper().isin(wanted).fillna(False)
-            print(f"note: --views {views}: kept {int(keep.sum())} of {len(df)} images")
-            df = df.loc[keep].reset_index(drop=True)
+            df = keep_views(df, views)
         gone = missing_files(df)
         if gone.any():
             message = describe_missing(df, gone, f"{args.source} under {root}")
