@@ -91,6 +91,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of flagged scans into DIR"
     )
     parser.add_argument(
+        "--dicom-out",
+        type=Path,
+        metavar="DIR",
+        help="also write, per scored DICOM scan, a DICOM Structured Report in the scan's own study (and with "
+        "--cam each Grad-CAM overlay as a Secondary Capture in the same series) into DIR, for "
+        "`xraytriage send`. These objects carry the scan's patient and study identity, as DICOM "
+        "results must",
+    )
+    parser.add_argument(
         "--studies",
         type=Path,
         metavar="STUDIES.csv",
@@ -182,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         compile=bool(getattr(args, "compile", False) or cfg.compile),
         engine=str(pick("engine", cfg.engine)),
         cam_dir=getattr(args, "cam", None),
+        dicom_out=getattr(args, "dicom_out", None),
         studies=getattr(args, "studies", None),
         retry_failed=bool(getattr(args, "retry_failed", False)),
         progress=not getattr(args, "no_progress", False),
