@@ -12,7 +12,19 @@ from xraytriage.commands.exit_codes import run_guarded
 from xraytriage.utils.progress import set_progress
 
 # Order is the order shown by --help. Each module has ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = ("demo", "prepare", "split", "audit", "cache", "train", "tune", "evaluate", "score", "export")
+COMMANDS = (
+    "demo",
+    "prepare",
+    "split",
+    "audit",
+    "cache",
+    "train",
+    "tune",
+    "evaluate",
+    "score",
+    "send",
+    "export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

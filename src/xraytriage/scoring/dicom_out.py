@@ -136,6 +136,8 @@ class DicomResultWriter:
         }
         self.codes = _codes()
         self.written = 0
+        if not log.isEnabledFor(logging.DEBUG):  # one INFO line per copied module per object otherwise
+            logging.getLogger("highdicom").setLevel(logging.WARNING)
 
     # ------------------------------------------------------------------ SR
     def _finding(self, label: str, probability: float, flagged: bool) -> Any:
