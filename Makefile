@@ -31,7 +31,7 @@ test-debs:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_DEBS) \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_DEBS); } \
 		|| echo "could not install $(TEST_DEBS): the DICOM validator / PACS tests will skip"; \
-		if command -v systemctl >/dev/null 2>&1; then systemctl stop orthanc 2>/dev/null || true; fi; \
+		if command -v systemctl >/dev/null 2>&1; then systemctl disable --now orthanc 2>/dev/null || true; fi; \
 	else \
 		echo "not root or no apt-get: not installing $(TEST_DEBS); tests needing them skip"; \
 	fi
