@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     scores, errors = out / "scores.csv", out / "score_errors.csv"
     for stale in (scores, errors):
         stale.unlink(missing_ok=True)
+    shutil.rmtree(out / "dicom_results", ignore_errors=True)
     print(
         f"[4/4] batch-scoring {incoming} ({n_scans} scans, 3 of them not diagnostic originals; "
         "2 deliberately bad files and a text file)"
@@ -167,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
             str(errors),
             "--workers",
             "2",
+            "--dicom-out",
+            str(out / "dicom_results"),
         ],
         quiet,
     )
@@ -233,4 +236,8 @@ def _print_summary(
     print(f"  evaluation        {eval_dir} (metrics.json, subgroups.csv, predictions.csv, report.html)")
     print(f"  scores            {scores}")
     print(f"  scoring errors    {errors}")
+    print(
+        f"  DICOM results     {out / 'dicom_results'} (an SR per scored DICOM scan; send them to a PACS "
+        "with xraytriage send DIR --to AET@HOST:PORT)"
+    )
     print(f"\nview every metric:  tensorboard --logdir {out}")
