@@ -87,6 +87,26 @@ def timed_score(inbox: Path, bundle: Path, out: Path, dicom_out: Path | None) ->
     return elapsed, spent[0]
 
 
+def sr_cost(folder: Path, bundle: Path, work: Path, tag: str, repeat: int) -> float:
+    """Score ``folder`` with and without --dicom-out, interleaved; print and return the plain median."""
+    n = sum(1 for _ in folder.iterdir())
+    plain, with_sr, writer = [], [], []
+    for k in range(repeat):
+        plain.append(timed_score(folder, bundle, work / f"{tag}-plain{k}.csv", None)[0])
+        elapsed, inside = timed_score(folder, bundle, work / f"{tag}-sr{k}.csv", work / f"{tag}-sr{k}")
+        with_sr.append(elapsed)
+        writer.append(inside)
+    p, w, inside = statistics.median(plain), statistics.median(with_sr), statistics.median(writer)
+    for what, median, runs in (("without", p, plain), ("with   ", w, with_sr)):
+        shown = ", ".join(f"{t:.2f}" for t in runs)
+        print(f"[{tag}, {n} scans] score {what} --dicom-out: median {median:.2f} s ({shown})")
+    print(
+        f"[{tag}] SR writing: {inside:.3f} s inside the writer = {100 * inside / w:.1f} % of scoring time "
+        f"({1000 * inside / n:.1f} ms per scan); wall-time difference {100 * (w - p) / w:+.1f} %"
+    )
+    return p
+
+
 def watch_process(inbox: Path, bundle: Path, work: Path, destination: str, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "xraytriage", "score", str(inbox), "--model", str(bundle)]
     command += ["--out", str(work / "watch.csv"), "--dicom-out", str(work / "watch_results"), "--watch"]
@@ -122,6 +142,12 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--watch-files", type=int, default=8)
+    parser.add_argument(
+        "--radiographs",
+        type=int,
+        default=0,
+        help="also time SR cost on N copies of pydicom-data's JPEG 2000 radiographs",
+    )
     args = parser.parse_args()
 
     from orthanc_server import orthanc_binary, start_orthanc
@@ -140,24 +166,16 @@ def main() -> int:
 
         # 2. cost of --dicom-out (first: one untimed warm-up run, exported graph cached)
         timed_score(work / "data" / "images", bundle, work / "warm.csv", None)
-        plain, with_sr, writer = [], [], []
-        for k in range(args.repeat):
-            plain.append(timed_score(work / "data" / "images", bundle, work / f"plain{k}.csv", None)[0])
-            elapsed, inside = timed_score(
-                work / "data" / "images", bundle, work / f"sr{k}.csv", work / f"sr{k}"
-            )
-            with_sr.append(elapsed)
-            writer.append(inside)
-        p, w, inside = statistics.median(plain), statistics.median(with_sr), statistics.median(writer)
-        print(f"score without --dicom-out: median {p:.2f} s (runs {', '.join(f'{t:.2f}' for t in plain)})")
-        print(f"score with    --dicom-out: median {w:.2f} s (runs {', '.join(f'{t:.2f}' for t in with_sr)})")
-        print(
-            f"SR writing: {inside:.3f} s inside the writer = {100 * inside / w:.1f} % of scoring time "
-            f"({1000 * inside / len(scans):.1f} ms per scan); wall-time difference {100 * (w - p) / w:+.1f} %"
-        )
+        p = sr_cost(work / "data" / "images", bundle, work, "demo", args.repeat)
+        if args.radiographs:
+            sys.path.insert(0, str(ROOT / "scripts"))
+            from bench_score import copy_radiographs
+
+            copy_radiographs(work / "radiographs", args.radiographs)
+            sr_cost(work / "radiographs", bundle, work, "radiographs", args.repeat)
 
         # 1. conformance
-        results = list(iter_objects(work / "sr0"))
+        results = list(iter_objects(work / "demo-sr0"))
         if dciodvfy_available():
             for name, files in (("demo files", scans + variants), ("result objects", results)):
                 n, errors, iods = conformance(files)
