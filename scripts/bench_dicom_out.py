@@ -59,9 +59,7 @@ def conformance(files: list[Path]) -> tuple[int, int, dict[str, int]]:
     return len(files), errors, iods
 
 
-def timed_score(
-    inbox: Path, bundle: Path, out: Path, dicom_out: Path | None, writers: int = 2
-) -> tuple[float, float]:
+def timed_score(inbox: Path, bundle: Path, out: Path, dicom_out: Path | None) -> tuple[float, float]:
     """(scoring wall time, seconds the scoring loop spent in DicomResultSink.record, i.e. waiting for a
     batch's DICOM results to be written) for one in-process run."""
     from xraytriage.scoring import ScoreOptions, score
@@ -80,9 +78,7 @@ def timed_score(
 
     sink.DicomResultSink.record = record  # type: ignore[method-assign]
     try:
-        opts = ScoreOptions(
-            bundle, inbox, out, workers=1, progress=False, dicom_out=dicom_out, dicom_writers=writers
-        )
+        opts = ScoreOptions(bundle, inbox, out, workers=1, progress=False, dicom_out=dicom_out)
         start = time.perf_counter()
         summary = score(opts)
         elapsed = time.perf_counter() - start

@@ -100,13 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "results must",
     )
     parser.add_argument(
-        "--dicom-writers",
-        type=int,
-        default=2,
-        metavar="N",
-        help="processes writing each batch's DICOM results in parallel (default 2; 1 = in this process)",
-    )
-    parser.add_argument(
         "--studies",
         type=Path,
         metavar="STUDIES.csv",
@@ -256,7 +249,6 @@ def run(args: argparse.Namespace) -> int:
         engine=str(pick("engine", cfg.engine)),
         cam_dir=getattr(args, "cam", None),
         dicom_out=getattr(args, "dicom_out", None),
-        dicom_writers=max(1, int(getattr(args, "dicom_writers", 2) or 1)),
         studies=getattr(args, "studies", None),
         retry_failed=bool(getattr(args, "retry_failed", False)),
         progress=not getattr(args, "no_progress", False),

@@ -104,7 +104,7 @@ def _codes() -> dict[str, Any]:
     }
 
 
-def describe_operating_point(threshold: float, stored: Mapping[str, Any] | None) -> str:
+def describe_operating_point(label: str, threshold: float, stored: Mapping[str, Any] | None) -> str:
     """The bundle's record of how the threshold was chosen (and what it guarantees), in one line."""
     if not stored:
         return f"threshold {threshold:.4g} (given; no record of how it was chosen)"
@@ -131,7 +131,7 @@ class DicomResultWriter:
         self.model_id = model_id
         self.model_name = model_name
         self.op_text = {
-            label: describe_operating_point(self.thresholds[label], operating_points.get(label))
+            label: describe_operating_point(label, self.thresholds[label], operating_points.get(label))
             for label in self.labels
         }
         self.codes = _codes()
@@ -263,103 +263,30 @@ class DicomResultWriter:
         return target
 
 
-@dataclass(frozen=True)
-class WriterSettings:
-    """What a writer process needs to build its own :class:`DicomResultWriter` (plain, picklable)."""
-
-    out_dir: Path
-    labels: tuple[str, ...]
-    thresholds: dict[str, float]
-    operating_points: dict[str, dict[str, Any]]
-    model_id: str
-    model_name: str
-
-    def writer(self) -> DicomResultWriter:
-        return DicomResultWriter(
-            self.out_dir, self.labels, self.thresholds, self.operating_points, self.model_id, self.model_name
-        )
-
-
-_PROCESS_WRITER: DicomResultWriter | None = None
-
-
-def _init_process(settings: WriterSettings) -> None:
-    global _PROCESS_WRITER
-    _PROCESS_WRITER = settings.writer()
-
-
-def _write_row(
-    writer: DicomResultWriter, row: Mapping[str, object], overlays: Mapping[str, np.ndarray]
-) -> tuple[int, str]:
-    """(objects written, failure type name or ""): a scan whose header cannot make an SR costs only
-    its own result, and the message names the file, never its patient."""
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        written = writer.write(row, overlays)
-    except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
-        return 0, type(exc).__name__
-    return (0 if written is None else 1 + len(written.captures)), ""
-
-
-def _write_row_in_process(row: Mapping[str, object], overlays: Mapping[str, np.ndarray]) -> tuple[int, str]:
-    assert _PROCESS_WRITER is not None
-    return _write_row(_PROCESS_WRITER, row, overlays)
-
-
 class DicomResultSink:
     """The scoring run's hook: called with each batch's rows just before they are journaled, so a kill
-    in between rewrites the same objects on resume (never a scan journaled without its results).
+    in between rewrites the same objects on resume (never a scan journaled without its results)."""
 
-    Building an SR is pure-Python work (highdicom, pydicom), so a batch's objects are written by
-    ``processes`` writer processes in parallel (spawned once, on the first batch of more than one
-    scan; ``processes <= 1`` writes in this process). Either way ``record`` returns only when every
-    object of the batch is on disk.
-    """
-
-    def __init__(self, settings: WriterSettings, columns: Sequence[str], processes: int = 1) -> None:
-        self.settings = settings
-        self.writer = settings.writer()
+    def __init__(self, writer: DicomResultWriter, columns: Sequence[str]) -> None:
+        self.writer = writer
         self.columns = list(columns)
-        self.processes = processes
-        self.pool: Any = None
         self.failed = 0
-        self.written = 0
-
-    def _pool(self) -> Any:
-        if self.pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: never fork a process that runs ONNX Runtime / OpenMP thread pools
-            self.pool = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_process,
-                initargs=(self.settings,),
-            )
-        return self.pool
 
     def record(
         self, rows: Sequence[Sequence[object]], overlays: Mapping[tuple[int, str], np.ndarray]
     ) -> None:
         """``rows`` in batch order; ``overlays`` maps (batch index, class) -> RGB Grad-CAM."""
-        jobs = []
+        from pydicom.errors import InvalidDicomError
+
         for i, values in enumerate(rows):
             row = dict(zip(self.columns, values))
-            jobs.append((row, {label: rgb for (j, label), rgb in overlays.items() if j == i}))
-        if self.processes > 1 and len(jobs) > 1:
-            pool = self._pool()
-            outcomes = list(pool.map(_write_row_in_process, *zip(*jobs)))
-        else:
-            outcomes = [_write_row(self.writer, row, mine) for row, mine in jobs]
-        for (row, _), (written, failure) in zip(jobs, outcomes):
-            self.written += written
-            if failure:
-                self.failed += 1
-                log.warning("no DICOM result for %s: %s", row.get("path"), failure)
+            mine = {label: rgb for (j, label), rgb in overlays.items() if j == i}
+            try:
+                self.writer.write(row, mine)
+            except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
+                self.failed += 1  # the message names the file, never its patient
+                log.warning("no DICOM result for %s: %s", row.get("path"), type(exc).__name__)
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-            self.pool = None
+    @property
+    def written(self) -> int:
+        return self.writer.written

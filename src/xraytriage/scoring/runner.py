@@ -73,7 +73,6 @@ class ScoreOptions:
     worker_memory_mb: int = 4096  # per worker, beyond what it inherits; 0 = no cap
     corrupt_pixel_data: str | None = None  # "fail" | "accept"; None = the bundle's preprocessing
     dicom_out: Path | None = None  # DICOM SR (+ Grad-CAM Secondary Captures with cam_dir) per scan
-    dicom_writers: int = 2  # processes writing a batch's DICOM results in parallel; 1 = in this process
 
 
 @dataclass
@@ -243,17 +242,17 @@ class ScoringRun:
         """``--dicom-out``: the SR / Secondary Capture writer called with every batch's rows."""
         if self.opts.dicom_out is None:
             return None
-        from xraytriage.scoring.dicom_out import DicomResultSink, WriterSettings
+        from xraytriage.scoring.dicom_out import DicomResultSink, DicomResultWriter
 
-        settings = WriterSettings(
+        writer = DicomResultWriter(
             Path(self.opts.dicom_out),
-            tuple(self.labels),
-            dict(self.thresholds),
-            {k: dict(v) for k, v in self.bundle.operating_points.items()},
+            self.labels,
+            self.thresholds,
+            self.bundle.operating_points,
             self.bundle.model_id,
             f"xraytriage {self.bundle.model_config.arch}",
         )
-        return DicomResultSink(settings, self.columns, self.opts.dicom_writers)
+        return DicomResultSink(writer, self.columns)
 
     # ------------------------------------------------------------------ steps
     def run(self) -> ScoreSummary:
@@ -273,8 +272,6 @@ class ScoringRun:
             finally:
                 self.scores_j.close()
                 self.errors_j.close()
-                if self.results is not None:
-                    self.results.close()
                 if self.notes_dir is not None:
                     shutil.rmtree(self.notes_dir, ignore_errors=True)
             self.summary.failed_by_reason = dict(self.failures)
