@@ -200,3 +200,18 @@ def test_every_result_object_passes_dciodvfy(scored: dict) -> None:
         assert result.errors == [], (path.name, result.errors)
         kinds.add(result.iod)
     assert kinds == {"ComprehensiveSR", "SCImage"}
+
+
+def test_staged_files_appear_only_on_commit(tmp_path: Path) -> None:
+    from xraytriage.scoring.dicom_out import StagedFiles
+
+    staged = StagedFiles()
+    for name in ("SR_1.dcm", "SR_2.dcm"):
+        staged.temporary(tmp_path / name).write_bytes(name.encode())
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
+    staged.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SR_1.dcm", "SR_2.dcm"]
+    assert (tmp_path / "SR_2.dcm").read_bytes() == b"SR_2.dcm"
+    staged.temporary(tmp_path / "SR_3.dcm").write_bytes(b"x")
+    staged.discard()  # a batch that failed half-way leaves nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SR_1.dcm", "SR_2.dcm"]

@@ -32,6 +32,8 @@ rewrites the same objects under the same names instead of adding duplicates.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -136,6 +138,7 @@ class DicomResultWriter:
         }
         self.codes = _codes()
         self.written = 0
+        self.staged: StagedFiles | None = None  # set by the sink for a batch
         if not log.isEnabledFor(logging.DEBUG):  # one INFO line per copied module per object otherwise
             logging.getLogger("highdicom").setLevel(logging.WARNING)
 
@@ -255,12 +258,62 @@ class DicomResultWriter:
         return written
 
     def _save(self, ds: Dataset, kind: str) -> Path:
-        """Named by the object's own UID: rewriting it after a resume replaces, never duplicates."""
+        """Named by the object's own UID: rewriting it after a resume replaces, never duplicates.
+        While staging (see :class:`StagedFiles`) the file is written beside its name and renamed later."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         target = self.out_dir / f"{kind}_{ds.SOPInstanceUID}.dcm"
+        if self.staged is not None:
+            ds.save_as(self.staged.temporary(target), enforce_file_format=True)
+            return target
         with atomic_path(target) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
         return target
+
+
+class StagedFiles:
+    """A batch's files written under temporary names, then made durable together: their fsyncs run in
+    parallel threads (fsync releases the GIL, and the file system commits them together), then each
+    is renamed onto its name. The same guarantee as one atomic write each, at a fraction of the cost."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path]] = []
+
+    def temporary(self, target: Path) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        self.pending.append((Path(tmp), target))
+        return Path(tmp)
+
+    def commit(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self.pending:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(self.pending))) as pool:
+            list(pool.map(_fsync, [tmp for tmp, _ in self.pending]))
+        for tmp, target in self.pending:
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, target)
+        self.pending.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self.pending:
+            tmp.unlink(missing_ok=True)
+        self.pending.clear()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 class DicomResultSink:
@@ -278,14 +331,20 @@ class DicomResultSink:
         """``rows`` in batch order; ``overlays`` maps (batch index, class) -> RGB Grad-CAM."""
         from pydicom.errors import InvalidDicomError
 
-        for i, values in enumerate(rows):
-            row = dict(zip(self.columns, values))
-            mine = {label: rgb for (j, label), rgb in overlays.items() if j == i}
-            try:
-                self.writer.write(row, mine)
-            except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
-                self.failed += 1  # the message names the file, never its patient
-                log.warning("no DICOM result for %s: %s", row.get("path"), type(exc).__name__)
+        self.writer.staged = staged = StagedFiles()
+        try:
+            for i, values in enumerate(rows):
+                row = dict(zip(self.columns, values))
+                mine = {label: rgb for (j, label), rgb in overlays.items() if j == i}
+                try:
+                    self.writer.write(row, mine)
+                except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
+                    self.failed += 1  # the message names the file, never its patient
+                    log.warning("no DICOM result for %s: %s", row.get("path"), type(exc).__name__)
+            staged.commit()  # every object of the batch on disk before its rows are journaled
+        finally:
+            staged.discard()
+            self.writer.staged = None
 
     @property
     def written(self) -> int:
