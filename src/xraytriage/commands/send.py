@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xraytriage.pacs.send import Sender, SendReport
 
 DESCRIPTION = """\
 Send every DICOM object (*.dcm) under DIR to a PACS, one report line per object.
@@ -59,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_sender(args: argparse.Namespace):
+def make_sender(args: argparse.Namespace) -> Sender:
     """The sender the arguments ask for; DestinationError / FileNotFoundError on bad ones."""
     from xraytriage.pacs.send import CStoreSender, DicomNode, StowSender, TlsOptions
 
@@ -77,12 +81,12 @@ def make_sender(args: argparse.Namespace):
     return StowSender(args.dicomweb, tls, args.timeout)
 
 
-def write_report(report_path: Path, report) -> None:
+def write_report(report_path: Path, report: SendReport) -> None:
     import csv
 
     from xraytriage.utils.atomic import atomic_write
 
-    def emit(fh) -> None:
+    def emit(fh: IO[Any]) -> None:
         writer = csv.writer(fh)
         writer.writerow(["path", "sop_instance_uid", "destination", "status", "attempts", "detail"])
         for r in report.results:
