@@ -94,7 +94,78 @@ class Orthanc:
                 self.process.wait(timeout=10)
 
 
-def start_orthanc(folder: Path, aet: str = "ORTHANC", timeout_s: float = 60.0) -> Orthanc:
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A test CA and a server and a client certificate it signed (for 127.0.0.1), with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=xraytriage-test-ca",
+    )
+    out = {"ca": folder / "ca.crt"}
+    for name in ("server", "client"):
+        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
+        out[name], out[f"{name}_key"] = folder / f"{name}.crt", folder / f"{name}.key"
+    return out
+
+
+def tls_config(certs: dict[str, Path]) -> dict[str, object]:
+    """Orthanc's DICOM TLS settings: its certificate, and mutual TLS with clients signed by the CA."""
+    return {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(certs["server"]),
+        "DicomTlsPrivateKey": str(certs["server_key"]),
+        "DicomTlsTrustedCertificates": str(certs["ca"]),
+        "DicomTlsRemoteCertificateRequired": True,
+    }
+
+
+def start_orthanc(
+    folder: Path, aet: str = "ORTHANC", timeout_s: float = 60.0, extra: dict[str, object] | None = None
+) -> Orthanc:
     """Write a config into ``folder`` and start Orthanc on free ports; wait until REST answers."""
     binary = orthanc_binary()
     assert binary is not None
@@ -121,6 +192,7 @@ def start_orthanc(folder: Path, aet: str = "ORTHANC", timeout_s: float = 60.0) -
         "SaveJobs": False,
         "LuaScripts": [],
         "StorageCompression": False,
+        **(extra or {}),
     }
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=1))

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from orthanc_server import Orthanc, dicomweb_plugin, orthanc_binary, start_orthanc
+from orthanc_server import (
+    Orthanc,
+    dicomweb_plugin,
+    make_certificates,
+    orthanc_binary,
+    start_orthanc,
+    tls_config,
+)
 from xraytriage import cli
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset, generate_scope_variants
 
@@ -118,3 +126,27 @@ def test_stow_rs_round_trip(orthanc: Orthanc, scored: dict, tmp_path: Path) -> N
     )
     assert len(_instances(orthanc)) == n_scans + len(reports)
     _check_filed_with_their_scans(orthanc, reports)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed (test certificates)")
+def test_c_store_over_mutual_tls(scored: dict, tmp_path: Path) -> None:
+    """DICOM over TLS (PS3.15 B.1): stored with the CA and our certificate; refused in plain text."""
+    certs = make_certificates(tmp_path / "certs")
+    server = start_orthanc(tmp_path / "orthanc-tls", extra=tls_config(certs))
+    try:
+        plain = tmp_path / "plain.csv"
+        args = ["send", str(scored["results"]), "--to", server.destination, "--attempts", "1"]
+        assert cli.main([*args, "--timeout", "5", "--report", str(plain)]) == 1
+        assert _instances(server) == []
+        tls = [
+            "--tls-ca",
+            str(certs["ca"]),
+            "--tls-cert",
+            str(certs["client"]),
+            "--tls-key",
+            str(certs["client_key"]),
+        ]
+        assert cli.main([*args, *tls, "--report", str(tmp_path / "tls.csv")]) == 0
+        assert len(_instances(server)) == len(list(scored["results"].glob("SR_*.dcm")))
+    finally:
+        server.stop()

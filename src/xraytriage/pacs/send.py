@@ -152,6 +152,7 @@ class CStoreSender:
         self.description = f"{node.ae_title}@{node.host}:{node.port}" + (" (TLS)" if tls else "")
         self.assoc = None
         self.contexts: set[str] = set()
+        self.refused: str | None = None  # a permanent association rejection, once seen
         if not log.isEnabledFor(logging.DEBUG):  # its errors are ours to report, once, per object
             logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
@@ -171,14 +172,17 @@ class CStoreSender:
             primitive = assoc.acceptor.primitive
             result, diagnostic = getattr(primitive, "result", None), getattr(primitive, "diagnostic", None)
             text = f"association rejected by {self.description} (result {result}, diagnostic {diagnostic})"
-            if result == 1:
-                raise PermanentError(text + ": check the AE titles")
+            if result == 1:  # the same request would be refused again: fail the rest without asking
+                self.refused = text + ": check the AE titles"
+                raise PermanentError(self.refused)
             raise TransientError(text)
         if not assoc.is_established:
             raise TransientError(f"could not connect to {self.description} (refused, dropped or timed out)")
         self.assoc = assoc
 
     def store(self, ds: Dataset) -> str:
+        if self.refused is not None:
+            raise PermanentError(self.refused)
         sop_class = str(ds.SOPClassUID)
         if self.assoc is None or not self.assoc.is_established or sop_class not in self.contexts:
             self.close()
