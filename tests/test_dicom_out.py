@@ -215,3 +215,25 @@ def test_staged_files_appear_only_on_commit(tmp_path: Path) -> None:
     staged.temporary(tmp_path / "SR_3.dcm").write_bytes(b"x")
     staged.discard()  # a batch that failed half-way leaves nothing behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SR_1.dcm", "SR_2.dcm"]
+
+
+@pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dsrdump (dcmtk) not installed")
+def test_dcmtk_reads_every_sr_with_the_scores_values(scored: dict) -> None:
+    """An independent SR implementation (dcmtk's dsrdump) parses each report and shows the same
+    probability and flag as scores.csv."""
+    import re
+    import subprocess
+
+    scores = read_scores(scored["root"] / "s.csv", ["finding"])
+    by_sop = {row.sop_instance_uid: row for row in scores.itertuples()}
+    for path in sorted((scored["root"] / "results").glob("SR_*.dcm")):
+        proc = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith("Comprehensive SR Document"), proc.stderr
+        source = pydicom.dcmread(path).ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        row = by_sop[source]
+        shown = float(re.search(r'NUM:\(,,"Probability"\)="([0-9.]+)"', proc.stdout).group(1))
+        assert shown == pytest.approx(row.prob_finding, abs=1e-6)
+        flag = re.search(
+            r'CODE:\(,,"Flagged at operating point"\)=\(\d+,SCT,"(Yes|No)"\)', proc.stdout
+        ).group(1)
+        assert flag == ("Yes" if row.flag_finding else "No")
