@@ -14,7 +14,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
+from xraytriage.data.synthetic import SCOPE_VARIANTS, SyntheticSpec, generate_dataset
 from xraytriage.io import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,9 @@ def test_demo_runs_end_to_end(demo: tuple[Path, subprocess.CompletedProcess]) ->
     assert any((out / "run" / "tensorboard").iterdir())
     manifest = pd.read_csv(out / "data" / "manifest.csv")
     scores = pd.read_csv(out / "scores.csv")
-    assert len(scores) == int((manifest["split"] == "test").sum())
+    assert len(scores) == int((manifest["split"] == "test").sum()) + len(SCOPE_VARIANTS)
+    assert {f"{name}.dcm" for name in SCOPE_VARIANTS} <= {Path(p).name for p in scores["path"]}
+    assert len(list((out / "dicom_results").glob("SR_*.dcm"))) == len(scores)  # every scan is a DICOM
     errors = pd.read_csv(out / "score_errors.csv")
     reasons = {Path(p).name: r for p, r in zip(errors["path"], errors["reason"], strict=True)}
     assert sorted(reasons) == ["empty.dcm", "notes.txt", "truncated_transfer.dcm"]

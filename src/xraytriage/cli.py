@@ -23,6 +23,7 @@ COMMANDS = (
     "evaluate",
     "score",
     "monitor",
+    "send",
     "export",
 )
 

@@ -22,7 +22,8 @@ HELP = """Run the whole pipeline on built-in synthetic chest-radiograph DICOMs:
   3. evaluate on the held-out patients: sensitivity, miss rate, specificity, AUROC with confidence
      intervals, per-subgroup table and report.html;
   4. batch-score a folder of scans (including a truncated and an empty file, reported as failures,
-     and a text file, reported as skipped) into a CSV.
+     a text file, reported as skipped, and a FOR PROCESSING image, a derived secondary capture and an
+     image with burned-in text, which the scope rules mark) into a CSV.
 
 Every output location and the tensorboard command are printed at the end.
 """
@@ -79,6 +80,14 @@ def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> int:
     (incoming / "empty.dcm").write_bytes(b"")
     (incoming / "notes.txt").write_text("not a scan\n", encoding="utf-8")
     return len(test)
+
+
+def _add_scope_variants(incoming: Path, seed: int) -> int:
+    """Real-world DICOMs that are not diagnostic originals (FOR PROCESSING raw data, a derived
+    secondary capture, burned-in text): the scope rules report them instead of triaging them blindly."""
+    from xraytriage.data.synthetic import generate_scope_variants
+
+    return len(generate_scope_variants(incoming, seed=seed))
 
 
 def _stage(argv: list[str], no_progress: bool = False) -> int:
@@ -138,10 +147,15 @@ def run(args: argparse.Namespace) -> int:
         return code
     incoming = out / "incoming"
     n_scans = _prepare_incoming(data_dir, incoming, manifest)
+    n_scans += _add_scope_variants(incoming, args.seed)
     scores, errors = out / "scores.csv", out / "score_errors.csv"
     for stale in (scores, errors):
         stale.unlink(missing_ok=True)
-    print(f"[4/4] batch-scoring {incoming} ({n_scans} scans, 2 deliberately bad files and a text file)")
+    shutil.rmtree(out / "dicom_results", ignore_errors=True)
+    print(
+        f"[4/4] batch-scoring {incoming} ({n_scans} scans, 3 of them not diagnostic originals; "
+        "2 deliberately bad files and a text file)"
+    )
     score_code = _stage(
         [
             "score",
@@ -154,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
             str(errors),
             "--workers",
             "2",
+            "--dicom-out",
+            str(out / "dicom_results"),
         ],
         quiet,
     )
@@ -220,4 +236,8 @@ def _print_summary(
     print(f"  evaluation        {eval_dir} (metrics.json, subgroups.csv, predictions.csv, report.html)")
     print(f"  scores            {scores}")
     print(f"  scoring errors    {errors}")
+    print(
+        f"  DICOM results     {out / 'dicom_results'} (an SR per scored DICOM scan; send them to a PACS "
+        "with xraytriage send DIR --to AET@HOST:PORT)"
+    )
     print(f"\nview every metric:  tensorboard --logdir {out}")

@@ -91,6 +91,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cam", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of flagged scans into DIR"
     )
     parser.add_argument(
+        "--dicom-out",
+        type=Path,
+        metavar="DIR",
+        help="also write, per scored DICOM scan, a DICOM Structured Report in the scan's own study (and with "
+        "--cam each Grad-CAM overlay as a Secondary Capture in the same series) into DIR, for "
+        "`xraytriage send`. These objects carry the scan's patient and study identity, as DICOM "
+        "results must",
+    )
+    parser.add_argument(
         "--studies",
         type=Path,
         metavar="STUDIES.csv",
@@ -127,10 +136,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pixel data the decoder reports as damaged: fail = record 'corrupt_pixel_data' "
         "(default: the bundle's setting, fail unless trained otherwise), accept = score the picture",
     )
+    add_watch_arguments(parser)
     add_progress_flag(parser)
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="YAML config; its 'score' section sets the defaults above"
     )
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "watching an inbox",
+        "--watch keeps scoring INPUT (a folder) as files arrive: a file is taken once its size and "
+        "modification time are unchanged for --settle seconds (names ending .part/.partial/.tmp are "
+        "never taken: routers that rename when done can use --settle 0); each file is scored exactly once "
+        "across restarts (the journals); SIGTERM or Ctrl-C ends after the batch in flight. See "
+        "docs/scoring.md.",
+    )
+    group.add_argument("--watch", action="store_true", help="keep watching INPUT for new files")
+    group.add_argument("--poll", type=float, default=1.0, metavar="S", help="list the inbox every S s (1)")
+    group.add_argument(
+        "--settle", type=float, default=1.0, metavar="S", help="a file unchanged this long is complete (1)"
+    )
+    group.add_argument(
+        "--idle-exit", type=float, metavar="S", help="end after S seconds without a new file (default: never)"
+    )
+    where = group.add_mutually_exclusive_group()
+    where.add_argument("--send-to", metavar="AET@HOST:PORT", help="C-STORE each batch's --dicom-out results")
+    where.add_argument("--send-dicomweb", metavar="URL", help="STOW-RS each batch's --dicom-out results")
+    group.add_argument("--calling-aet", default="XRAYTRIAGE", help="our AE title when sending")
+    group.add_argument("--tls-ca", type=Path, metavar="PEM", help="when sending: CA bundle to trust")
+    group.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="when sending: our certificate (mutual TLS)"
+    )
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="when sending: the key of --tls-cert")
+
+
+def _watch_sender(args: argparse.Namespace) -> object:
+    from xraytriage.commands.send import make_sender
+
+    to, web = getattr(args, "send_to", None), getattr(args, "send_dicomweb", None)
+    if not to and not web:
+        return None
+    names = ("calling_aet", "tls_ca", "tls_cert", "tls_key")
+    fields = {name: getattr(args, name, None) for name in names}
+    fields["calling_aet"] = fields["calling_aet"] or "XRAYTRIAGE"
+    return make_sender(argparse.Namespace(to=to, dicomweb=web, tls=False, timeout=30.0, **fields))
+
+
+def _run_watch(args: argparse.Namespace, opts: object) -> object:
+    from xraytriage.pacs.send import DestinationError
+    from xraytriage.scoring.watch import WatchOptions, watch
+
+    if not Path(args.input).is_dir():
+        raise ValueError(f"{args.input}: --watch needs a folder (the inbox a router writes into)")
+    if (getattr(args, "send_to", None) or getattr(args, "send_dicomweb", None)) and not args.dicom_out:
+        raise ValueError("--send-to / --send-dicomweb send the --dicom-out results: give --dicom-out DIR")
+    try:
+        sender = _watch_sender(args)
+    except DestinationError as exc:
+        raise ValueError(str(exc)) from None
+    idle = getattr(args, "idle_exit", None)
+    return watch(opts, WatchOptions(args.poll, args.settle, idle), sender)  # type: ignore[arg-type]
 
 
 def _fail(message: str) -> int:
@@ -182,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         compile=bool(getattr(args, "compile", False) or cfg.compile),
         engine=str(pick("engine", cfg.engine)),
         cam_dir=getattr(args, "cam", None),
+        dicom_out=getattr(args, "dicom_out", None),
         studies=getattr(args, "studies", None),
         retry_failed=bool(getattr(args, "retry_failed", False)),
         progress=not getattr(args, "no_progress", False),
@@ -192,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         corrupt_pixel_data=None if corrupt == "bundle" else str(corrupt),
     )
     try:
-        summary = score(opts)
+        summary = _run_watch(args, opts) if getattr(args, "watch", False) else score(opts)
     except (JournalMismatch, EngineUnavailable, ImportError) as exc:
         return _fail(str(exc))
     except FileNotFoundError as exc:
@@ -200,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
             raise
         return _fail(str(exc))
     except (ValueError, RuntimeError) as exc:
-        if any(word in str(exc) for word in ("bundle", "device", "manifest", "torchrun", "engine")):
+        words = ("bundle", "device", "manifest", "torchrun", "engine", "--watch", "--send", "AET@HOST")
+        if any(word in str(exc) for word in words):
             return _fail(str(exc))
         raise
     if summary.rank == 0:

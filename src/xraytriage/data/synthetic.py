@@ -32,6 +32,7 @@ SOP_CLASS = {
     "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
     "CR": "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
 }
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"  # Digital X-Ray Image Storage - For Processing
 SITES = {"SITE-A": "Acme Imaging", "SITE-B": "Borealis Medical", "SITE-C": "Cygnus Radiology"}
 SYNTAXES = (ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless)
 # Nodule contrast relative to lung tissue, per sex: the deliberate subgroup gap.
@@ -82,6 +83,66 @@ def _chest_phantom(rng: np.random.Generator, size: int, has_nodule: bool, contra
     return np.clip(img, 0.0, 1.0)
 
 
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+# SNOMED CT codes of PS3.16 CID 4031 (anatomic region) and CID 4010 (DX view)
+CHEST = ("816094009", "SCT", "Chest")
+VIEW_CODES = {"PA": ("399182009", "SCT", "postero-anterior"), "AP": ("399348003", "SCT", "antero-posterior")}
+
+
+def _patient_study_series(
+    ds: Dataset, patient: dict[str, object], image_no: int, index: int, seed: int
+) -> None:
+    """Patient, General Study, General Series and General Image attributes (PS3.3 C.7.1.1, C.7.2.1,
+    C.7.3.1, C.7.6.1), type 2 ones present even when empty as the standard requires."""
+    ds.PatientName = f"Demo^Patient{patient['n']:04d}"  # present in the file; must never reach outputs
+    ds.PatientID = str(patient["patient_id"])
+    ds.PatientBirthDate = "19500101"
+    ds.PatientSex = str(patient["sex"])
+    ds.PatientAge = f"{int(patient['age']):03d}Y"
+    ds.StudyInstanceUID = _uid(seed, "study", patient["patient_id"], image_no)
+    ds.StudyDate, ds.StudyTime = "20260101", "120000"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = f"S{index:05d}"
+    ds.AccessionNumber = f"ACC{seed:03d}{index:06d}"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.ViewPosition = str(patient["views"][image_no])
+    ds.BodyPartExamined = "CHEST"
+    ds.PatientOrientation = ["L", "F"]  # rows run to the patient's left, columns to the feet
+    ds.AnatomicRegionSequence = [_code_item(*CHEST)]
+    ds.ImageLaterality = "U"  # the chest is unpaired
+    ds.LossyImageCompression = "00"
+
+
+def _pixel_module(ds: Dataset, stored: np.ndarray, bits: int) -> None:
+    ds.SamplesPerPixel = 1
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+
+
+def _dx_attributes(ds: Dataset, mono1: bool, for_presentation: bool) -> None:
+    """DX Series, DX Image, DX Detector, DX Positioning and Acquisition Context attributes (PS3.3
+    C.8.11.1-C.8.11.5, C.7.6.14). PresentationIntentType says whether the image is meant to be read."""
+    ds.PresentationIntentType = "FOR PRESENTATION" if for_presentation else "FOR PROCESSING"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PixelIntensityRelationship = "LOG"
+    # +1: lower stored values mean less X-ray intensity (denser tissue), as in MONOCHROME1 here
+    ds.PixelIntensityRelationshipSign = 1 if mono1 else -1
+    ds.BurnedInAnnotation = "NO"
+    ds.DetectorType = "SCINTILLATOR"
+    ds.PositionerType = ""
+    ds.AcquisitionContextSequence = []
+    ds.ViewCodeSequence = [_code_item(*VIEW_CODES[str(ds.ViewPosition)])]
+
+
 def _to_dicom(
     att: np.ndarray,
     rng: np.random.Generator,
@@ -89,6 +150,7 @@ def _to_dicom(
     patient: dict[str, object],
     index: int,
     image_no: int,
+    kind: str | None = None,
 ) -> tuple[Dataset, dict[str, object]]:
     bits = int(rng.choice([12, 14, 16]))
     top = 2**bits - 1
@@ -101,7 +163,7 @@ def _to_dicom(
     modality = stored.astype(np.float64) * slope + intercept
     lo, hi = float(modality.min()), float(modality.max())
     syntax = SYNTAXES[index % len(SYNTAXES)]
-    kind = "DX" if index % 2 == 0 else "CR"
+    kind = kind or ("DX" if index % 2 == 0 else "CR")
     seed = spec.seed
 
     ds = Dataset()
@@ -112,27 +174,22 @@ def _to_dicom(
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SOPClassUID = SOP_CLASS[kind]
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = _uid(seed, "study", patient["patient_id"], image_no)
-    ds.SeriesInstanceUID = _uid(seed, "series", index)
     ds.Modality = kind
-    ds.PatientName = f"Demo^Patient{patient['n']:04d}"  # present in the file; must never reach outputs
-    ds.PatientID = str(patient["patient_id"])
-    ds.PatientBirthDate = "19500101"
-    ds.PatientSex = str(patient["sex"])
-    ds.PatientAge = f"{int(patient['age']):03d}Y"
-    ds.ViewPosition = str(patient["views"][image_no])
-    ds.BodyPartExamined = "CHEST"
+    _patient_study_series(ds, patient, image_no, index, seed)
+    ds.SeriesInstanceUID = _uid(seed, "series", index)
     ds.InstitutionName = SITES[str(patient["site"])]
     ds.Manufacturer = str(patient["manufacturer"])
-    ds.StudyDate = "20260101"
-    ds.ImagerPixelSpacing = [0.143 * 2048 / spec.size] * 2
-    ds.SamplesPerPixel = 1
+    ds.ImagerPixelSpacing = [f"{0.143 * 2048 / spec.size:.6g}"] * 2  # a DS holds 16 characters at most
     ds.PhotometricInterpretation = "MONOCHROME1" if mono1 else "MONOCHROME2"
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
+    _pixel_module(ds, stored, bits)
+    if kind == "DX":  # DX Image module (PS3.3 C.8.11.3): rescale is the identity, intent "for presentation"
+        slope, intercept = 1.0, 0.0
+        modality = stored.astype(np.float64)
+        lo, hi = float(modality.min()), float(modality.max())
+        _dx_attributes(ds, mono1, for_presentation=True)
+    else:
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.BurnedInAnnotation = "NO"
     ds.RescaleSlope = f"{slope:g}"
     ds.RescaleIntercept = f"{intercept:g}"
     ds.RescaleType = "US"
@@ -221,3 +278,91 @@ def generate_dataset(out_dir: str | Path, spec: SyntheticSpec | None = None, pro
     frame = pd.DataFrame(rows)
     atomic_write(manifest, lambda fh: safe_frame(frame).to_csv(fh, index=False))
     return manifest
+
+
+# ---------------------------------------------------------------------------- out-of-scope variants
+SCOPE_VARIANTS = ("for_processing", "derived_secondary_capture", "burned_in_annotation")
+
+
+def _variant_patient(seed: int) -> dict[str, object]:
+    return {
+        "n": 9000,
+        "patient_id": f"DEMO-{seed:03d}-VARIANTS",
+        "sex": "F",
+        "age": 61,
+        "site": "SITE-A",
+        "manufacturer": "Acme DR",
+        "views": ["PA"],
+    }
+
+
+def _burn_in_text(att: np.ndarray) -> np.ndarray:
+    """Write a name-and-date label into the pixels, as a modality or a screenshot tool does."""
+    import cv2
+
+    mask = np.zeros(att.shape, dtype=np.uint8)
+    scale = att.shape[0] / 256
+    for line, text in enumerate(("DOE^JANE 1950-01-01", "PORTABLE  R")):
+        origin = (int(8 * scale), int((20 + 18 * line) * scale))
+        cv2.putText(mask, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, 255, max(1, int(scale)))
+    return np.where(mask > 0, 1.0, att).astype(att.dtype)
+
+
+def _for_processing(ds: Dataset) -> Dataset:
+    """Raw detector data (PS3.3 C.8.11.1.1.1): the For Processing SOP class, no display transforms."""
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PROCESSING
+    ds.PresentationIntentType = "FOR PROCESSING"
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+def _secondary_capture(ref: Dataset, att: np.ndarray, seed: int) -> Dataset:
+    """A screenshot of the radiograph (8-bit, DERIVED\\SECONDARY), built by highdicom from the source."""
+    from highdicom.sc import SCImage
+
+    pixels = np.clip(np.rint(att * 255), 0, 255).astype(np.uint8)
+    sc = SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=pixels,
+        photometric_interpretation="MONOCHROME2",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=_uid(seed, "variant-series", "sc"),
+        series_number=99,
+        sop_instance_uid=_uid(seed, "variant-sop", "sc"),
+        instance_number=1,
+        manufacturer="Acme Workstation",
+        patient_orientation=("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    sc.BurnedInAnnotation = "NO"
+    sc.BodyPartExamined = "CHEST"  # unpaired, so General Series Laterality (type 2C) stays absent
+    return sc
+
+
+def generate_scope_variants(out_dir: str | Path, seed: int = 0, size: int = 256) -> dict[str, Path]:
+    """Write the three real-world inputs that are not diagnostic "for presentation" originals, one file
+    each (name = variant): a DX "FOR PROCESSING" image, a derived Secondary Capture (a screenshot), and a
+    DX whose pixels carry burned-in text. Each is a valid object of its own IOD (dciodvfy: 0 errors)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = SyntheticSpec(size=size, seed=seed)
+    rng = np.random.default_rng([seed, 22])
+    patient = _variant_patient(seed)
+    att = _chest_phantom(rng, size, has_nodule=False, contrast=0.0)
+    made: dict[str, Dataset] = {}
+    base, _ = _to_dicom(att, rng, spec, patient, index=10**6, image_no=0, kind="DX")
+    made["for_processing"] = _for_processing(base)
+    ref, _ = _to_dicom(att, rng, spec, patient, index=10**6 + 2, image_no=0, kind="DX")
+    made["derived_secondary_capture"] = _secondary_capture(ref, att, seed)
+    burned, _ = _to_dicom(_burn_in_text(att), rng, spec, patient, index=10**6 + 4, image_no=0, kind="DX")
+    burned.BurnedInAnnotation = "YES"
+    made["burned_in_annotation"] = burned
+    paths = {}
+    for name, ds in made.items():
+        paths[name] = out / f"{name}.dcm"
+        with atomic_path(paths[name]) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+    return paths

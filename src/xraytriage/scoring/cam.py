@@ -48,6 +48,33 @@ def cam_filename(path: str, label: str) -> str:
     return f"{stem}_{digest}_{_UNSAFE.sub('_', label)}.png"
 
 
+def make_overlays(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    items: list[tuple[int, str, int, str]],
+    preprocess: PreprocessConfig,
+) -> list[np.ndarray]:
+    """Grad-CAM of class ``k`` over each input, as BGR uint8 images; ``items`` are (batch index, path,
+    k, label)."""
+    if not items:
+        return []
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    inner = getattr(model, "_orig_mod", model)
+    x = inputs[[i for i, _, _, _ in items]].detach().clone().float()
+    targets = [ClassifierOutputTarget(k) for _, _, k, _ in items]
+    with torch.enable_grad(), GradCAM(model=inner, target_layers=[target_layer(inner)]) as cam:
+        maps = cam(input_tensor=x, targets=targets)
+    base = (x[:, 0].cpu().numpy() * preprocess.std + preprocess.mean).clip(0.0, 1.0)
+    overlays = []
+    for grey, heat in zip(base, maps):
+        rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+        overlays.append(show_cam_on_image(rgb, heat, use_rgb=False))  # BGR for OpenCV
+    return overlays
+
+
 def write_cams(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -55,24 +82,16 @@ def write_cams(
     preprocess: PreprocessConfig,
     out_dir: Path,
 ) -> int:
-    """Overlay Grad-CAM of class ``k`` on each input; ``items`` are (batch index, path, k, label)."""
-    if not items:
-        return 0
-    import cv2
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    """Overlay Grad-CAM of class ``k`` on each input and save it as PNG into ``out_dir``."""
+    return save_overlays(make_overlays(model, inputs, items, preprocess), items, out_dir)
 
-    inner = getattr(model, "_orig_mod", model)
+
+def save_overlays(overlays: list[np.ndarray], items: list[tuple[int, str, int, str]], out_dir: Path) -> int:
+    """Save each overlay (BGR) as PNG under a readable, collision-free name."""
+    import cv2
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    x = inputs[[i for i, _, _, _ in items]].detach().clone().float()
-    targets = [ClassifierOutputTarget(k) for _, _, k, _ in items]
-    with torch.enable_grad(), GradCAM(model=inner, target_layers=[target_layer(inner)]) as cam:
-        maps = cam(input_tensor=x, targets=targets)
-    base = (x[:, 0].cpu().numpy() * preprocess.std + preprocess.mean).clip(0.0, 1.0)
-    for (_, path, _, label), grey, heat in zip(items, base, maps):
-        rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-        overlay = show_cam_on_image(rgb, heat, use_rgb=False)  # BGR for OpenCV
+    for (_, path, _, label), overlay in zip(items, overlays):
         ok, png = cv2.imencode(".png", overlay)
         if not ok:
             continue

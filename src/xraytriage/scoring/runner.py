@@ -72,6 +72,7 @@ class ScoreOptions:
     file_timeout_s: float | None = 120.0  # per scan, in a worker; None = no limit
     worker_memory_mb: int = 4096  # per worker, beyond what it inherits; 0 = no cap
     corrupt_pixel_data: str | None = None  # "fail" | "accept"; None = the bundle's preprocessing
+    dicom_out: Path | None = None  # DICOM SR (+ Grad-CAM Secondary Captures with cam_dir) per scan
 
 
 @dataclass
@@ -87,6 +88,8 @@ class ScoreSummary:
     merged_rows: int = 0
     studies: int | None = None
     cams: int = 0
+    dicom_objects: int = 0
+    dicom_failed: int = 0
     elapsed_s: float = 0.0
     rank: int = 0
     world_size: int = 1
@@ -120,6 +123,11 @@ class ScoreSummary:
             lines.append(f"studies aggregated: {self.studies}")
         if self.cams:
             lines.append(f"Grad-CAM overlays written: {self.cams}")
+        if self.dicom_objects or self.dicom_failed:
+            lines.append(
+                f"DICOM results written: {self.dicom_objects} objects"
+                + (f"; {self.dicom_failed} scans without (see the log)" if self.dicom_failed else "")
+            )
         return "\n".join(lines)
 
 
@@ -228,6 +236,23 @@ class ScoringRun:
         self.runner: Runner | None = None
         self.model: torch.nn.Module | None = None
         self.bar: Any = None
+        self.results = self._result_sink()
+
+    def _result_sink(self) -> Any:
+        """``--dicom-out``: the SR / Secondary Capture writer called with every batch's rows."""
+        if self.opts.dicom_out is None:
+            return None
+        from xraytriage.scoring.dicom_out import DicomResultSink, DicomResultWriter
+
+        writer = DicomResultWriter(
+            Path(self.opts.dicom_out),
+            self.labels,
+            self.thresholds,
+            self.bundle.operating_points,
+            self.bundle.model_id,
+            f"xraytriage {self.bundle.model_config.arch}",
+        )
+        return DicomResultSink(writer, self.columns)
 
     # ------------------------------------------------------------------ steps
     def run(self) -> ScoreSummary:
@@ -253,6 +278,8 @@ class ScoringRun:
             self._merge_ranks()
             if self.ctx.is_main:
                 self._finish_outputs()
+        if self.results is not None:
+            self.summary.dicom_objects, self.summary.dicom_failed = self.results.written, self.results.failed
         self.summary.elapsed_s = time.perf_counter() - self.t0
         return self.summary
 
@@ -263,7 +290,11 @@ class ScoringRun:
             refused: OutputLocked | None = None
             if self.ctx.is_main:
                 try:
-                    for target in dict.fromkeys([self.out, self.errors_out]):
+                    targets = [self.out, self.errors_out]
+                    if self.opts.dicom_out is not None:  # a folder: locked by FOLDER/.lock
+                        Path(self.opts.dicom_out).mkdir(parents=True, exist_ok=True)
+                        targets.append(Path(self.opts.dicom_out))
+                    for target in dict.fromkeys(targets):
                         stack.enter_context(exclusive_lock(lock_file_for(target), str(target)))
                 except OutputLocked as exc:
                     refused = exc
@@ -435,13 +466,14 @@ class ScoringRun:
         batch, logits = result.batch, result.logits
         now = _now()
         rows: list[list[object]] = []
+        overlays: dict[tuple[int, str], np.ndarray] = {}
         flagged = np.zeros(len(self.labels), dtype=np.int64)
         if logits is not None:
             probs = self.bundle.probabilities(logits).double().cpu().numpy()
             flags = probs >= self.thr
             flagged = flags.sum(axis=0)
             if self.opts.cam_dir is not None and flags.any():
-                self._write_cams(batch, result.inputs, flags)
+                overlays = self._write_cams(batch, result.inputs, flags)
             for i, path in enumerate(batch.paths):
                 probs_text = [f"{p:.6f}" for p in probs[i]]
                 rows.append(
@@ -449,6 +481,8 @@ class ScoringRun:
                 )
                 rows[-1] += [self.bundle.model_id, now]
         failed = [[path, reason, message, now] for path, reason, message in batch.failures]
+        if self.results is not None and rows:
+            self.results.record(rows, overlays)  # before the journal: a kill here rewrites, never skips
         with sigchld_deferred():  # append and bookkeeping happen whole, or not at all
             self.scores_j.append(rows)
             self.errors_j.append(failed)
@@ -464,8 +498,11 @@ class ScoringRun:
             if failed:
                 self.bar.set_postfix(failed=self.summary.failed, skipped=self.summary.skipped, refresh=False)
 
-    def _write_cams(self, batch: ScanBatch, inputs: torch.Tensor | None, flags: np.ndarray) -> None:
-        from xraytriage.scoring.cam import write_cams
+    def _write_cams(
+        self, batch: ScanBatch, inputs: torch.Tensor | None, flags: np.ndarray
+    ) -> dict[tuple[int, str], np.ndarray]:
+        """PNGs into --cam DIR; returns the overlays as RGB by (batch index, class) for --dicom-out."""
+        from xraytriage.scoring.cam import make_overlays, save_overlays
 
         assert self.model is not None
         items = [
@@ -474,7 +511,9 @@ class ScoringRun:
             for k, label in enumerate(self.labels)
             if flags[i, k]
         ]
-        self.summary.cams += write_cams(self.model, inputs, items, self.bundle.preprocess, self.opts.cam_dir)
+        overlays = make_overlays(self.model, inputs, items, self.bundle.preprocess)
+        self.summary.cams += save_overlays(overlays, items, self.opts.cam_dir)
+        return {(i, label): bgr[..., ::-1] for (i, _, _, label), bgr in zip(items, overlays)}
 
     def _answered(self, path: str) -> None:
         self.pending.pop(path, None)

@@ -1,0 +1,1 @@
+"""Talking to a PACS: sending results (C-STORE, STOW-RS)."""
