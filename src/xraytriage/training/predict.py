@@ -35,12 +35,15 @@ class BatchLogits(Generic[B]):
     """One batch of :func:`iter_logits`: the loader's batch, the network input and its logits.
 
     ``inputs`` (on ``device``, in the requested memory format) and ``logits`` (float32, still on
-    ``device``) are None when the batch held no decodable scan.
+    ``device``) are None when the batch held no decodable scan. ``features``: the pooled penultimate
+    features when the model returns ``(logits, features)`` (:class:`~xraytriage.models.features.
+    LogitsAndFeatures`, the scoring engines), else None.
     """
 
     batch: B
     inputs: torch.Tensor | None
     logits: torch.Tensor | None
+    features: torch.Tensor | None = None
 
 
 def iter_logits(
@@ -84,8 +87,10 @@ def iter_logits(
             net_in[:n] = x
             net_in[n:] = 0
         with no_grad(), autocast_for(device, amp_dtype):
-            logits = model(net_in)[:n].float()
-        yield BatchLogits(batch, x, logits)
+            out = model(net_in)
+            features = out[1][:n].float() if isinstance(out, tuple) else None
+            logits = (out[0] if isinstance(out, tuple) else out)[:n].float()
+        yield BatchLogits(batch, x, logits, features)
 
 
 def predict_loader(
