@@ -127,9 +127,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pixel data the decoder reports as damaged: fail = record 'corrupt_pixel_data' "
         "(default: the bundle's setting, fail unless trained otherwise), accept = score the picture",
     )
+    parser.add_argument(
+        "--out-of-scope",
+        choices=["flag", "skip"],
+        help="a scan outside the model's validated scope: flag = scored with every class flagged for a "
+        "human read (default), skip = not scored, listed in the errors file as out_of_scope",
+    )
     add_progress_flag(parser)
     parser.add_argument(
-        "--config", type=Path, metavar="FILE", help="YAML config; its 'score' section sets the defaults above"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML config; its 'score' section sets the defaults above, its 'scope' section narrows or "
+        "widens the bundle's validated scope",
     )
 
 
@@ -147,9 +157,10 @@ def run(args: argparse.Namespace) -> int:
     from xraytriage.scoring.journal import JournalMismatch
 
     try:
-        cfg = load_config(args.config).score if getattr(args, "config", None) else ScoreConfig()
+        full = load_config(args.config) if getattr(args, "config", None) else None
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
+    cfg = full.score if full is not None else ScoreConfig()
 
     def pick(name: str, default: object) -> object:
         value = getattr(args, name, None)
@@ -190,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
         file_timeout_s=timeout or None,
         worker_memory_mb=memory_mb,
         corrupt_pixel_data=None if corrupt == "bundle" else str(corrupt),
+        out_of_scope=str(pick("out_of_scope", cfg.out_of_scope)),
+        scope=full.scope if full is not None else None,
     )
     try:
         summary = score(opts)
