@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from xraytriage.evaluation.scope_groups import SCOPE_ATTRIBUTE
 from xraytriage.config import EvaluationConfig, FairnessGateConfig
 from xraytriage.evaluation.intervals import difference_interval, wilson_interval
 from xraytriage.evaluation.results import (
@@ -241,6 +242,8 @@ def check_gate(classes: Mapping[str, ClassResult], cfg: EvaluationConfig) -> Gat
         return result
     for label, block in classes.items():
         for attr in block.attributes.values():
+            if attr.name == SCOPE_ATTRIBUTE:
+                continue  # reported, not gated (evaluation.scope_groups)
             _check_attribute(label, attr, cfg)
             result.checks.extend(attr.checks)
             result.unchecked.extend(f"{label} / {attr.name}: {why}" for why in attr.unchecked)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.config import EvaluationConfig
+from xraytriage.evaluation.scope_groups import add_scope_group
 from xraytriage.evaluation.audit import AuditResult, audit_manifest
 from xraytriage.evaluation.bootstrap import (
     BootstrapTask,
@@ -146,6 +147,7 @@ class Evaluation:
         self.frame = predictions.reset_index(drop=True).copy()
         if "age" in self.frame.columns and "age_band" not in self.frame.columns:
             self.frame["age_band"] = age_bands(self.frame["age"], list(cfg.age_bands))
+        self.frame, cfg = add_scope_group(self.frame, cfg)
         self.codes, self.n_patients = _patients(self.frame, "predictions")
         self.val = None if val_predictions is None else val_predictions.reset_index(drop=True)
         self.val_codes = None if self.val is None else _patients(self.val, "validation predictions")[0]

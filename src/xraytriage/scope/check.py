@@ -27,6 +27,9 @@ from xraytriage.scope.record import ValidatedScope
 
 REASON_SEPARATOR = "; "
 OOD_RULE = "ood_score"
+# The engines' features differ by ~1e-5 relative (ONNX Runtime vs PyTorch, BatchNorm folding): the
+# validation scan that set the threshold must not turn out-of-distribution by rounding.
+OOD_RELATIVE_TOLERANCE = 1e-4
 _RULE_NAME = re.compile(r"^([a-z_]+)[= ]")
 
 
@@ -130,8 +133,8 @@ class ScopeChecker:
     def ood_reason(self, score: float | None) -> str | None:
         if self.ood is None or score is None:
             return None
-        if not math.isfinite(score) or score > self.ood.threshold:
-            return f"{OOD_RULE} {score:.1f} above validated {self.ood.threshold:.1f}"
+        if not math.isfinite(score) or score > self.ood.threshold * (1 + OOD_RELATIVE_TOLERANCE):
+            return f"{OOD_RULE} {score:.2f} above validated {self.ood.threshold:.2f}"
         return None
 
     def check(self, facts: ScanFacts, ood_score: float | None = None) -> ScopeVerdict:

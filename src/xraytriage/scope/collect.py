@@ -148,3 +148,16 @@ class ScopeRecorder:
             ood.quantile,
         )
         return ood, distances
+
+
+def add_scope_columns(frame: pd.DataFrame, checker: Any, features: torch.Tensor | None) -> pd.DataFrame:
+    """``frame`` (prediction rows) with ``in_scope``, ``scope_reasons`` and ``ood_score`` as ``score``
+    writes them: header rules from each file's own header (as at scoring time, not the manifest),
+    the image check from ``features`` (rows aligned with ``frame``; None: unavailable)."""
+    facts = [header_facts(p) or ScanFacts() for p in frame["path"].astype(str)]
+    verdicts = checker.check_batch(facts, features)
+    out = frame.copy()
+    out["in_scope"] = [int(v.in_scope) for v in verdicts]
+    out["scope_reasons"] = [v.reason_text for v in verdicts]
+    out["ood_score"] = [np.nan if v.ood_score is None else v.ood_score for v in verdicts]
+    return out
