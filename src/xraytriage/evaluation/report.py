@@ -393,6 +393,9 @@ PREDICTION_COLUMNS = (
     "view",
     "site",
     "manufacturer",
+    "in_scope",  # the validated-scope check (xraytriage.scope), so the file can be evaluated again
+    "scope_reasons",
+    "ood_score",
 )
 
 
