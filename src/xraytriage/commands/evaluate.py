@@ -284,7 +284,9 @@ def _scope_lines(block) -> list[str]:
     lines = []
     for row in attr.groups:
         m = row.metrics
-        parts = [f"{key.replace('_', ' ')} {m[key].text()}" for key in ("sensitivity", "miss_rate") if key in m]
+        parts = [
+            f"{key.replace('_', ' ')} {m[key].text()}" for key in ("sensitivity", "miss_rate") if key in m
+        ]
         lines.append(f"  {row.group}: n={row.n} ({row.positives} pos) | " + " | ".join(parts or [row.status]))
     return lines
 

@@ -40,5 +40,7 @@ class LogitsAndFeatures(nn.Module):
 def feature_dim(model: nn.Module) -> int:
     """Width of the features :class:`LogitsAndFeatures` returns (the head's first Linear's input)."""
     head = next(getattr(model, a) for a in HEAD_ATTRS if isinstance(getattr(model, a, None), nn.Module))
-    linear = head if isinstance(head, nn.Linear) else next(m for m in head.modules() if isinstance(m, nn.Linear))
+    linear = (
+        head if isinstance(head, nn.Linear) else next(m for m in head.modules() if isinstance(m, nn.Linear))
+    )
     return int(linear.in_features)

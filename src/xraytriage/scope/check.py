@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from xraytriage.scope.facts import ScanFacts
+from xraytriage.scope.facts import RANGE_RULES, VALUE_RULES, ScanFacts
 from xraytriage.scope.record import ValidatedScope
 
 REASON_SEPARATOR = "; "
@@ -112,8 +112,11 @@ class ScopeChecker:
 
     def __init__(self, scope: ValidatedScope, extra_rules: Sequence[HeaderRule] = ()) -> None:
         self.scope = scope
-        self.rules: list[HeaderRule] = [ValueRule(n, tuple(v)) for n, v in scope.values.items()]
-        self.rules += [RangeRule(n, lo, hi) for n, (lo, hi) in scope.ranges.items()]
+        order = {name: i for i, name in enumerate((*VALUE_RULES, *RANGE_RULES))}
+        values = sorted(scope.values.items(), key=lambda kv: order.get(kv[0], len(order)))
+        ranges = sorted(scope.ranges.items(), key=lambda kv: order.get(kv[0], len(order)))
+        self.rules: list[HeaderRule] = [ValueRule(n, tuple(v)) for n, v in values]  # a fixed order
+        self.rules += [RangeRule(n, lo, hi) for n, (lo, hi) in ranges]
         self.rules += list(extra_rules)
         self.ood = scope.ood
 

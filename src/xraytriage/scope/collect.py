@@ -122,7 +122,9 @@ class ScopeRecorder:
         headers = [header_facts(p) for p in frame["path"].astype(str)]
         return population_values(frame, headers)
 
-    def reference(self, train: pd.DataFrame, val: pd.DataFrame) -> tuple[MahalanobisReference | None, np.ndarray]:
+    def reference(
+        self, train: pd.DataFrame, val: pd.DataFrame
+    ) -> tuple[MahalanobisReference | None, np.ndarray]:
         """The Mahalanobis reference of the training features, thresholded on the validation ones;
         also each validation row's distance (NaN where it did not decode)."""
         sample = train

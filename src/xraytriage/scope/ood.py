@@ -37,7 +37,9 @@ class MahalanobisReference:
     shrinkage: float
 
     @classmethod
-    def fit(cls, train_features: np.ndarray, validation_features: np.ndarray, quantile: float) -> MahalanobisReference:
+    def fit(
+        cls, train_features: np.ndarray, validation_features: np.ndarray, quantile: float
+    ) -> MahalanobisReference:
         """Gaussian of ``train_features`` (n x d); threshold at ``quantile`` of the validation distances."""
         from sklearn.covariance import LedoitWolf
 

@@ -36,7 +36,13 @@ CONFIG_KEYS = {
     "columns": "columns",
 }
 # manifest columns that stand in for a header attribute the file does not carry (PNG training data)
-MANIFEST_COLUMNS = {"view": "view", "sex": "sex", "age": "age", "manufacturer": "manufacturer", "site": "site"}
+MANIFEST_COLUMNS = {
+    "view": "view",
+    "sex": "sex",
+    "age": "age",
+    "manufacturer": "manufacturer",
+    "site": "site",
+}
 
 
 @dataclass
@@ -92,20 +98,26 @@ class ValidatedScope:
             target: dict[str, Any] = values if rule in VALUE_RULES else ranges
             target.pop(rule, None)
             if setting != "any":
-                target[rule] = sorted(setting) if rule in VALUE_RULES else (float(setting[0]), float(setting[1]))
+                target[rule] = (
+                    sorted(setting) if rule in VALUE_RULES else (float(setting[0]), float(setting[1]))
+                )
         ood = self.ood
         if tune_ood and ood is not None and ({"ood_quantile", "ood_threshold", "ood"} & chosen):
             ood = _retuned(ood, cfg, self.validation.get("ood_scores", []))
         return ValidatedScope(values, ranges, ood, self.validation, self.n_scans)
 
 
-def _retuned(ood: MahalanobisReference, cfg: ScopeConfig, validation_scores: Sequence[float]) -> MahalanobisReference | None:
+def _retuned(
+    ood: MahalanobisReference, cfg: ScopeConfig, validation_scores: Sequence[float]
+) -> MahalanobisReference | None:
     if not cfg.ood:
         return None
     threshold = cfg.ood_threshold
     if threshold is None:
         threshold = threshold_at(np.asarray(validation_scores, float), cfg.ood_quantile)
-    return MahalanobisReference(ood.mean, ood.precision, float(threshold), cfg.ood_quantile, ood.n_train, ood.shrinkage)
+    return MahalanobisReference(
+        ood.mean, ood.precision, float(threshold), cfg.ood_quantile, ood.n_train, ood.shrinkage
+    )
 
 
 def population_values(frame: pd.DataFrame, facts: Sequence[ScanFacts | None]) -> list[ScanFacts]:

@@ -628,7 +628,15 @@ def _scope_cells(verdict: ScopeVerdict | None, facts: ScanFacts) -> list[object]
     reasons = "" if verdict is None else verdict.reason_text
     ood = verdict.ood_score if verdict is not None else None
     ood_text = f"{ood:.4f}" if ood is not None and np.isfinite(ood) else ""
-    return [in_scope, reasons, ood_text, facts.study_date or "", facts.view or "", facts.manufacturer or "", facts.site or ""]
+    return [
+        in_scope,
+        reasons,
+        ood_text,
+        facts.study_date or "",
+        facts.view or "",
+        facts.manufacturer or "",
+        facts.site or "",
+    ]
 
 
 def score(opts: ScoreOptions) -> ScoreSummary:

@@ -768,7 +768,9 @@ class Trainer:
         )
         probabilities = {label: val_predictions[f"prob_{label}"].tolist() for label in self.labels}
         self._log_main("recording the validated scope (headers and features of the training scans)")
-        scope = ScopeRecorder(cfg.scope, features, cfg.seed).record(self.train_frame, self.val_frame, probabilities)
+        scope = ScopeRecorder(cfg.scope, features, cfg.seed).record(
+            self.train_frame, self.val_frame, probabilities
+        )
         self.model.train(False)
         return scope
 
