@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_score import make_bundle, read_csv_rows, run_score, write_pngs
+from test_score import make_bundle, read_csv_rows, run_score
 from xraytriage.config import ConfigError, ModelConfig, PreprocessConfig, ScopeConfig, load_config
 from xraytriage.data.manifest import read_manifest
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset

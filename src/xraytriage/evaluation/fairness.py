@@ -31,7 +31,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from xraytriage.evaluation.scope_groups import SCOPE_ATTRIBUTE
 from xraytriage.config import EvaluationConfig, FairnessGateConfig
 from xraytriage.evaluation.intervals import difference_interval, wilson_interval
 from xraytriage.evaluation.results import (
@@ -46,6 +45,7 @@ from xraytriage.evaluation.results import (
     GroupRow,
     worst_verdict,
 )
+from xraytriage.evaluation.scope_groups import SCOPE_ATTRIBUTE
 
 _GAP_KEY = "evaluation.fairness.max_miss_rate_gap"
 _WORST_KEY = "evaluation.fairness.max_worst_group_miss_rate"

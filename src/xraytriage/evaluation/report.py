@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.config import EvaluationConfig
-from xraytriage.evaluation.scope_groups import add_scope_group
 from xraytriage.evaluation.audit import AuditResult, audit_manifest
 from xraytriage.evaluation.bootstrap import (
     BootstrapTask,
@@ -51,6 +50,7 @@ from xraytriage.evaluation.results import (
     ValidationSummary,
     json_number,
 )
+from xraytriage.evaluation.scope_groups import add_scope_group
 from xraytriage.evaluation.subgroups import GROUP_METRICS, age_bands, evaluate_subgroups
 from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point
 from xraytriage.utils.csv_safety import safe_frame

@@ -65,7 +65,6 @@ class FeaturePass:
         from xraytriage.data.dataset import ScanDataset, collate_skip
         from xraytriage.models.features import LogitsAndFeatures
         from xraytriage.training.predict import iter_logits
-
         from xraytriage.utils.runtime import worker_start_method
 
         dataset = ScanDataset(frame, [], self.preprocess, self.in_channels, None, self.image_source)

@@ -40,7 +40,8 @@ FEATURES_NAME = "features"  # pooled penultimate features (the scope's OOD check
 PARITY_ATOL = 1e-3  # logits; float32 kernels differ by ~1e-5 on ResNet-50
 PARITY_RTOL = 1e-3
 CACHE_ENV = "XRAYTRIAGE_CACHE_DIR"
-GRAPH_FORMAT = 2  # 2: optional features output. Bump when the exported graph changes for the same weights and torch version
+# bump when the exported graph changes for the same weights and torch version (2: features output)
+GRAPH_FORMAT = 2
 CACHE_MAX_BYTES = 2 * 1024**3  # ~20 ResNet-50 graphs; the least recently used go first
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xraytriage.config import ScopeConfig
+from xraytriage.scope import ScanFacts, ScopeChecker, ScopeVerdict, ValidatedScope
 from xraytriage.scoring import distributed as dist_utils
 from xraytriage.scoring.crashes import REASONS as CRASH_REASONS
 from xraytriage.scoring.crashes import death_reason, read_death_note, sigchld_deferred, worker_died
@@ -45,8 +47,6 @@ from xraytriage.scoring.outputs import (
     read_scores,
     score_columns,
 )
-from xraytriage.config import ScopeConfig
-from xraytriage.scope import ScanFacts, ScopeChecker, ScopeVerdict, ValidatedScope
 from xraytriage.training.predict import BatchLogits, iter_logits
 from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
 
@@ -495,11 +495,10 @@ class ScoringRun:
                 if not keep[i] and verdict is not None:
                     out_of_scope.append([path, OUT_OF_SCOPE, verdict.reason_text, now])
                     continue
-                rows.append(
-                    [path, batch.sop_uids[i], batch.study_uids[i], *[f"{p:.6f}" for p in probs[i]]]
-                    + [*flags[i].astype(int), *_scope_cells(verdict, batch.facts[i])]
-                    + [self.bundle.model_id, now]
-                )
+                probs_text = [f"{p:.6f}" for p in probs[i]]
+                scope_cells = _scope_cells(verdict, batch.facts[i])
+                row = [path, batch.sop_uids[i], batch.study_uids[i], *probs_text, *flags[i].astype(int)]
+                rows.append([*row, *scope_cells, self.bundle.model_id, now])
         failed = [[path, reason, message, now] for path, reason, message in batch.failures]
         with sigchld_deferred():  # append and bookkeeping happen whole, or not at all
             self.scores_j.append(rows)
