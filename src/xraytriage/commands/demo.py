@@ -11,6 +11,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from xraytriage.commands._common import add_progress_flag
 
@@ -22,7 +23,8 @@ HELP = """Run the whole pipeline on built-in synthetic chest-radiograph DICOMs:
   3. evaluate on the held-out patients: sensitivity, miss rate, specificity, AUROC with confidence
      intervals, per-subgroup table and report.html;
   4. batch-score a folder of scans (including a truncated and an empty file, reported as failures,
-     and a text file, reported as skipped) into a CSV.
+     a text file, reported as skipped, and real scans outside the model's validated scope -- a CT
+     and an MR slice, a photograph, a lateral view, a child -- flagged for a human read) into a CSV.
 
 Every output location and the tensorboard command are printed at the end.
 """
@@ -61,9 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> int:
-    """A folder as a hospital would send it: held-out scans, some without extension, plus bad files."""
+def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> tuple[int, list[Any]]:
+    """A folder as a hospital would send it: held-out scans, some without extension, bad files and
+    scans outside the model's validated scope (``data.demo_out_of_scope``)."""
     import pandas as pd
+
+    from xraytriage.data.demo_out_of_scope import write_out_of_scope
 
     if incoming.exists():
         shutil.rmtree(incoming)
@@ -78,7 +83,7 @@ def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> int:
     (incoming / "truncated_transfer.dcm").write_bytes(first.read_bytes()[: first.stat().st_size // 3])
     (incoming / "empty.dcm").write_bytes(b"")
     (incoming / "notes.txt").write_text("not a scan\n", encoding="utf-8")
-    return len(test)
+    return len(test), write_out_of_scope(incoming, first)
 
 
 def _stage(argv: list[str], no_progress: bool = False) -> int:
@@ -137,11 +142,14 @@ def run(args: argparse.Namespace) -> int:
     if code not in (0, 3, 4):  # 3 gate failed, 4 cannot certify: still a finished evaluation
         return code
     incoming = out / "incoming"
-    n_scans = _prepare_incoming(data_dir, incoming, manifest)
+    n_scans, planted = _prepare_incoming(data_dir, incoming, manifest)
     scores, errors = out / "scores.csv", out / "score_errors.csv"
     for stale in (scores, errors):
         stale.unlink(missing_ok=True)
-    print(f"[4/4] batch-scoring {incoming} ({n_scans} scans, 2 deliberately bad files and a text file)")
+    print(
+        f"[4/4] batch-scoring {incoming} ({n_scans} scans, {len(planted)} outside the validated scope, "
+        "2 deliberately bad files and a text file)"
+    )
     score_code = _stage(
         [
             "score",
@@ -159,7 +167,28 @@ def run(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - started
     _print_summary(out, run_dir, eval_dir, scores, errors, elapsed, score_code)
+    _print_out_of_scope(scores, planted)
     return 0
+
+
+def _print_out_of_scope(scores: Path, planted: list[Any]) -> None:
+    """The planted out-of-scope files as scoring saw them: every one flagged, with its reasons."""
+    import pandas as pd
+
+    if not scores.is_file() or not planted:
+        return
+    table = pd.read_csv(scores, dtype=str, keep_default_na=False)
+    rows = {Path(p).name: r for p, r in zip(table["path"], table.to_dict("records"))}
+    print("\nout-of-scope files planted in incoming/ (flagged for a human read, never a negative):")
+    for scan in planted:
+        row = rows.get(scan.name)
+        if row is None:
+            print(f"  {scan.name:<17} not in scores.csv (see the errors file)")
+            continue
+        state = "OUT OF SCOPE" if row["in_scope"] == "0" else "in scope (NOT caught)"
+        print(f"  {scan.name:<17} {state}: {row['scope_reasons'] or '-'}  [{scan.what}]")
+    outside = int((table["in_scope"] == "0").sum())
+    print(f"  {outside} of {len(table)} scored scans were outside the validated scope")
 
 
 def _fmt(value: object) -> str:
