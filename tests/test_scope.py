@@ -492,3 +492,23 @@ def test_evaluate_on_a_bundle_checks_the_scope_too(
     assert (out["in_scope"].to_numpy() == 0).tolist() == (views != "PA").tolist()
     assert out["ood_score"].notna().all() and (out["ood_score"] > 0).all()
     assert all(r.startswith("view=AP not validated [PA]") for r in out.loc[views == "AP", "scope_reasons"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_engine_gives_the_cpu_verdicts(
+    tmp_path: Path, scoped_bundle: Path, demo_data: Path, pydicom_test_file
+) -> None:
+    _planted(demo_data, tmp_path / "in", pydicom_test_file)
+    config = _config(tmp_path)
+    rows = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.csv"
+        extra = ["--engine", "torch", "--workers", "0", "--amp", "off", "--device", device]
+        assert run_score(tmp_path / "in", scoped_bundle, out, *extra, "--config", str(config)) == 0
+        rows[device] = {Path(r["path"]).name: r for r in read_csv_rows(out)}
+    assert rows["cpu"].keys() == rows["cuda"].keys()
+    for name, cpu in rows["cpu"].items():
+        gpu = rows["cuda"][name]
+        assert (gpu["in_scope"], gpu["scope_reasons"]) == (cpu["in_scope"], cpu["scope_reasons"]), name
+        assert float(gpu["ood_score"]) == pytest.approx(float(cpu["ood_score"]), rel=1e-3), name
