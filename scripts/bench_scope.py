@@ -223,7 +223,9 @@ def image_check(work: Path, epochs: int) -> dict[str, object] | None:
     est = auroc_estimate(is_ood.astype(float), ood, codes, 0.95)
     threshold = ValidatedScope.from_payload(load_bundle(bundle).scope).ood.threshold  # type: ignore[union-attr]
     over = ood > threshold
+    outside = (rows["in_scope"].astype(str) == "0").to_numpy()
     return {
+        "caught_any_rule": float(outside[is_ood].mean()),
         "auroc": est,
         "n_in": int((~is_ood).sum()),
         "n_out": int(is_ood.sum()),
@@ -311,6 +313,10 @@ def main() -> None:
                     f"separating {ood['n_in']} NIH test scans from {ood['n_out']} non-chest images; "
                     f"at the threshold {ood['threshold']:.1f}: {ood['caught']:.0%} of non-chest caught, "
                     f"{ood['in_flagged']:.1%} of NIH test scans flagged"
+                )
+                print(
+                    f"   with the header rules too (a PNG-trained bundle records view/sex/age only): "
+                    f"{ood['caught_any_rule']:.0%} of non-chest images out of scope"
                 )
                 print(f"   images: {', '.join(ood['images'])}")  # type: ignore[arg-type]
                 print(f"   missed: {', '.join(ood['missed']) or '-'}")  # type: ignore[arg-type]
