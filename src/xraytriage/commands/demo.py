@@ -234,10 +234,11 @@ def _print_summary(
             print(shown.to_string(index=False, max_rows=40))
     if scores.is_file():
         from xraytriage.scoring.discovery import NOT_A_SCAN
-        from xraytriage.scoring.outputs import count_error_rows
+        from xraytriage.scoring.outputs import OUT_OF_SCOPE, count_error_rows
 
         n_scored = sum(1 for _ in scores.open()) - 1
-        n_err, n_skipped = count_error_rows(errors, NOT_A_SCAN)
+        n_err = count_error_rows(errors, (NOT_A_SCAN, OUT_OF_SCOPE))[0]
+        n_skipped = count_error_rows(errors, NOT_A_SCAN)[1]
         print(
             f"scored {n_scored} scans; {n_err} bad files reported, {n_skipped} file(s) that are not "
             f"scans skipped{' (as intended)' if n_err else ''} (score exit code {score_code})"
