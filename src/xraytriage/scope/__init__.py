@@ -5,6 +5,7 @@ applies it at scoring time; ``ood`` is the image-based Mahalanobis reference. Se
 """
 
 from xraytriage.scope.check import (
+    ALWAYS_RULES,
     OOD_RULE,
     REASON_SEPARATOR,
     HeaderRule,
@@ -20,6 +21,7 @@ from xraytriage.scope.ood import MahalanobisReference, OodUnavailable
 from xraytriage.scope.record import ValidatedScope, record_scope, validation_reference
 
 __all__ = [
+    "ALWAYS_RULES",
     "OOD_RULE",
     "REASON_SEPARATOR",
     "HeaderRule",

@@ -87,6 +87,13 @@ class PredicateRule:
         return f"{self.name} {self.message}" if self.fails(facts) else None
 
 
+# Rules every checker applies, whatever scope the bundle recorded: header properties that put any scan
+# out of scope (e.g. a "for processing" image, a derived image, burned-in text). Add a rule here, with
+# its attribute on ScanFacts (set in ScanFacts.from_meta), and score, evaluate and training's
+# validation out-of-scope rate all apply it.
+ALWAYS_RULES: tuple[HeaderRule, ...] = ()
+
+
 @dataclass(frozen=True)
 class ScopeVerdict:
     in_scope: bool
@@ -111,13 +118,14 @@ class ScopeChecker:
     """Checks scans against one :class:`ValidatedScope`; build once per run, call per batch."""
 
     def __init__(self, scope: ValidatedScope, extra_rules: Sequence[HeaderRule] = ()) -> None:
+        """``extra_rules`` apply after the recorded ones and :data:`ALWAYS_RULES`."""
         self.scope = scope
         order = {name: i for i, name in enumerate((*VALUE_RULES, *RANGE_RULES))}
         values = sorted(scope.values.items(), key=lambda kv: order.get(kv[0], len(order)))
         ranges = sorted(scope.ranges.items(), key=lambda kv: order.get(kv[0], len(order)))
         self.rules: list[HeaderRule] = [ValueRule(n, tuple(v)) for n, v in values]  # a fixed order
         self.rules += [RangeRule(n, lo, hi) for n, (lo, hi) in ranges]
-        self.rules += list(extra_rules)
+        self.rules += [*ALWAYS_RULES, *extra_rules]
         self.ood = scope.ood
 
     @property
