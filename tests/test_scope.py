@@ -74,8 +74,13 @@ def test_a_scan_without_the_tag_is_not_judged_by_that_rule() -> None:
     assert checker.check(ScanFacts(view="PA")).in_scope
 
 
-def test_extra_rules_plug_in_beside_the_recorded_ones() -> None:
+def test_extra_rules_plug_in_beside_the_recorded_ones(monkeypatch) -> None:
+    from xraytriage.scope import check
+
     rule = PredicateRule("burned_in_text", lambda f: f.manufacturer == "Overlay Inc", "present")
+    monkeypatch.setattr(check, "ALWAYS_RULES", (rule,))  # every checker applies it
+    assert ScopeChecker(_scope()).rules[-1] is rule
+    monkeypatch.setattr(check, "ALWAYS_RULES", ())
     checker = ScopeChecker(_scope(), extra_rules=[rule])
     verdict = checker.check(ScanFacts(manufacturer="Overlay Inc", view="PA"))
     assert verdict.reason_text == "burned_in_text present" and reason_rules(verdict.reason_text) == [
