@@ -97,9 +97,15 @@ def test_demo_runs_end_to_end(demo: tuple[Path, subprocess.CompletedProcess]) ->
     assert any((out / "run" / "tensorboard").iterdir())
     manifest = pd.read_csv(out / "data" / "manifest.csv")
     scores = pd.read_csv(out / "scores.csv")
-    assert len(scores) == int((manifest["split"] == "test").sum()) + len(SCOPE_VARIANTS)
-    assert {f"{name}.dcm" for name in SCOPE_VARIANTS} <= {Path(p).name for p in scores["path"]}
-    assert len(list((out / "dicom_results").glob("SR_*.dcm"))) == len(scores)  # every scan is a DICOM
+    planted = {"lateral.dcm", "paediatric.dcm", "ct_slice.dcm", "mr_slice.dcm", "photograph.jpg"}
+    planted |= {"extremity_cr.dcm"} & {p.name for p in (out / "incoming").iterdir()}  # with pydicom-data
+    planted |= {f"{name}.dcm" for name in SCOPE_VARIANTS}
+    assert len(scores) == int((manifest["split"] == "test").sum()) + len(planted)
+    in_scope = {Path(p).name: v for p, v in zip(scores["path"], scores["in_scope"], strict=True)}
+    assert all(in_scope[name] == 0 for name in planted), in_scope  # every planted file flagged
+    assert all(scores.loc[scores["in_scope"] == 0, "flag_finding"] == 1)  # never a negative
+    assert "view=LL not validated [AP, PA]" in proc.stdout and "modality=CT not validated" in proc.stdout
+    assert len(list((out / "dicom_results").glob("SR_*.dcm"))) == len(scores) - 1  # all but the photograph
     errors = pd.read_csv(out / "score_errors.csv")
     reasons = {Path(p).name: r for p, r in zip(errors["path"], errors["reason"], strict=True)}
     assert sorted(reasons) == ["empty.dcm", "notes.txt", "truncated_transfer.dcm"]

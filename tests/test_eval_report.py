@@ -309,12 +309,14 @@ def cli_env(tmp_path, monkeypatch):
         model_id="m1",
         temperatures={"finding": 1.0},
         operating_points={},
+        scope={},  # a bundle from before validated scopes
     )
     monkeypatch.setattr(xraytriage.models, "load_bundle", lambda path: bundle)
     (tmp_path / "model.pt").write_bytes(b"stand-in")
     calls = []
 
-    def fake_predict(b, df, batch_size, num_workers, device):
+    def fake_predict(b, df, batch_size, num_workers, device, scope):
+        assert scope is not None and not scope.rules and not scope.ood_available  # nothing recorded
         calls.append(set(df["split"]))
         out = df.iloc[1:].copy()  # first row "unreadable"
         rng = np.random.default_rng(len(df))

@@ -152,10 +152,18 @@ def test_bad_files_go_to_errors_file_and_run_continues(
         "study_instance_uid",
         "prob_finding",
         "flag_finding",
+        "in_scope",
+        "scope_reasons",
+        "ood_score",
+        "study_date",
+        "view",
+        "manufacturer",
+        "site",
         "model_id",
         "scored_at",
     ]
-    for r in rows:
+    for r in rows:  # a bundle without a recorded scope: no rule, no image check, every scan in scope
+        assert (r["in_scope"], r["scope_reasons"], r["ood_score"]) == ("1", "", "")
         assert r["flag_finding"] == str(int(float(r["prob_finding"]) >= 0.5))
     # Study aggregation: maximum over the study's two images.
     study = read_csv_rows(studies)

@@ -76,7 +76,7 @@ def test_kill_minus_9_then_rerun_gives_exactly_the_clean_rows(tmp_path: Path) ->
     assert set(paths) == set(reference)  # none lost, none extra
     for r in rows:  # same probabilities (batch composition differs, so oneDNN may differ in the 7th digit)
         assert float(r[3]) == pytest.approx(float(reference[r[0]]), abs=1e-5)
-    assert all(len(r) == 7 for r in rows)
+    assert all(len(r) == 14 for r in rows)  # 7 + the 7 validated-scope columns: no torn row
     assert out.read_bytes().endswith(b"\n")
     errors = _rows(tmp_path / "killed.errors.csv")
     assert [Path(e[0]).name for e in errors] == ["zero.png"]

@@ -57,6 +57,18 @@ def test_training_writes_run_directory_and_tensorboard(tiny_manifest: Path, tmp_
     assert bundle.labels == ["finding"] and 0.0 <= bundle.thresholds["finding"] <= 1.0
     assert bundle.preprocess.image_size == 32 and bundle.metadata["best_epoch"] == result.best_epoch
     assert len(result.history) == 2
+    # the validated scope: the validation reference holds the calibrated probabilities the threshold
+    # was chosen on (what inference gives on the validation scans), one OOD distance per scan
+    from xraytriage.training.predict import predict_manifest
+
+    reference = bundle.scope["validation"]
+    val = pd.read_csv(tiny_manifest)
+    val = val[val["split"] == "val"].assign(path=lambda f: [str(tiny_manifest.parent / p) for p in f["path"]])
+    expected = predict_manifest(bundle, val, num_workers=0, device="cpu", progress=None)
+    np.testing.assert_allclose(reference["probabilities"]["finding"], expected["prob_finding"], atol=1e-5)
+    assert reference["n_scans"] == len(val) == len(reference["ood_scores"])
+    assert reference["out_of_scope_rate"] == 0.0 and set(bundle.scope["values"]["view"]) <= {"AP", "PA"}
+    assert bundle.scope["ood"]["precision"].shape == (512, 512)  # resnet18's pooled features
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -260,6 +260,55 @@ class EvaluationConfig(_Section):
         return value
 
 
+RuleValues = list[str] | Literal["any"] | None
+RuleRange = tuple[float, float] | Literal["any"] | None
+
+
+class ScopeConfig(_Section):
+    """The validated scope (docs/scoring.md#validated-scope). Every rule defaults to what training
+    recorded (``null``); a list or ``[min, max]`` replaces it (narrow or widen), ``any`` switches it off.
+    Read by ``train`` (recorded into the bundle) and by ``score --config`` (applied on top of it)."""
+
+    enabled: bool = Field(True, description="check every scored scan against the validated scope")
+    modalities: RuleValues = Field(None, description="DICOM Modality values in scope, e.g. [CR, DX]")
+    body_parts: RuleValues = Field(None, description="BodyPartExamined values in scope, e.g. [CHEST]")
+    views: RuleValues = Field(None, description="ViewPosition values in scope, e.g. [AP, PA]")
+    sexes: RuleValues = Field(None, description="PatientSex values in scope (F, M)")
+    manufacturers: RuleValues = Field(None, description="Manufacturer values in scope")
+    sites: RuleValues = Field(None, description="InstitutionName values in scope")
+    photometric: RuleValues = Field(None, description="PhotometricInterpretation values in scope")
+    age: RuleRange = Field(None, description="[min, max] age in years, inclusive")
+    pixel_spacing: RuleRange = Field(None, description="[min, max] pixel spacing in mm, inclusive")
+    rows: RuleRange = Field(None, description="[min, max] image rows, inclusive")
+    columns: RuleRange = Field(None, description="[min, max] image columns, inclusive")
+    ood: bool = Field(True, description="image-based out-of-distribution check (Mahalanobis distance)")
+    ood_quantile: float = Field(
+        0.99, gt=0.5, le=1.0, description="OOD threshold: this quantile of the validation scans' distances"
+    )
+    ood_threshold: float | None = Field(
+        None, gt=0.0, description="explicit OOD distance threshold (overrides ood_quantile)"
+    )
+    reference_max_scans: int = Field(
+        20_000, ge=10, description="training scans whose features make the OOD reference (a seeded sample)"
+    )
+
+    @field_validator("modalities", "body_parts", "views", "sexes", "manufacturers", "sites", "photometric")
+    @classmethod
+    def _values(cls, value: RuleValues) -> RuleValues:
+        if isinstance(value, list):
+            value = [str(v).strip() for v in value]
+            if not value or any(not v for v in value):
+                raise ValueError("give at least one non-empty value, or 'any' to switch the rule off")
+        return value
+
+    @field_validator("age", "pixel_spacing", "rows", "columns")
+    @classmethod
+    def _range(cls, value: RuleRange) -> RuleRange:
+        if isinstance(value, tuple) and not (0 <= value[0] <= value[1]):
+            raise ValueError(f"[min, max] needs 0 <= min <= max, got {list(value)}")
+        return value
+
+
 class ScoreConfig(_Section):
     batch_size: int = Field(32, ge=1, le=65_536)
     num_workers: int = Field(2, ge=0, le=256)
@@ -279,6 +328,11 @@ class ScoreConfig(_Section):
     corrupt_pixel_data: Literal["bundle", "fail", "accept"] = Field(
         "bundle",
         description="damaged but decodable pixel data: the bundle's preprocess setting, fail or accept",
+    )
+    out_of_scope: Literal["flag", "skip"] = Field(
+        "flag",
+        description="a scan outside the validated scope: flag = scored and flagged for a human read; "
+        "skip = not scored, listed in the errors file as out_of_scope",
     )
 
 
@@ -335,6 +389,7 @@ class Config(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    scope: ScopeConfig = Field(default_factory=ScopeConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -11,6 +11,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from xraytriage.commands._common import add_progress_flag
 
@@ -22,8 +23,10 @@ HELP = """Run the whole pipeline on built-in synthetic chest-radiograph DICOMs:
   3. evaluate on the held-out patients: sensitivity, miss rate, specificity, AUROC with confidence
      intervals, per-subgroup table and report.html;
   4. batch-score a folder of scans (including a truncated and an empty file, reported as failures,
-     a text file, reported as skipped, and a FOR PROCESSING image, a derived secondary capture and an
-     image with burned-in text, which the scope rules mark) into a CSV.
+     a text file, reported as skipped, and scans outside the model's validated scope -- a CT and an
+     MR slice, a photograph, a lateral view, a child, a FOR PROCESSING image, a derived secondary
+     capture, an image with burned-in text -- flagged for a human read) into a CSV, with a DICOM SR
+     per scored DICOM.
 
 Every output location and the tensorboard command are printed at the end.
 """
@@ -62,9 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> int:
-    """A folder as a hospital would send it: held-out scans, some without extension, plus bad files."""
+def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> tuple[int, list[Any]]:
+    """A folder as a hospital would send it: held-out scans, some without extension, bad files and
+    scans outside the model's validated scope (``data.demo_out_of_scope``)."""
     import pandas as pd
+
+    from xraytriage.data.demo_out_of_scope import write_out_of_scope
 
     if incoming.exists():
         shutil.rmtree(incoming)
@@ -79,15 +85,22 @@ def _prepare_incoming(data_dir: Path, incoming: Path, manifest: Path) -> int:
     (incoming / "truncated_transfer.dcm").write_bytes(first.read_bytes()[: first.stat().st_size // 3])
     (incoming / "empty.dcm").write_bytes(b"")
     (incoming / "notes.txt").write_text("not a scan\n", encoding="utf-8")
-    return len(test)
+    return len(test), write_out_of_scope(incoming, first)
 
 
-def _add_scope_variants(incoming: Path, seed: int) -> int:
+def _add_scope_variants(incoming: Path, seed: int) -> list[Any]:
     """Real-world DICOMs that are not diagnostic originals (FOR PROCESSING raw data, a derived
     secondary capture, burned-in text): the scope rules report them instead of triaging them blindly."""
+    from xraytriage.data.demo_out_of_scope import PlantedScan
     from xraytriage.data.synthetic import generate_scope_variants
 
-    return len(generate_scope_variants(incoming, seed=seed))
+    what = {
+        "for_processing": ("DX, PresentationIntentType FOR PROCESSING", "for_processing"),
+        "derived_secondary_capture": ("Secondary Capture of a demo radiograph", "derived_image"),
+        "burned_in_annotation": ("DX with text burned into the pixels", "burned_in_text"),
+    }
+    made = generate_scope_variants(incoming, seed=seed)
+    return [PlantedScan(path.name, *what[name]) for name, path in made.items()]
 
 
 def _stage(argv: list[str], no_progress: bool = False) -> int:
@@ -146,14 +159,15 @@ def run(args: argparse.Namespace) -> int:
     if code not in (0, 3, 4):  # 3 gate failed, 4 cannot certify: still a finished evaluation
         return code
     incoming = out / "incoming"
-    n_scans = _prepare_incoming(data_dir, incoming, manifest)
-    n_scans += _add_scope_variants(incoming, args.seed)
+    n_scans, planted = _prepare_incoming(data_dir, incoming, manifest)
+    planted += _add_scope_variants(incoming, args.seed)
     scores, errors = out / "scores.csv", out / "score_errors.csv"
     for stale in (scores, errors):
         stale.unlink(missing_ok=True)
     shutil.rmtree(out / "dicom_results", ignore_errors=True)
     print(
-        f"[4/4] batch-scoring {incoming} ({n_scans} scans, 3 of them not diagnostic originals; "
+        f"[4/4] batch-scoring {incoming} ({n_scans + len(planted)} scans, {len(planted)} outside the "
+        "validated scope, "
         "2 deliberately bad files and a text file)"
     )
     score_code = _stage(
@@ -175,7 +189,28 @@ def run(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - started
     _print_summary(out, run_dir, eval_dir, scores, errors, elapsed, score_code)
+    _print_out_of_scope(scores, planted)
     return 0
+
+
+def _print_out_of_scope(scores: Path, planted: list[Any]) -> None:
+    """The planted out-of-scope files as scoring saw them: every one flagged, with its reasons."""
+    import pandas as pd
+
+    if not scores.is_file() or not planted:
+        return
+    table = pd.read_csv(scores, dtype=str, keep_default_na=False)
+    rows = {Path(p).name: r for p, r in zip(table["path"], table.to_dict("records"))}
+    print("\nout-of-scope files planted in incoming/ (flagged for a human read, never a negative):")
+    for scan in planted:
+        row = rows.get(scan.name)
+        if row is None:
+            print(f"  {scan.name:<17} not in scores.csv (see the errors file)")
+            continue
+        state = "OUT OF SCOPE" if row["in_scope"] == "0" else "in scope (NOT caught)"
+        print(f"  {scan.name:<17} {state}: {row['scope_reasons'] or '-'}  [{scan.what}]")
+    outside = int((table["in_scope"] == "0").sum())
+    print(f"  {outside} of {len(table)} scored scans were outside the validated scope")
 
 
 def _fmt(value: object) -> str:
@@ -221,10 +256,11 @@ def _print_summary(
             print(shown.to_string(index=False, max_rows=40))
     if scores.is_file():
         from xraytriage.scoring.discovery import NOT_A_SCAN
-        from xraytriage.scoring.outputs import count_error_rows
+        from xraytriage.scoring.outputs import OUT_OF_SCOPE, count_error_rows
 
         n_scored = sum(1 for _ in scores.open()) - 1
-        n_err, n_skipped = count_error_rows(errors, NOT_A_SCAN)
+        n_err = count_error_rows(errors, (NOT_A_SCAN, OUT_OF_SCOPE))[0]
+        n_skipped = count_error_rows(errors, NOT_A_SCAN)[1]
         print(
             f"scored {n_scored} scans; {n_err} bad files reported, {n_skipped} file(s) that are not "
             f"scans skipped{' (as intended)' if n_err else ''} (score exit code {score_code})"

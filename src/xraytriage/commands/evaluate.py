@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from xraytriage.commands._common import add_overrides, add_progress_flag
+from xraytriage.evaluation.scope_groups import SCOPE_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +262,32 @@ def _summary(result) -> list[str]:
         worst = [
             (a.worst_group_miss_rate, a.worst_group)
             for a in block.attributes.values()
-            if a.available and a.worst_group_miss_rate is not None
+            if a.available and a.worst_group_miss_rate is not None and a.name != SCOPE_ATTRIBUTE
         ]
         if worst:
             est, group = max(worst, key=lambda w: w[0].value)
             lines.append(f"  worst subgroup: {group} miss rate {est.text()}")
+        lines += _scope_lines(block)
     conf = result.confidence * 100
     lines.append(
         f"  (intervals: {conf:g}% — rates: Wilson score on patient-adjusted effective sizes; AUROC: Newcombe "
         "score; group differences: Newcombe hybrid score; F1/AUPRC/Brier/ECE: patient bootstrap)"
     )
+    return lines
+
+
+def _scope_lines(block) -> list[str]:
+    """In- and out-of-scope scans apart (only when both occur: evaluation.scope_groups)."""
+    attr = block.attributes.get(SCOPE_ATTRIBUTE)
+    if attr is None or not attr.available:
+        return []
+    lines = []
+    for row in attr.groups:
+        m = row.metrics
+        parts = [
+            f"{key.replace('_', ' ')} {m[key].text()}" for key in ("sensitivity", "miss_rate") if key in m
+        ]
+        lines.append(f"  {row.group}: n={row.n} ({row.positives} pos) | " + " | ".join(parts or [row.status]))
     return lines
 
 
@@ -332,6 +349,7 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationI
         return EXIT_OTHER
     predict = importlib.import_module("xraytriage.training.predict").predict_manifest
     kwargs = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
+    kwargs["scope"] = _scope_checker(bundle, full_cfg)
     predictions = predict(bundle, rows, **kwargs)
     skipped = list(predictions.attrs.get("failed", []))
     if skipped:
@@ -350,6 +368,17 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationI
         temperatures=dict(bundle.temperatures),
         skipped_unreadable=len(skipped),
     )
+
+
+def _scope_checker(bundle, full_cfg) -> Any:
+    """The bundle's validated scope with the config's ``scope.*`` keys (None: switched off)."""
+    from xraytriage.config import ScopeConfig
+    from xraytriage.scope import ScopeChecker, ValidatedScope
+
+    cfg = full_cfg.scope if full_cfg is not None else ScopeConfig()
+    if not cfg.enabled:
+        return None
+    return ScopeChecker(ValidatedScope.from_payload(bundle.scope).with_config(cfg))
 
 
 def _from_predictions_file(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationInputs:

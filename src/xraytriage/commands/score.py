@@ -137,9 +137,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the bundle's setting, fail unless trained otherwise), accept = score the picture",
     )
     add_watch_arguments(parser)
+    parser.add_argument(
+        "--out-of-scope",
+        choices=["flag", "skip"],
+        help="a scan outside the model's validated scope: flag = scored with every class flagged for a "
+        "human read (default), skip = not scored, listed in the errors file as out_of_scope",
+    )
     add_progress_flag(parser)
     parser.add_argument(
-        "--config", type=Path, metavar="FILE", help="YAML config; its 'score' section sets the defaults above"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML config; its 'score' section sets the defaults above, its 'scope' section narrows or "
+        "widens the bundle's validated scope",
     )
 
 
@@ -213,9 +223,10 @@ def run(args: argparse.Namespace) -> int:
     from xraytriage.scoring.journal import JournalMismatch
 
     try:
-        cfg = load_config(args.config).score if getattr(args, "config", None) else ScoreConfig()
+        full = load_config(args.config) if getattr(args, "config", None) else None
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
+    cfg = full.score if full is not None else ScoreConfig()
 
     def pick(name: str, default: object) -> object:
         value = getattr(args, name, None)
@@ -257,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
         file_timeout_s=timeout or None,
         worker_memory_mb=memory_mb,
         corrupt_pixel_data=None if corrupt == "bundle" else str(corrupt),
+        out_of_scope=str(pick("out_of_scope", cfg.out_of_scope)),
+        scope=full.scope if full is not None else None,
     )
     try:
         summary = _run_watch(args, opts) if getattr(args, "watch", False) else score(opts)

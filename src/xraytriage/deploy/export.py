@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +115,15 @@ def _example(bundle: Bundle, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def onnx_graph(
-    module: nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET, output_name: str = OUTPUT_NAME
+    module: nn.Module,
+    example: torch.Tensor,
+    opset: int = DEFAULT_OPSET,
+    output_name: str | Sequence[str] = OUTPUT_NAME,
 ) -> bytes:
     """``module`` as a serialized ONNX graph with a dynamic batch axis (also the CPU scoring engine's
-    graph, see :mod:`xraytriage.scoring.engine`). Needs the onnx package."""
+    graph, see :mod:`xraytriage.scoring.engine`). ``output_name``: one name, or one per output of a
+    module returning a tuple. Needs the onnx package."""
+    names = [output_name] if isinstance(output_name, str) else list(output_name)
     import io
 
     buffer = io.BytesIO()
@@ -130,8 +135,8 @@ def onnx_graph(
             (example,),
             buffer,
             input_names=[INPUT_NAME],
-            output_names=[output_name],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
+            output_names=names,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in names}},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

@@ -45,6 +45,7 @@ from xraytriage.evaluation.results import (
     GroupRow,
     worst_verdict,
 )
+from xraytriage.evaluation.scope_groups import SCOPE_ATTRIBUTE
 
 _GAP_KEY = "evaluation.fairness.max_miss_rate_gap"
 _WORST_KEY = "evaluation.fairness.max_worst_group_miss_rate"
@@ -241,6 +242,8 @@ def check_gate(classes: Mapping[str, ClassResult], cfg: EvaluationConfig) -> Gat
         return result
     for label, block in classes.items():
         for attr in block.attributes.values():
+            if attr.name == SCOPE_ATTRIBUTE:
+                continue  # reported, not gated (evaluation.scope_groups)
             _check_attribute(label, attr, cfg)
             result.checks.extend(attr.checks)
             result.unchecked.extend(f"{label} / {attr.name}: {why}" for why in attr.unchecked)

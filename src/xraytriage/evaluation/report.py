@@ -50,6 +50,7 @@ from xraytriage.evaluation.results import (
     ValidationSummary,
     json_number,
 )
+from xraytriage.evaluation.scope_groups import add_scope_group
 from xraytriage.evaluation.subgroups import GROUP_METRICS, age_bands, evaluate_subgroups
 from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point
 from xraytriage.utils.csv_safety import safe_frame
@@ -146,6 +147,7 @@ class Evaluation:
         self.frame = predictions.reset_index(drop=True).copy()
         if "age" in self.frame.columns and "age_band" not in self.frame.columns:
             self.frame["age_band"] = age_bands(self.frame["age"], list(cfg.age_bands))
+        self.frame, cfg = add_scope_group(self.frame, cfg)
         self.codes, self.n_patients = _patients(self.frame, "predictions")
         self.val = None if val_predictions is None else val_predictions.reset_index(drop=True)
         self.val_codes = None if self.val is None else _patients(self.val, "validation predictions")[0]
@@ -391,6 +393,9 @@ PREDICTION_COLUMNS = (
     "view",
     "site",
     "manufacturer",
+    "in_scope",  # the validated-scope check (xraytriage.scope), so the file can be evaluated again
+    "scope_reasons",
+    "ood_score",
 )
 
 

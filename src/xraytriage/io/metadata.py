@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,17 @@ def parse_age(value: Any) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) and 0 <= number < 150 else None
+
+
+def parse_study_date(value: Any) -> str | None:
+    """DICOM DA (``20240131``, or the retired ``2024.01.31``) -> ``2024-01-31``; None if not a real date."""
+    text = str(value or "").strip().replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:])).isoformat()
+    except ValueError:
+        return None
 
 
 def normalise_sex(value: Any) -> str:
@@ -60,6 +72,7 @@ class ImageMeta:
     pixel_spacing: tuple[float, float] | None = None
     patient_pseudonym: str | None = None  # HMAC of PatientID with the site key; set by prepare only
     photometric: str | None = None
+    study_date: str | None = None  # ISO YYYY-MM-DD from StudyDate (deployment monitoring by date)
     transfer_syntax: str | None = None
     bits_stored: int | None = None
     frames: int = 1

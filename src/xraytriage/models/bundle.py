@@ -53,6 +53,8 @@ class Bundle:
     metadata: dict[str, Any] = field(default_factory=dict)
     model_id: str = ""
     operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)  # OperatingPoint.to_json()
+    # ValidatedScope.to_payload(): plain containers and tensors; {} for bundles written before scopes
+    scope: dict[str, Any] = field(default_factory=dict)
 
     def temperature_vector(self) -> list[float]:
         """One temperature per output column (multiclass: the softmax has one, the first label's)."""
@@ -91,11 +93,13 @@ def save_bundle(
     temperatures: dict[str, float] | None = None,
     metadata: dict[str, Any] | None = None,
     operating_points: dict[str, dict[str, Any]] | None = None,
+    scope: dict[str, Any] | None = None,
 ) -> str:
     """Write the bundle atomically; returns its model id.
 
     ``operating_points``: per label, how its threshold was chosen (``OperatingPoint.to_json()``:
-    policy, the validation figure's lower bound, a fallback and its reason)."""
+    policy, the validation figure's lower bound, a fallback and its reason). ``scope``: the validated
+    scope (``xraytriage.scope.ValidatedScope.to_payload()``)."""
     state = _plain_state_dict(model)
     model_id = state_dict_id(state)
     payload = {
@@ -109,6 +113,7 @@ def save_bundle(
         "temperatures": {k: float(v) for k, v in (temperatures or {}).items()},
         "operating_points": dict(operating_points or {}),
         "metadata": metadata or {},
+        "scope": dict(scope or {}),
         "state_dict": state,
     }
     write_torch_file(path, payload)
@@ -168,6 +173,7 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> B
         metadata=dict(payload.get("metadata", {})),
         model_id=actual_id,
         operating_points=dict(payload.get("operating_points", {})),
+        scope=dict(payload.get("scope") or {}),
     )
 
 

@@ -25,6 +25,7 @@ import torch
 
 from xraytriage.config import PreprocessConfig
 from xraytriage.io.errors import OUT_OF_MEMORY
+from xraytriage.scope.facts import ScanFacts
 from xraytriage.scoring.crashes import leave_death_note
 from xraytriage.scoring.discovery import NOT_A_SCAN, non_scan_kind
 
@@ -107,6 +108,7 @@ class ScanDataset(torch.utils.data.Dataset):
             "tensor": tensor,
             "sop_uid": meta.sop_uid or "",
             "study_uid": meta.study_uid or "",
+            "facts": ScanFacts.from_meta(meta),
         }
 
 
@@ -119,6 +121,7 @@ class ScanBatch:
     study_uids: list[str]
     tensor: torch.Tensor | None
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, message)
+    facts: list[ScanFacts] = field(default_factory=list)  # header attributes for the scope check
 
     def pin_memory(self) -> ScanBatch:
         if self.tensor is not None:
@@ -136,6 +139,7 @@ def collate_scans(items: list[dict[str, Any]]) -> ScanBatch:
         study_uids=[it["study_uid"] for it in ok],
         tensor=tensor,
         failures=failures,
+        facts=[it["facts"] for it in ok],
     )
 
 

@@ -326,16 +326,16 @@ class DicomResultSink:
         self.failed = 0
 
     def record(
-        self, rows: Sequence[Sequence[object]], overlays: Mapping[tuple[int, str], np.ndarray]
+        self, rows: Sequence[Sequence[object]], overlays: Mapping[tuple[str, str], np.ndarray]
     ) -> None:
-        """``rows`` in batch order; ``overlays`` maps (batch index, class) -> RGB Grad-CAM."""
+        """``overlays`` maps (scan path, class) -> RGB Grad-CAM (scans skipped as out of scope have none)."""
         from pydicom.errors import InvalidDicomError
 
         self.writer.staged = staged = StagedFiles()
         try:
-            for i, values in enumerate(rows):
+            for values in rows:
                 row = dict(zip(self.columns, values))
-                mine = {label: rgb for (j, label), rgb in overlays.items() if j == i}
+                mine = {label: rgb for (path, label), rgb in overlays.items() if path == row["path"]}
                 try:
                     self.writer.write(row, mine)
                 except (InvalidDicomError, ValueError, AttributeError, KeyError) as exc:

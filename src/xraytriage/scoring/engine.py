@@ -36,10 +36,12 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnxruntime")
 LOGITS_NAME = "logits"
+FEATURES_NAME = "features"  # pooled penultimate features (the scope's OOD check), a second output
 PARITY_ATOL = 1e-3  # logits; float32 kernels differ by ~1e-5 on ResNet-50
 PARITY_RTOL = 1e-3
 CACHE_ENV = "XRAYTRIAGE_CACHE_DIR"
-GRAPH_FORMAT = 1  # bump when the exported graph changes for the same weights and torch version
+# bump when the exported graph changes for the same weights and torch version (2: features output)
+GRAPH_FORMAT = 2
 CACHE_MAX_BYTES = 2 * 1024**3  # ~20 ResNet-50 graphs; the least recently used go first
 
 
@@ -49,12 +51,14 @@ class EngineUnavailable(RuntimeError):
 
 @dataclass
 class Runner:
-    """The forward pass scoring calls, with the input layout it wants and a line for the summary."""
+    """The forward pass scoring calls, with the input layout it wants and a line for the summary.
+    With ``features``, ``forward`` returns ``(logits, features)`` from one pass, else the logits."""
 
-    forward: Callable[[torch.Tensor], torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     engine: str  # "torch" or "onnxruntime"
     channels_last: bool
     description: str
+    features: bool = False
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -82,13 +86,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 class OnnxRuntimeForward:
-    """Logits from an ONNX graph of the network, run by ONNX Runtime's CPU provider.
+    """Logits (and, for a graph with a second output, the features) from an ONNX graph of the
+    network, run by ONNX Runtime's CPU provider.
 
     Spinning is off: an intra-op thread that busy-waits between kernels takes the core the decoding
     workers need, which costs more than the wake-up latency saves (scoring is not latency-bound).
     """
 
-    def __init__(self, graph: bytes, threads: int) -> None:
+    def __init__(self, graph: bytes, threads: int, features: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -101,10 +106,12 @@ class OnnxRuntimeForward:
         self.threads = options.intra_op_num_threads
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [LOGITS_NAME, FEATURES_NAME] if features else [LOGITS_NAME]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run([LOGITS_NAME], {self.input_name: batch})[0])
+        out = [torch.from_numpy(a) for a in self.session.run(self.outputs, {self.input_name: batch})]
+        return (out[0], out[1]) if len(out) == 2 else out[0]
 
 
 def _importable(name: str) -> bool:
@@ -122,7 +129,7 @@ def graph_cache_dir() -> Path | None:
     return Path(base) / "xraytriage" / "onnx"
 
 
-def _graph_path(weights_id: str, in_channels: int, image_size: int) -> Path | None:
+def _graph_path(weights_id: str, in_channels: int, image_size: int, features: bool = False) -> Path | None:
     directory = graph_cache_dir()
     if directory is None or not weights_id.isalnum():  # the bundle's hex weights hash, nothing else
         return None
@@ -130,6 +137,7 @@ def _graph_path(weights_id: str, in_channels: int, image_size: int) -> Path | No
 
     key = "|".join(
         [weights_id, f"{in_channels}x{image_size}", torch.__version__, str(DEFAULT_OPSET), str(GRAPH_FORMAT)]
+        + (["features"] if features else [])
     )
     return directory / f"{weights_id}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
@@ -173,31 +181,57 @@ def _evict(directory: Path, keep: Path, max_bytes: int) -> None:
             )
 
 
-def _checked_forward(model: nn.Module, graph: bytes, check: torch.Tensor, threads: int) -> OnnxRuntimeForward:
+def _checked_forward(
+    model: nn.Module, graph: bytes, check: torch.Tensor, threads: int, features: bool = False
+) -> OnnxRuntimeForward:
+    """The runtime on ``graph``, if its logits (and features) agree with ``model``'s in PyTorch."""
     try:
-        forward = OnnxRuntimeForward(graph, threads)
-        got = forward(check)
+        forward = OnnxRuntimeForward(graph, threads, features)
+        got_all = forward(check)
     except Exception as exc:
         if worker_died(exc):  # a decoding process's death is never a reason to change engines
             raise
         raise EngineUnavailable(f"running the network in ONNX Runtime failed ({exc})") from exc
     with torch.no_grad():
-        expected = model(check.contiguous(memory_format=torch.channels_last)).float()
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=PARITY_ATOL, rtol=PARITY_RTOL):
-        diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
-        raise EngineUnavailable(
-            f"ONNX Runtime's logits differ from PyTorch's (shape {tuple(got.shape)} vs "
-            f"{tuple(expected.shape)}, max difference {diff:.3g}; "
-            f"allowed {PARITY_ATOL} + {PARITY_RTOL} x |logit|)"
-        )
+        expected_all = model(check.contiguous(memory_format=torch.channels_last))
+    pairs = list(zip(got_all, expected_all)) if features else [(got_all, expected_all)]
+    for (got, expected), what in zip(pairs, ("logits", "features")):
+        _check_agreement(got, expected.float(), what)
     return forward
 
 
+def _check_agreement(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    if got.shape != expected.shape or not torch.allclose(got, expected, atol=PARITY_ATOL, rtol=PARITY_RTOL):
+        diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
+        raise EngineUnavailable(
+            f"ONNX Runtime's {what} differ from PyTorch's (shape {tuple(got.shape)} vs "
+            f"{tuple(expected.shape)}, max difference {diff:.3g}; "
+            f"allowed {PARITY_ATOL} + {PARITY_RTOL} x |value|)"
+        )
+
+
 def onnxruntime_forward(
-    model: nn.Module, in_channels: int, image_size: int, threads: int, weights_id: str = ""
+    model: nn.Module,
+    in_channels: int,
+    image_size: int,
+    threads: int,
+    weights_id: str = "",
+    features: bool = False,
 ) -> OnnxRuntimeForward:
     """Export ``model`` (eval, CPU) or take its cached graph, and check the runtime's logits against
     PyTorch's; raises :class:`EngineUnavailable` with the reason when it cannot be used.
+    ``features``: the graph also returns the pooled features (:class:`LogitsAndFeatures`)."""
+    if features:
+        from xraytriage.models.features import LogitsAndFeatures
+
+        model = LogitsAndFeatures(model).eval()
+    return _onnxruntime_forward(model, in_channels, image_size, threads, weights_id, features)
+
+
+def _onnxruntime_forward(
+    model: nn.Module, in_channels: int, image_size: int, threads: int, weights_id: str, features: bool
+) -> OnnxRuntimeForward:
+    """The export-or-cache part of :func:`onnxruntime_forward`.
     ``weights_id``: the bundle's weights hash, the cache key ("" = no cache)."""
     try:
         import onnxruntime  # noqa: F401
@@ -215,10 +249,10 @@ def onnxruntime_forward(
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, in_channels, image_size, image_size, generator=gen)
     check = torch.randn(1, in_channels, image_size, image_size, generator=gen)  # another batch size
-    cached = _graph_path(weights_id, in_channels, image_size)
+    cached = _graph_path(weights_id, in_channels, image_size, features)
     if cached is not None and cached.is_file():
         try:
-            forward = _checked_forward(model, cached.read_bytes(), check, threads)
+            forward = _checked_forward(model, cached.read_bytes(), check, threads, features)
             with contextlib.suppress(OSError):
                 os.utime(cached)  # recently used: last to be evicted
             return forward
@@ -226,12 +260,13 @@ def onnxruntime_forward(
             log.warning("cached ONNX graph %s is unusable (%s); exporting it again", cached, exc)
             cached.unlink(missing_ok=True)
     try:
-        graph = onnx_graph(model, example, output_name=LOGITS_NAME)
+        names = [LOGITS_NAME, FEATURES_NAME] if features else [LOGITS_NAME]
+        graph = onnx_graph(model, example, output_name=names)
     except Exception as exc:
         if worker_died(exc):
             raise
         raise EngineUnavailable(f"exporting the network to ONNX failed ({exc})") from exc
-    forward = _checked_forward(model, graph, check, threads)
+    forward = _checked_forward(model, graph, check, threads, features)
     if cached is not None:
         _store(cached, graph)
         _evict(cached.parent, cached, CACHE_MAX_BYTES)
@@ -260,6 +295,7 @@ def select_runner(
     in_channels: int = 3,
     image_size: int = 224,
     weights_id: str = "",
+    features: bool = False,
 ) -> Runner:
     """The forward pass for scoring ``model`` (already :func:`prepare_model`-d) on ``device``.
 
@@ -271,13 +307,18 @@ def select_runner(
     if engine == "onnxruntime" or (engine == "auto" and device.type == "cpu" and not compile):
         threads = torch.get_num_threads()
         try:
-            forward = onnxruntime_forward(model, in_channels, image_size, threads, weights_id)
+            forward = onnxruntime_forward(model, in_channels, image_size, threads, weights_id, features)
         except EngineUnavailable as exc:
             if engine == "onnxruntime":
                 raise
             log.warning("scoring with PyTorch instead of ONNX Runtime: %s", exc)
         else:
-            return Runner(forward, "onnxruntime", False, f"onnxruntime (CPU, {forward.threads} threads)")
+            description = f"onnxruntime (CPU, {forward.threads} threads)"
+            return Runner(forward, "onnxruntime", False, description, features)
+    if features:
+        from xraytriage.models.features import LogitsAndFeatures
+
+        model = LogitsAndFeatures(model).eval()
     net = fold_batchnorm(model) if device.type == "cpu" else model
     if compile:  # one static shape: short batches are padded (iter_logits), so it compiles once
         net = torch.compile(net, dynamic=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -12,15 +12,27 @@ from xraytriage.utils.atomic import atomic_path
 from xraytriage.utils.csv_safety import safe_frame
 
 ERROR_COLUMNS = ["path", "reason", "message", "scored_at"]
+OUT_OF_SCOPE = "out_of_scope"  # errors-file reason of a scan skipped under score.out_of_scope=skip
+# scope columns of scores.csv, in order, right after the flags (docs/scoring.md#validated-scope)
+IN_SCOPE = "in_scope"  # 1/0
+SCOPE_REASONS = "scope_reasons"  # "" when in scope; see xraytriage.scope.check for the format
+OOD_SCORE = "ood_score"  # Mahalanobis distance; "" when the bundle has no image reference
+STUDY_DATE = "study_date"  # ISO YYYY-MM-DD from StudyDate, "" when absent
+VIEW = "view"
+MANUFACTURER = "manufacturer"
+SITE = "site"  # InstitutionName, as prepare records sites
+SCOPE_COLUMNS = [IN_SCOPE, SCOPE_REASONS, OOD_SCORE, STUDY_DATE, VIEW, MANUFACTURER, SITE]
 
 
-def count_error_rows(errors: str | Path, skipped_reason: str) -> tuple[int, int]:
+def count_error_rows(errors: str | Path, skipped_reasons: str | Collection[str]) -> tuple[int, int]:
     """(failures, skipped files) among the complete rows of an errors file (absent: none), read the way
-    the journals write it (file names that are not UTF-8 survive)."""
+    the journals write it (file names that are not UTF-8 survive). ``skipped_reasons``: the reasons
+    that are decisions, not failures (``not_a_scan``, ``out_of_scope``)."""
     import csv
 
     from xraytriage.scoring.journal import ENCODING_ERRORS
 
+    skipped_set = {skipped_reasons} if isinstance(skipped_reasons, str) else set(skipped_reasons)
     failed = skipped = 0
     try:
         with open(errors, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as fh:
@@ -32,7 +44,7 @@ def count_error_rows(errors: str | Path, skipped_reason: str) -> tuple[int, int]
             for row in reader:
                 if len(row) != len(header):
                     continue  # a torn last line of an interrupted run
-                if row[where] == skipped_reason:
+                if row[where] in skipped_set:
                     skipped += 1
                 else:
                     failed += 1
@@ -42,13 +54,15 @@ def count_error_rows(errors: str | Path, skipped_reason: str) -> tuple[int, int]
 
 
 def score_columns(labels: Sequence[str]) -> list[str]:
-    """path, DICOM UIDs, ``prob_<label>`` and ``flag_<label>`` per class, model id, time. No names/dates."""
+    """path, DICOM UIDs, ``prob_<label>`` and ``flag_<label>`` per class, the scope columns, model id,
+    time. No names, no birth dates (the study date is the exam's, for monitoring by date)."""
     return [
         "path",
         "sop_instance_uid",
         "study_instance_uid",
         *[f"prob_{label}" for label in labels],
         *[f"flag_{label}" for label in labels],
+        *SCOPE_COLUMNS,
         "model_id",
         "scored_at",
     ]
@@ -78,7 +92,15 @@ def _read_scores_csv(path: Path, labels: Sequence[str]) -> pd.DataFrame:
     dtypes.update(dict.fromkeys(["sop_instance_uid", "study_instance_uid", "model_id"], "string"))
     dtypes.update({f"prob_{label}": "float64" for label in labels})
     dtypes.update({f"flag_{label}": "int8" for label in labels})
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, encoding_errors="surrogateescape")
+    dtypes.update(dict.fromkeys([SCOPE_REASONS, STUDY_DATE, VIEW, MANUFACTURER, SITE], "string"))
+    dtypes.update({IN_SCOPE: "int8", OOD_SCORE: "float64"})
+    return pd.read_csv(
+        path,
+        dtype=dtypes,
+        keep_default_na=False,
+        na_values={OOD_SCORE: [""]},  # unavailable: NaN, not an error (older files lack the column)
+        encoding_errors="surrogateescape",
+    )
 
 
 def read_scores(out: str | Path, labels: Sequence[str]) -> pd.DataFrame:
@@ -122,7 +144,9 @@ def finalize_parquet(out: Path, labels: Sequence[str]) -> None:
 def aggregate_studies(
     scores: pd.DataFrame, labels: Sequence[str], thresholds: dict[str, float], out: str | Path
 ) -> int:
-    """One row per StudyInstanceUID: maximum probability over its images, flag at the same threshold.
+    """One row per StudyInstanceUID: maximum probability over its images, flag at the same threshold,
+    and raised whenever one of its images was flagged out of scope (never a negative study from an
+    image the model was not validated on); ``in_scope`` is 0 when any of its images is out of scope.
 
     Scans without a StudyInstanceUID (PNG/JPEG/TIFF, or DICOM lacking it) are not aggregated.
     """
@@ -132,7 +156,12 @@ def aggregate_studies(
     studies = grouped[prob_cols].max()
     studies.insert(0, "n_images", grouped.size())
     for label in labels:
-        studies[f"flag_{label}"] = (studies[f"prob_{label}"] >= thresholds[label]).astype("int8")
+        flag = studies[f"prob_{label}"] >= thresholds[label]
+        if f"flag_{label}" in have.columns:
+            flag |= grouped[f"flag_{label}"].max().astype(bool)
+        studies[f"flag_{label}"] = flag.astype("int8")
+    if IN_SCOPE in have.columns:
+        studies[IN_SCOPE] = grouped[IN_SCOPE].min().astype("int8")
     studies["model_id"] = grouped["model_id"].first()
     studies = studies.reset_index()
     target = Path(out)

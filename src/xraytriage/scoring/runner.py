@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xraytriage.config import ScopeConfig
+from xraytriage.scope import ScanFacts, ScopeChecker, ScopeVerdict, ValidatedScope
 from xraytriage.scoring import distributed as dist_utils
 from xraytriage.scoring.crashes import REASONS as CRASH_REASONS
 from xraytriage.scoring.crashes import death_reason, read_death_note, sigchld_deferred, worker_died
@@ -34,6 +36,7 @@ from xraytriage.scoring.engine import Runner, check_engine, prepare_model, selec
 from xraytriage.scoring.journal import CsvJournal
 from xraytriage.scoring.outputs import (
     ERROR_COLUMNS,
+    OUT_OF_SCOPE,
     aggregate_studies,
     count_error_rows,
     display_path,
@@ -73,6 +76,8 @@ class ScoreOptions:
     worker_memory_mb: int = 4096  # per worker, beyond what it inherits; 0 = no cap
     corrupt_pixel_data: str | None = None  # "fail" | "accept"; None = the bundle's preprocessing
     dicom_out: Path | None = None  # DICOM SR (+ Grad-CAM Secondary Captures with cam_dir) per scan
+    out_of_scope: str = "flag"  # "flag": scored, every flag raised; "skip": errors file, not scored
+    scope: ScopeConfig | None = None  # scope.* keys narrowing/widening the bundle's validated scope
 
 
 @dataclass
@@ -85,6 +90,10 @@ class ScoreSummary:
     already_done: int = 0
     errors_total: int = 0  # failures in the errors file (with --strict, skipped non-scans too)
     skipped_total: int = 0  # rows of skipped non-scans in the errors file
+    out_of_scope: int = 0  # scans outside the validated scope, this run (flagged or skipped)
+    out_of_scope_total: int = 0  # rows of skipped out-of-scope scans in the errors file
+    out_of_scope_policy: str = "flag"
+    scope_note: str = ""  # what the scope check could not do (no image reference, switched off)
     merged_rows: int = 0
     studies: int | None = None
     cams: int = 0
@@ -97,7 +106,21 @@ class ScoreSummary:
 
     @property
     def rate(self) -> float:
-        return (self.scored + self.failed + self.skipped) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        done = self.scored + self.failed + self.skipped
+        if self.out_of_scope_policy == "skip":
+            done += self.out_of_scope
+        return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def scope_line(self) -> str:
+        if self.out_of_scope_policy == "skip":
+            what = (
+                f"not scored; {self.out_of_scope_total} in the errors file as {OUT_OF_SCOPE}, "
+                "not counted as failures"
+            )
+        else:
+            what = "scored, every class flagged for a human read; not in the per-class flag counts"
+        line = f"out of the validated scope: {self.out_of_scope} scans ({what})"
+        return line + (f"; {self.scope_note}" if self.scope_note else "")
 
     def text(self) -> str:
         flagged = ", ".join(f"{k}={v}" for k, v in self.flagged.items()) or "-"
@@ -105,6 +128,7 @@ class ScoreSummary:
         lines = [
             f"scored {self.scored} scans, failed {self.failed}" + (f" ({reasons})" if reasons else ""),
             f"flagged per class: {flagged}",
+            self.scope_line(),
             f"skipped (already in the outputs): {self.already_done}",
             f"failures in the errors file: {self.errors_total}",
             f"elapsed {self.elapsed_s:.1f} s, {self.rate:.1f} scans/s"
@@ -228,6 +252,7 @@ class ScoringRun:
         self.summary = ScoreSummary(
             flagged=dict.fromkeys(self.labels, 0), rank=self.ctx.rank, world_size=self.ctx.world_size
         )
+        self.checker = self._scope_checker()
         self.failures: Counter[str] = Counter()
         self.pending: dict[str, None] = {}  # drawn for a worker, no answer yet (insertion-ordered)
         self.queued: dict[str, bool] = {}  # every path drawn this run -> its answer is journaled
@@ -253,6 +278,23 @@ class ScoringRun:
             f"xraytriage {self.bundle.model_config.arch}",
         )
         return DicomResultSink(writer, self.columns)
+
+    def _scope_checker(self) -> ScopeChecker | None:
+        """The bundle's validated scope with the config's ``scope.*`` keys applied (None: check off)."""
+        cfg = self.opts.scope or ScopeConfig()
+        self.summary.out_of_scope_policy = self.opts.out_of_scope
+        if not cfg.enabled:
+            self.summary.scope_note = "scope check switched off (scope.enabled=false); in_scope left blank"
+            return None
+        scope = ValidatedScope.from_payload(self.bundle.scope).with_config(cfg)
+        if scope.ood is None:
+            self.summary.scope_note = (
+                "image-based check unavailable: "
+                + ("switched off (scope.ood=false)" if not cfg.ood else "the bundle has no feature reference")
+                + (" (a bundle from before scopes: retrain to record one)" if not scope.recorded else "")
+            )
+            log.warning("%s", self.summary.scope_note)
+        return ScopeChecker(scope)
 
     # ------------------------------------------------------------------ steps
     def run(self) -> ScoreSummary:
@@ -351,6 +393,7 @@ class ScoringRun:
             in_channels=bundle.model_config.in_channels,
             image_size=bundle.preprocess.image_size,
             weights_id=bundle.model_id,
+            features=self.checker is not None and self.checker.ood_available,
         )
         self.summary.engine = self.runner.description
         log.info("scoring engine: %s", self.runner.description)
@@ -466,26 +509,35 @@ class ScoringRun:
         batch, logits = result.batch, result.logits
         now = _now()
         rows: list[list[object]] = []
-        overlays: dict[tuple[int, str], np.ndarray] = {}
+        overlays: dict[tuple[str, str], np.ndarray] = {}
         flagged = np.zeros(len(self.labels), dtype=np.int64)
+        out_of_scope: list[list[object]] = []  # skip policy: errors-file rows
         if logits is not None:
             probs = self.bundle.probabilities(logits).double().cpu().numpy()
             flags = probs >= self.thr
-            flagged = flags.sum(axis=0)
-            if self.opts.cam_dir is not None and flags.any():
-                overlays = self._write_cams(batch, result.inputs, flags)
+            verdicts = self._verdicts(batch, result.features)
+            outside = np.array([v is not None and not v.in_scope for v in verdicts], dtype=bool)
+            flagged = flags[~outside].sum(axis=0)
+            flags[outside] = True  # never a negative for a scan the model was not validated on
+            keep = ~outside if self.opts.out_of_scope == "skip" else np.ones(len(outside), dtype=bool)
+            if self.opts.cam_dir is not None and (flags & keep[:, None]).any():
+                overlays = self._write_cams(batch, result.inputs, flags & keep[:, None])
             for i, path in enumerate(batch.paths):
+                verdict = verdicts[i]
+                if not keep[i] and verdict is not None:
+                    out_of_scope.append([path, OUT_OF_SCOPE, verdict.reason_text, now])
+                    continue
                 probs_text = [f"{p:.6f}" for p in probs[i]]
-                rows.append(
-                    [path, batch.sop_uids[i], batch.study_uids[i], *probs_text, *flags[i].astype(int)]
-                )
-                rows[-1] += [self.bundle.model_id, now]
+                scope_cells = _scope_cells(verdict, batch.facts[i])
+                row = [path, batch.sop_uids[i], batch.study_uids[i], *probs_text, *flags[i].astype(int)]
+                rows.append([*row, *scope_cells, self.bundle.model_id, now])
         failed = [[path, reason, message, now] for path, reason, message in batch.failures]
         if self.results is not None and rows:
             self.results.record(rows, overlays)  # before the journal: a kill here rewrites, never skips
         with sigchld_deferred():  # append and bookkeeping happen whole, or not at all
             self.scores_j.append(rows)
-            self.errors_j.append(failed)
+            self.errors_j.append(out_of_scope + failed)
+            self.summary.out_of_scope += int(outside.sum()) if logits is not None else 0
             for path in batch.paths:
                 self._answered(path)
             for path, reason, _ in batch.failures:
@@ -494,14 +546,19 @@ class ScoringRun:
             for k, label in enumerate(self.labels):
                 self.summary.flagged[label] += int(flagged[k])
             self.summary.scored += len(rows)
-            self.bar.update(len(rows) + len(failed))
+            self.bar.update(len(rows) + len(failed) + len(out_of_scope))
             if failed:
                 self.bar.set_postfix(failed=self.summary.failed, skipped=self.summary.skipped, refresh=False)
 
+    def _verdicts(self, batch: ScanBatch, features: torch.Tensor | None) -> list[ScopeVerdict | None]:
+        if self.checker is None:
+            return [None] * len(batch.paths)
+        return list(self.checker.check_batch(batch.facts, features))
+
     def _write_cams(
         self, batch: ScanBatch, inputs: torch.Tensor | None, flags: np.ndarray
-    ) -> dict[tuple[int, str], np.ndarray]:
-        """PNGs into --cam DIR; returns the overlays as RGB by (batch index, class) for --dicom-out."""
+    ) -> dict[tuple[str, str], np.ndarray]:
+        """PNGs into --cam DIR; returns the overlays as RGB by (scan path, class) for --dicom-out."""
         from xraytriage.scoring.cam import make_overlays, save_overlays
 
         assert self.model is not None
@@ -513,7 +570,7 @@ class ScoringRun:
         ]
         overlays = make_overlays(self.model, inputs, items, self.bundle.preprocess)
         self.summary.cams += save_overlays(overlays, items, self.opts.cam_dir)
-        return {(i, label): bgr[..., ::-1] for (i, _, _, label), bgr in zip(items, overlays)}
+        return {(path, label): bgr[..., ::-1] for (_, path, _, label), bgr in zip(items, overlays)}
 
     def _answered(self, path: str) -> None:
         self.pending.pop(path, None)
@@ -565,12 +622,12 @@ class ScoringRun:
         if not ctx.initialized:
             return
         counts = [summary.scored, summary.failed, *[summary.flagged[label] for label in labels], summary.cams]
-        counts += [summary.already_done if ctx.is_main else 0, summary.skipped]
+        counts += [summary.already_done if ctx.is_main else 0, summary.out_of_scope, summary.skipped]
         totals = dist_utils.sum_across_ranks(ctx, counts)
         summary.scored, summary.failed = totals[0], totals[1]
         summary.flagged = {label: totals[2 + k] for k, label in enumerate(labels)}
         summary.cams = totals[2 + len(labels)]
-        summary.skipped = totals[-1]
+        summary.skipped, summary.out_of_scope = totals[-1], totals[-2]
         if ctx.is_main:
             main_scores = CsvJournal(self.journal_path, self.columns)
             main_errors = CsvJournal(self.errors_out, ERROR_COLUMNS)
@@ -594,11 +651,30 @@ class ScoringRun:
         """Rank 0: fold a Parquet journal, count the errors file, aggregate studies."""
         if is_parquet(self.out):
             finalize_parquet(self.out, self.labels)
-        failed_rows, self.summary.skipped_total = count_error_rows(self.errors_out, NOT_A_SCAN)
+        failed_rows, skipped_rows = count_error_rows(self.errors_out, (NOT_A_SCAN, OUT_OF_SCOPE))
+        self.summary.out_of_scope_total = count_error_rows(self.errors_out, OUT_OF_SCOPE)[1]
+        self.summary.skipped_total = skipped_rows - self.summary.out_of_scope_total
         self.summary.errors_total = failed_rows + (self.summary.skipped_total if self.opts.strict else 0)
         if self.opts.studies is not None:
             scores = read_scores(self.out, self.labels)
             self.summary.studies = aggregate_studies(scores, self.labels, self.thresholds, self.opts.studies)
+
+
+def _scope_cells(verdict: ScopeVerdict | None, facts: ScanFacts) -> list[object]:
+    """in_scope, scope_reasons, ood_score, study_date, view, manufacturer, site (outputs.SCOPE_COLUMNS)."""
+    in_scope: object = "" if verdict is None else int(verdict.in_scope)
+    reasons = "" if verdict is None else verdict.reason_text
+    ood = verdict.ood_score if verdict is not None else None
+    ood_text = f"{ood:.4f}" if ood is not None and np.isfinite(ood) else ""
+    return [
+        in_scope,
+        reasons,
+        ood_text,
+        facts.study_date or "",
+        facts.view or "",
+        facts.manufacturer or "",
+        facts.site or "",
+    ]
 
 
 def score(opts: ScoreOptions) -> ScoreSummary:

@@ -750,6 +750,30 @@ class Trainer:
                 metrics[f"{label}/{key}"] = m.get(key)
         return temperatures, operating_points
 
+    def _record_scope(self, val_predictions: pd.DataFrame) -> Any:
+        """The validated scope (headers of the training and validation scans, the feature reference,
+        the calibrated validation probabilities); see :mod:`xraytriage.scope`."""
+        from xraytriage.scope.collect import FeaturePass, ScopeRecorder
+
+        cfg = self.cfg
+        features = FeaturePass(
+            self.model,
+            cfg.preprocess,
+            cfg.model.in_channels,
+            self.device,
+            self.amp_dtype,
+            cfg.train.batch_size,
+            cfg.data.num_workers,
+            self.train_set.image_source,
+        )
+        probabilities = {label: val_predictions[f"prob_{label}"].tolist() for label in self.labels}
+        self._log_main("recording the validated scope (headers and features of the training scans)")
+        scope = ScopeRecorder(cfg.scope, features, cfg.seed).record(
+            self.train_frame, self.val_frame, probabilities
+        )
+        self.model.train(False)
+        return scope
+
     def _finish(self, history: list[dict[str, Any]], best: tuple[float, int]) -> TrainResult:
         cfg = self.cfg
         dist_utils.barrier(self.dist)
@@ -759,6 +783,7 @@ class Trainer:
         metrics, frame, logits = self._validate(best[1] - 1)
         temperatures, operating_points = self._calibrate_and_choose(frame, logits, metrics)
         thresholds = {label: op.threshold for label, op in operating_points.items()}
+        scope = self._record_scope(frame) if self.dist.is_main else None
         result = TrainResult(
             run_dir=self.run_dir,
             bundle_path=self.run_dir / BUNDLE_NAME,
@@ -780,6 +805,7 @@ class Trainer:
                 cfg.model.task,
                 temperatures=temperatures,
                 operating_points={label: op.to_json() for label, op in operating_points.items()},
+                scope=scope.to_payload() if scope is not None else None,
                 metadata={
                     "best_epoch": best[1],
                     "val_mean_auroc": best[0],

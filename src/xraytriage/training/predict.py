@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from xraytriage.data.dataset import Failure, ScanDataset, collate_skip
 from xraytriage.models.bundle import Bundle, logits_to_probabilities
+from xraytriage.scope.check import ScopeChecker
 from xraytriage.utils.progress import show_progress
 from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, worker_start_method
 
@@ -35,12 +36,15 @@ class BatchLogits(Generic[B]):
     """One batch of :func:`iter_logits`: the loader's batch, the network input and its logits.
 
     ``inputs`` (on ``device``, in the requested memory format) and ``logits`` (float32, still on
-    ``device``) are None when the batch held no decodable scan.
+    ``device``) are None when the batch held no decodable scan. ``features``: the pooled penultimate
+    features when the model returns ``(logits, features)`` (:class:`~xraytriage.models.features.
+    LogitsAndFeatures`, the scoring engines), else None.
     """
 
     batch: B
     inputs: torch.Tensor | None
     logits: torch.Tensor | None
+    features: torch.Tensor | None = None
 
 
 def iter_logits(
@@ -84,8 +88,10 @@ def iter_logits(
             net_in[:n] = x
             net_in[n:] = 0
         with no_grad(), autocast_for(device, amp_dtype):
-            logits = model(net_in)[:n].float()
-        yield BatchLogits(batch, x, logits)
+            out = model(net_in)
+            features = out[1][:n].float() if isinstance(out, tuple) else None
+            logits = (out[0] if isinstance(out, tuple) else out)[:n].float()
+        yield BatchLogits(batch, x, logits, features)
 
 
 def predict_loader(
@@ -95,10 +101,13 @@ def predict_loader(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,
     progress: str | None = None,
+    features: list[torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
     """Logits (N x C, float32) and the dataset indices they belong to, plus decode failures.
 
     ``progress``: the label of a progress bar over the batches (None: no bar, as during validation).
+    ``features``: for a model returning ``(logits, features)``, each batch's features (CPU) are
+    appended to this list, in the order of the logits.
     """
     logits_parts: list[torch.Tensor] = []
     index_parts: list[torch.Tensor] = []
@@ -113,6 +122,8 @@ def predict_loader(
         if out.logits is None:
             continue
         logits_parts.append(out.logits)  # stays on device: no sync per batch
+        if features is not None and out.features is not None:
+            features.append(out.features.cpu())
         index_parts.append(out.batch["index"])
     if not logits_parts:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failures
@@ -142,13 +153,20 @@ def predict_manifest(
     device: str = "auto",
     amp: str = "auto",
     progress: str | None = "predicting",
+    scope: ScopeChecker | None = None,
 ) -> pd.DataFrame:
     """Predictions for every decodable row; ``.attrs['failed']`` lists (path, reason) of skipped scans.
 
     ``progress``: label of the progress bar (drawn only on a terminal, see ``utils.progress``); None: none.
+    ``scope``: also check each scan against the validated scope (``in_scope``, ``scope_reasons``,
+    ``ood_score`` columns, as ``score`` writes them), features from the same forward pass.
     """
     dev = resolve_device(device)
-    model = bundle.model.to(dev)
+    model: nn.Module = bundle.model.to(dev)
+    if scope is not None and scope.ood_available:
+        from xraytriage.models.features import LogitsAndFeatures
+
+        model = LogitsAndFeatures(model)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     labels_present = [label for label in bundle.labels if label in frame.columns]
@@ -162,11 +180,16 @@ def predict_manifest(
         persistent_workers=False,
         **worker_start_method(bundle.preprocess.gpu_decode, num_workers),
     )
+    feature_parts: list[torch.Tensor] = []
     logits, indices, failures = predict_loader(
-        model, loader, dev, resolve_amp_dtype(amp, dev), dev.type == "cuda", progress
+        model, loader, dev, resolve_amp_dtype(amp, dev), dev.type == "cuda", progress, feature_parts
     )
     probs = probabilities(logits, bundle.task, bundle.temperature_vector())
     out = predictions_frame(frame, bundle.labels, probs, indices) if len(indices) else frame.iloc[:0].copy()
+    if scope is not None:
+        from xraytriage.scope.collect import add_scope_columns
+
+        out = add_scope_columns(out, scope, torch.cat(feature_parts) if feature_parts else None)
     out.attrs["failed"] = [(f.path, f.reason) for f in failures]
     if failures:
         log.warning("%d scan(s) could not be decoded and were skipped", len(failures))

@@ -1,0 +1,164 @@
+"""Recording the validated scope at the end of training: headers of every training and validation
+scan, features of the validation scans and of (a sample of) the training scans, then the scope.
+
+The feature pass runs the chosen model once more over those scans without augmentation (the
+preprocessing cache, when configured, makes it a forward pass only); headers are read without the
+pixel data.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from xraytriage.config import PreprocessConfig, ScopeConfig
+from xraytriage.scope.facts import ScanFacts
+from xraytriage.scope.ood import MahalanobisReference, OodUnavailable
+from xraytriage.scope.record import ValidatedScope, population_values, record_scope, validation_reference
+
+log = logging.getLogger(__name__)
+
+
+def header_facts(path: str | Path) -> ScanFacts | None:
+    """A DICOM's scope attributes from its header (pixel data not read); None for other files or a
+    header that cannot be read (the manifest then speaks for the scan)."""
+    from xraytriage.io.detect import sniff_format
+    from xraytriage.io.dicom import read_dataset, read_meta
+    from xraytriage.io.errors import UnreadableImage
+
+    p = Path(path)
+    try:
+        if sniff_format(p) != "dicom":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ScanFacts.from_meta(read_meta(read_dataset(p), p))
+    except (OSError, UnreadableImage, ValueError, TypeError):
+        return None
+
+
+@dataclass
+class FeaturePass:
+    """Runs the network over a manifest frame and returns the pooled features per decoded row."""
+
+    model: nn.Module
+    preprocess: PreprocessConfig
+    in_channels: int
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    batch_size: int = 32
+    workers: int = 0
+    image_source: Any = None
+
+    def __call__(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(features n x d float32, positions in ``frame`` of the rows they belong to)."""
+        from xraytriage.data.dataset import ScanDataset, collate_skip
+        from xraytriage.models.features import LogitsAndFeatures
+        from xraytriage.training.predict import iter_logits
+        from xraytriage.utils.runtime import worker_start_method
+
+        dataset = ScanDataset(frame, [], self.preprocess, self.in_channels, None, self.image_source)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            collate_fn=collate_skip,
+            **worker_start_method(self.preprocess.gpu_decode, self.workers),
+        )
+        net = LogitsAndFeatures(self.model).eval()
+        parts, positions = [], []
+        for out in iter_logits(net, loader, self.device, lambda b: b["image"], self.amp_dtype, False, True):
+            if out.features is not None:
+                parts.append(out.features.cpu())
+                positions.append(out.batch["index"])
+        if not parts:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        return torch.cat(parts).numpy(), torch.cat(positions).numpy()
+
+
+class ScopeRecorder:
+    """One scope recording: :meth:`record` runs the steps (headers, features, reference, scope)."""
+
+    def __init__(self, cfg: ScopeConfig, features: FeaturePass, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.features = features
+        self.seed = seed
+
+    def record(
+        self, train: pd.DataFrame, val: pd.DataFrame, val_probabilities: dict[str, Sequence[float]]
+    ) -> ValidatedScope:
+        """``val_probabilities``: the calibrated validation probabilities the thresholds were chosen on."""
+        train_facts = self.population(train)
+        val_facts = self.population(val)
+        val_scores = np.full(len(val), np.nan)
+        ood = None
+        if self.cfg.enabled and self.cfg.ood:
+            ood, val_scores = self.reference(train, val)
+        scope = record_scope(train_facts + val_facts, self.cfg, ood)
+        if not self.cfg.enabled:
+            scope = ValidatedScope(n_scans=scope.n_scans)
+        from xraytriage.scope.check import ScopeChecker
+
+        checker = ScopeChecker(scope)
+        verdicts = [
+            checker.check(f, None if np.isnan(s) else float(s)) for f, s in zip(val_facts, val_scores)
+        ]
+        scores = [float(s) for s in val_scores if np.isfinite(s)]
+        scope.validation = validation_reference(val_probabilities, scores, [not v.in_scope for v in verdicts])
+        return scope
+
+    def population(self, frame: pd.DataFrame) -> list[ScanFacts]:
+        headers = [header_facts(p) for p in frame["path"].astype(str)]
+        return population_values(frame, headers)
+
+    def reference(
+        self, train: pd.DataFrame, val: pd.DataFrame
+    ) -> tuple[MahalanobisReference | None, np.ndarray]:
+        """The Mahalanobis reference of the training features, thresholded on the validation ones;
+        also each validation row's distance (NaN where it did not decode)."""
+        sample = train
+        if len(train) > self.cfg.reference_max_scans:
+            sample = train.sample(n=self.cfg.reference_max_scans, random_state=self.seed)
+        train_features, _ = self.features(sample.reset_index(drop=True))
+        val_features, positions = self.features(val.reset_index(drop=True))
+        distances = np.full(len(val), np.nan)
+        try:
+            ood = MahalanobisReference.fit(train_features, val_features, self.cfg.ood_quantile)
+        except OodUnavailable as exc:
+            log.warning("no image-based scope check in this bundle: %s", exc)
+            return None, distances
+        if self.cfg.ood_threshold is not None:
+            ood.threshold = float(self.cfg.ood_threshold)
+        if len(positions):
+            distances[positions] = ood.distances(val_features)
+        log.info(
+            "OOD reference: %d training scans, Ledoit-Wolf shrinkage %.3f, threshold %.2f (validation q%g)",
+            ood.n_train,
+            ood.shrinkage,
+            ood.threshold,
+            ood.quantile,
+        )
+        return ood, distances
+
+
+def add_scope_columns(frame: pd.DataFrame, checker: Any, features: torch.Tensor | None) -> pd.DataFrame:
+    """``frame`` (prediction rows) with ``in_scope``, ``scope_reasons`` and ``ood_score`` as ``score``
+    writes them: header rules from each file's own header (as at scoring time, not the manifest),
+    the image check from ``features`` (rows aligned with ``frame``; None: unavailable)."""
+    facts = [header_facts(p) or ScanFacts() for p in frame["path"].astype(str)]
+    verdicts = checker.check_batch(facts, features)
+    out = frame.copy()
+    out["in_scope"] = [int(v.in_scope) for v in verdicts]
+    out["scope_reasons"] = [v.reason_text for v in verdicts]
+    out["ood_score"] = [np.nan if v.ood_score is None else v.ood_score for v in verdicts]
+    return out
