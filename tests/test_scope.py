@@ -94,6 +94,66 @@ def test_facts_come_from_dicom_headers_only(pydicom_test_file) -> None:
     assert facts.photometric == "MONOCHROME2" and facts.pixel_spacing is not None
 
 
+# ------------------------------------------------------------------ not a diagnostic original (#22)
+def test_demo_variants_are_out_of_scope_each_by_its_own_input_rule(tmp_path: Path) -> None:
+    from xraytriage.data.synthetic import generate_scope_variants
+
+    made = generate_scope_variants(tmp_path, seed=3, size=64)
+    expected = {
+        "for_processing": "for_processing",
+        "derived_secondary_capture": "derived_image",
+        "burned_in_annotation": "burned_in_text",
+    }
+    checker = ScopeChecker(ValidatedScope())  # even a bundle from before scopes applies them
+    for name, path in made.items():
+        verdict = checker.check(header_facts(path))
+        assert not verdict.in_scope and reason_rules(verdict.reason_text) == [expected[name]], name
+    assert checker.check(ScanFacts(view="PA", not_original=())).in_scope
+
+
+def test_input_rules_switch_off_by_config_and_survive_the_bundle_round_trip() -> None:
+    burned = ScanFacts(not_original=("burned_in_text",))
+    recorded = _scope()
+    assert not ScopeChecker(recorded).check(burned).in_scope
+    off = recorded.with_config(load_config(None, ["scope.reject_burned_in_text=false"]).scope)
+    assert off.input_rules == ("for_processing", "derived_image")
+    assert ScopeChecker(off).check(burned).in_scope
+    assert not ScopeChecker(off).check(ScanFacts(not_original=("derived_image",))).in_scope
+    again = ValidatedScope.from_payload(off.to_payload())
+    assert again.input_rules == off.input_rules and again.with_config(ScopeConfig()).input_rules == (
+        "for_processing",
+        "derived_image",
+    )
+    back_on = again.with_config(load_config(None, ["scope.reject_burned_in_text=true"]).scope)
+    assert not ScopeChecker(back_on).check(burned).in_scope
+    old = recorded.to_payload()
+    del old["input_rules"]  # a bundle recorded before the input rules: all of them apply
+    assert ValidatedScope.from_payload(old).input_rules == (
+        "for_processing",
+        "derived_image",
+        "burned_in_text",
+    )
+
+
+def test_a_model_trained_on_secondary_captures_is_validated_on_them() -> None:
+    from xraytriage.scope.record import record_scope
+
+    public = [ScanFacts(view="PA", not_original=("derived_image",)), ScanFacts(view="AP")]
+    scope = record_scope(public, ScopeConfig(), ood=None)
+    assert scope.input_rules == ("for_processing", "burned_in_text")
+    assert ScopeChecker(scope).check(ScanFacts(view="PA", not_original=("derived_image",))).in_scope
+
+
+def test_real_public_dicoms_state_they_are_secondary_captures() -> None:
+    """RSNA, SIIM and NIH's public DICOMs are Secondary Captures: the rule must see it."""
+    samples = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom_samples"
+    files = sorted(samples.glob("*.dcm"))
+    if not files:
+        pytest.skip("../shared/data/dicom_samples is absent")
+    for path in files:
+        assert header_facts(path).not_original == ("derived_image",), path.name
+
+
 # ------------------------------------------------------------------ Mahalanobis reference
 def _ledoit_wolf_textbook(x: np.ndarray) -> np.ndarray:
     """Ledoit & Wolf (2004), 'A well-conditioned estimator for large-dimensional covariance matrices'."""

@@ -281,6 +281,13 @@ class ScopeConfig(_Section):
     pixel_spacing: RuleRange = Field(None, description="[min, max] pixel spacing in mm, inclusive")
     rows: RuleRange = Field(None, description="[min, max] image rows, inclusive")
     columns: RuleRange = Field(None, description="[min, max] image columns, inclusive")
+    reject_for_processing: bool = Field(
+        True, description="PresentationIntentType FOR PROCESSING (raw detector data) is out of scope"
+    )
+    reject_derived_images: bool = Field(
+        True, description="ImageType not ORIGINAL\\PRIMARY, or a Secondary Capture, is out of scope"
+    )
+    reject_burned_in_text: bool = Field(True, description="BurnedInAnnotation YES is out of scope")
     ood: bool = Field(True, description="image-based out-of-distribution check (Mahalanobis distance)")
     ood_quantile: float = Field(
         0.99, gt=0.5, le=1.0, description="OOD threshold: this quantile of the validation scans' distances"

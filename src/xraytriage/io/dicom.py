@@ -22,6 +22,7 @@ from xraytriage.io.errors import UnreadableImage
 if TYPE_CHECKING:
     from xraytriage.data.pseudonyms import SiteKey
 from xraytriage.io.metadata import ImageMeta, normalise_sex, parse_age, parse_study_date
+from xraytriage.io.presentation import dicom_input_rules
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -98,6 +99,7 @@ def read_meta(ds: Dataset, path: Path, site_key: SiteKey | None = None) -> Image
         patient_pseudonym=site_key.pseudonym(_text(ds, "PatientID")) if site_key is not None else None,
         photometric=_text(ds, "PhotometricInterpretation"),
         study_date=parse_study_date(_text(ds, "StudyDate")),
+        not_original=[reason.code for reason in dicom_input_rules(ds)],
         transfer_syntax=syntax,
         bits_stored=int(bits) if isinstance(bits, int) else None,
         notes=notes,

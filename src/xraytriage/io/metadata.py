@@ -73,6 +73,7 @@ class ImageMeta:
     patient_pseudonym: str | None = None  # HMAC of PatientID with the site key; set by prepare only
     photometric: str | None = None
     study_date: str | None = None  # ISO YYYY-MM-DD from StudyDate (deployment monitoring by date)
+    not_original: list[str] = field(default_factory=list)  # io.presentation codes: for_processing, ...
     transfer_syntax: str | None = None
     bits_stored: int | None = None
     frames: int = 1

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from xraytriage.io.presentation import BURNED_IN_TEXT, DERIVED_IMAGE, FOR_PROCESSING
 from xraytriage.scope.facts import RANGE_RULES, VALUE_RULES, ScanFacts
 from xraytriage.scope.record import ValidatedScope
 
@@ -94,6 +95,31 @@ class PredicateRule:
 ALWAYS_RULES: tuple[HeaderRule, ...] = ()
 
 
+def _states(code: str) -> Callable[[ScanFacts], bool]:
+    return lambda facts: code in facts.not_original
+
+
+# "Is this a diagnostic original?" (io.presentation; the DICOM sections are in docs/scoring.md). On by
+# default for every bundle, old ones included; each is switched by its scope.reject_* key.
+INPUT_RULES: dict[str, HeaderRule] = {
+    FOR_PROCESSING: PredicateRule(
+        FOR_PROCESSING,
+        _states(FOR_PROCESSING),
+        "(PresentationIntentType FOR PROCESSING: raw detector data, not for reading, PS3.3 C.8.11.1)",
+    ),
+    DERIVED_IMAGE: PredicateRule(
+        DERIVED_IMAGE,
+        _states(DERIVED_IMAGE),
+        "(ImageType not ORIGINAL\\PRIMARY, or a Secondary Capture, PS3.3 C.7.6.1.1.2 and PS3.4 B.5)",
+    ),
+    BURNED_IN_TEXT: PredicateRule(
+        BURNED_IN_TEXT,
+        _states(BURNED_IN_TEXT),
+        "(BurnedInAnnotation YES: text written into the pixels, PS3.3 C.7.6.1)",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class ScopeVerdict:
     in_scope: bool
@@ -125,6 +151,7 @@ class ScopeChecker:
         ranges = sorted(scope.ranges.items(), key=lambda kv: order.get(kv[0], len(order)))
         self.rules: list[HeaderRule] = [ValueRule(n, tuple(v)) for n, v in values]  # a fixed order
         self.rules += [RangeRule(n, lo, hi) for n, (lo, hi) in ranges]
+        self.rules += [INPUT_RULES[code] for code in scope.input_rules if code in INPUT_RULES]
         self.rules += [*ALWAYS_RULES, *extra_rules]
         self.ood = scope.ood
 

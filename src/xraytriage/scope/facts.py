@@ -27,6 +27,7 @@ class ScanFacts:
     rows: float | None = None
     columns: float | None = None
     study_date: str | None = None  # not a rule: carried to scores.csv for monitoring
+    not_original: tuple[str, ...] = ()  # io.presentation codes the header states (input rules)
 
     @classmethod
     def from_meta(cls, meta: ImageMeta) -> ScanFacts:
@@ -46,6 +47,7 @@ class ScanFacts:
             rows=float(meta.rows) if meta.rows else None,
             columns=float(meta.columns) if meta.columns else None,
             study_date=meta.study_date,
+            not_original=tuple(meta.not_original),
         )
 
 

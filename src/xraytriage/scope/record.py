@@ -17,10 +17,17 @@ import numpy as np
 import pandas as pd
 
 from xraytriage.config import ScopeConfig
+from xraytriage.io.presentation import BURNED_IN_TEXT, DERIVED_IMAGE, FOR_PROCESSING
 from xraytriage.scope.facts import RANGE_RULES, VALUE_RULES, ScanFacts
 from xraytriage.scope.ood import MahalanobisReference, threshold_at
 
 SCOPE_FORMAT = 1
+# The input rules (io.presentation) and the scope.* key that switches each: on unless a config says so
+INPUT_RULE_KEYS = {
+    FOR_PROCESSING: "reject_for_processing",
+    DERIVED_IMAGE: "reject_derived_images",
+    BURNED_IN_TEXT: "reject_burned_in_text",
+}
 # the scope.* config key of each rule
 CONFIG_KEYS = {
     "modality": "modalities",
@@ -55,6 +62,7 @@ class ValidatedScope:
     ood: MahalanobisReference | None = None
     validation: dict[str, Any] = field(default_factory=dict)
     n_scans: int = 0
+    input_rules: tuple[str, ...] = tuple(INPUT_RULE_KEYS)  # not-an-original rules that apply
 
     @property
     def recorded(self) -> bool:
@@ -69,6 +77,7 @@ class ValidatedScope:
             "ood": self.ood.to_payload() if self.ood is not None else None,
             "validation": self.validation,
             "n_scans": int(self.n_scans),
+            "input_rules": list(self.input_rules),
         }
 
     @classmethod
@@ -83,6 +92,7 @@ class ValidatedScope:
             ood=MahalanobisReference.from_payload(ood) if ood else None,
             validation=dict(payload.get("validation", {})),
             n_scans=int(payload.get("n_scans", 0)),
+            input_rules=tuple(str(r) for r in payload.get("input_rules", INPUT_RULE_KEYS)),
         )
 
     def with_config(self, cfg: ScopeConfig, only_set: bool = True, tune_ood: bool = True) -> ValidatedScope:
@@ -104,7 +114,12 @@ class ValidatedScope:
         ood = self.ood
         if tune_ood and ood is not None and ({"ood_quantile", "ood_threshold", "ood"} & chosen):
             ood = _retuned(ood, cfg, self.validation.get("ood_scores", []))
-        return ValidatedScope(values, ranges, ood, self.validation, self.n_scans)
+        input_rules = tuple(
+            rule
+            for rule, key in INPUT_RULE_KEYS.items()
+            if (getattr(cfg, key) if key in chosen else rule in self.input_rules)
+        )
+        return ValidatedScope(values, ranges, ood, self.validation, self.n_scans, input_rules)
 
 
 def _retuned(
@@ -155,8 +170,12 @@ def record_scope(
     ood: MahalanobisReference | None,
 ) -> ValidatedScope:
     """Value sets and ranges observed over ``population`` (training + validation scans), then the
-    config's narrowing/widening; a rule with nothing observed is not recorded (cannot be checked)."""
-    scope = ValidatedScope(n_scans=len(population), ood=ood if cfg.ood else None)
+    config's narrowing/widening; a rule with nothing observed is not recorded (cannot be checked).
+    An input rule is dropped when training scans state it (e.g. RSNA Pneumonia's DICOMs are all
+    Secondary Captures): the model was validated on such images."""
+    stated = {code for f in population for code in f.not_original}
+    kept = tuple(rule for rule in INPUT_RULE_KEYS if rule not in stated)
+    scope = ValidatedScope(n_scans=len(population), ood=ood if cfg.ood else None, input_rules=kept)
     for rule in VALUE_RULES:
         seen = {getattr(f, rule) for f in population} - {None}
         if seen:
