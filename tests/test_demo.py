@@ -113,6 +113,8 @@ def test_demo_runs_end_to_end(demo: tuple[Path, subprocess.CompletedProcess]) ->
     assert "2 bad files reported, 1 file(s) that are not scans skipped" in proc.stdout
     assert "\r" not in proc.stderr  # output captured, not a terminal: no progress-bar fragments
     assert "tensorboard --logdir" in proc.stdout and "miss_rate" in proc.stdout
+    subgroup_row = next(line for line in proc.stdout.splitlines() if line.strip().startswith("sex=F "))
+    assert re.search(r"\d\.\d{3} \(\d\.\d{3}-\d\.\d{3}\)", subgroup_row), subgroup_row  # rate + interval
     for text in (
         proc.stdout,
         proc.stderr,

@@ -193,6 +193,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_interval(table: Any, column: str, i: int) -> str:
+    """``0.000 (0.000-0.133)``: a subgroup rate is never shown without its interval."""
+    value = table[column].iloc[i]
+    if value != value:  # NaN: too few patients for a figure
+        return "insufficient data"
+    low, high = (table.get(f"{column}_ci_{end}") for end in ("low", "high"))
+    if low is None or high is None or low.iloc[i] != low.iloc[i]:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({low.iloc[i]:.3f}-{high.iloc[i]:.3f})"
+
+
 def _print_out_of_scope(scores: Path, planted: list[Any]) -> None:
     """The planted out-of-scope files as scoring saw them: every one flagged, with its reasons."""
     import pandas as pd
@@ -249,10 +260,10 @@ def _print_summary(
     if sub_path.is_file():
         table = pd.read_csv(sub_path)
         if {"group", "n", "sensitivity", "miss_rate", "auroc"} <= set(table.columns):
-            shown = table[["group", "n", "positives", "sensitivity", "miss_rate", "auroc"]].copy()
+            shown = table[["group", "n", "positives"]].copy()
             for col in ("sensitivity", "miss_rate", "auroc"):
-                shown[col] = [f"{v:.3f}" if pd.notna(v) else "insufficient data" for v in shown[col]]
-            print("per-subgroup sensitivity, miss rate and AUROC (test):")
+                shown[col] = [_with_interval(table, col, i) for i in range(len(table))]
+            print("per-subgroup sensitivity, miss rate and AUROC (test, 95% intervals):")
             print(shown.to_string(index=False, max_rows=40))
     if scores.is_file():
         from xraytriage.scoring.discovery import NOT_A_SCAN
