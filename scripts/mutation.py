@@ -118,7 +118,9 @@ def run_module(module: str, jobs: int) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH="")
     env.setdefault("XRAYTRIAGE_SHARED", str(ROOT.parent / "shared"))
     mutmut = [sys.executable, "-m", "mutmut"]
-    run = subprocess.run([*mutmut, "run", "--max-children", str(jobs), f"{dotted(module)}.*"], cwd=work, env=env)
+    run = subprocess.run(
+        [*mutmut, "run", "--max-children", str(jobs), f"{dotted(module)}.*"], cwd=work, env=env
+    )
     if run.returncode not in (0,):
         print(f"mutmut run ended with exit code {run.returncode} for {module}", file=sys.stderr)
     listing = subprocess.run(

@@ -415,3 +415,226 @@ def test_an_intersection_with_an_unknown_part_is_not_compared():
     unknown = [g for g in rows if g.group.endswith("age_band=unknown")]
     assert len(unknown) == 2 and all(g.unknown and not g.compared for g in unknown)
     assert all(g.compared for g in rows if not g.group.endswith("unknown"))
+
+
+# ------------------------------------------------ hand-computed cases (every gap, sign and verdict)
+
+
+def _wilson_t(k: int, n: int, level: float) -> tuple[float, float]:
+    """Textbook Wilson interval with a t critical value on n - 1 df (one scan per patient)."""
+    from scipy import stats
+
+    z = stats.t.ppf(1 - (1 - level) / 2, n - 1)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def _newcombe(k1: int, n1: int, k2: int, n2: int, level: float) -> tuple[float, float, float]:
+    (l1, u1), (l2, u2) = _wilson_t(k1, n1, level), _wilson_t(k2, n2, level)
+    p1, p2 = k1 / n1, k2 / n2
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+# site: (positives, missed, negatives, false positives); one scan per patient; threshold 0.5
+_SITES = {"A": (100, 20, 200, 20), "B": (100, 50, 100, 30), "C": (100, 10, 100, 15)}
+
+
+def _three_sites() -> pd.DataFrame:
+    """Miss rates A 0.2, B 0.5 (worst), C 0.1 (best); FPR 0.1, 0.3, 0.15; A is the largest group.
+
+    Found positives score 0.8, missed 0.3; true negatives 0.2, false positives 0.7, so the AUROC is
+    1 - missed * false positives / (positives * negatives): A 0.98, B 0.85, C 0.985."""
+    rows = []
+    for site, (pos, missed, neg, fp) in _SITES.items():
+        rows += [(site, 1.0, 0.3 if i < missed else 0.8) for i in range(pos)]
+        rows += [(site, 0.0, 0.7 if i < fp else 0.2) for i in range(neg)]
+    frame = pd.DataFrame(rows, columns=["site", "finding", "prob_finding"])
+    frame["patient_id"] = [f"p{i}" for i in range(len(frame))]
+    return frame
+
+
+def test_gaps_to_best_and_to_overall_have_the_hand_computed_values_and_signs():
+    site = _run(_three_sites(), EvaluationConfig(subgroups=["site"]))["site"]
+    a, b, c = (_rows(site)[f"site={s}"] for s in "ABC")
+    overall_miss, overall_sens = 80 / 300, 220 / 300
+    expected = {  # row: miss, gap to best, ratio to best, fpr gap, auroc gap, best, worst
+        "A": (a, 0.2, 0.1, 2.0, 0.0, 0.005, False, False),
+        "B": (b, 0.5, 0.4, 5.0, 0.2, 0.135, False, True),
+        "C": (c, 0.1, 0.0, 1.0, 0.05, 0.0, True, False),
+    }
+    for row, miss, gap, ratio, fpr_gap, auroc_gap, best, worst in expected.values():
+        assert row.value("miss_rate") == pytest.approx(miss, abs=1e-12)
+        assert row.miss_rate_diff_vs_overall == pytest.approx(miss - overall_miss, abs=1e-12)
+        assert row.sensitivity_diff_vs_overall == pytest.approx((1 - miss) - overall_sens, abs=1e-12)
+        assert row.miss_rate_gap_to_best == pytest.approx(gap, abs=1e-12)
+        assert row.miss_rate_ratio_to_best == pytest.approx(ratio, abs=1e-12)
+        assert row.fpr_gap_to_best == pytest.approx(fpr_gap, abs=1e-12)
+        assert row.auroc_gap_to_best == pytest.approx(auroc_gap, abs=1e-12)
+        assert (row.is_best, row.is_worst) == (best, worst)
+    assert a.miss_rate_diff_vs_overall < 0 < b.miss_rate_diff_vs_overall  # worse than overall is +
+    assert (site.best_group, site.worst_group) == ("site=C", "site=B")
+    assert site.worst_group_miss_rate == b.metrics["miss_rate"]
+    assert site.miss_rate_gap == pytest.approx(0.4, abs=1e-12)
+    assert site.equalized_odds_difference == pytest.approx(0.4, abs=1e-12)  # max(TPR 0.4, FPR 0.2)
+    assert site.auroc_gap == pytest.approx(0.135, abs=1e-12)
+    assert site.worst_sensitivity_diff_vs_overall == pytest.approx(0.5 - overall_sens, abs=1e-12)
+    assert site.reference_group == "site=A" and site.reference_rule == "largest (most patients)"
+    assert site.note is None
+    for row, k in ((b, 50), (c, 10)):
+        d = row.difference_vs_reference
+        assert (d.value, d.ci_low, d.ci_high) == pytest.approx(_newcombe(k, 100, 20, 100, 0.95), abs=1e-9)
+        assert d.method == "newcombe_difference_cluster"
+    assert a.difference_vs_reference is None and a.is_reference and not b.is_reference
+
+
+def test_ratio_to_a_best_group_that_misses_nothing_is_undefined():
+    frame = _two_groups(40, 40)
+    frame.loc[(frame["site"] == "B") & (frame["finding"] == 1), "prob_finding"] = 0.9  # B misses none
+    frame.loc[frame.index[:4], "prob_finding"] = 0.2  # A misses 2 of its 20 positives (rows 1, 3)
+    site = _run(frame, EvaluationConfig(subgroups=["site"], min_group_size=5))["site"]
+    a, b = _rows(site)["site=A"], _rows(site)["site=B"]
+    assert b.is_best and b.value("miss_rate") == 0.0 and b.miss_rate_ratio_to_best is None
+    assert a.is_worst and a.value("miss_rate") == pytest.approx(0.1) and a.miss_rate_ratio_to_best is None
+
+
+def test_gate_checks_of_three_groups_are_exact():
+    """Both limits on the hand-computed sites: every field of every check, Bonferroni levels, the
+    verdict words, and each group's verdict and reason."""
+    cfg = EvaluationConfig(
+        subgroups=["site"], fairness={"max_miss_rate_gap": 0.1, "max_worst_group_miss_rate": 0.35}
+    )
+    attributes = _run(_three_sites(), cfg)
+    gate = _gate(attributes, cfg)
+    diff_level, rate_level = 1 - 0.05 / 2, 1 - 0.05 / 3
+    assert [(c.group, c.kind) for c in gate.checks] == [
+        ("site=B", "miss_rate_difference"),
+        ("site=C", "miss_rate_difference"),
+        ("site=A", "miss_rate"),
+        ("site=B", "miss_rate"),
+        ("site=C", "miss_rate"),
+    ]
+    b_diff, c_diff, a_rate, b_rate, c_rate = gate.checks
+    for check, k in ((b_diff, 50), (c_diff, 10)):
+        d, lo, hi = _newcombe(k, 100, 20, 100, diff_level)
+        assert (check.estimate.value, check.estimate.ci_low, check.estimate.ci_high) == pytest.approx(
+            (d, lo, hi), abs=1e-9
+        )
+        assert (check.label, check.attribute, check.reference, check.limit, check.confidence) == (
+            "finding",
+            "site",
+            "site=A",
+            0.1,
+            diff_level,
+        )
+        assert check.estimate.method == "newcombe_difference_cluster"
+    assert b_diff.estimate.ci_low > 0.1 and b_diff.verdict == FAIL
+    assert c_diff.estimate.ci_low < -0.1 < c_diff.estimate.ci_high < 0.1 and c_diff.verdict == CANNOT_CERTIFY
+    lo, hi = b_diff.estimate.ci_low, b_diff.estimate.ci_high
+    assert b_diff.reason == (
+        f"miss rate 0.500 vs 0.200 in site=A (reference): difference +0.300, simultaneous 97.5% interval "
+        f"({lo:+.3f}, {hi:+.3f}) lies wholly outside the allowed region (within ±0.1) "
+        "(evaluation.fairness.max_miss_rate_gap)"
+    )
+    assert c_diff.reason.endswith(
+        "reaches past 0.1: the data cannot tell whether the limit holds (evaluation.fairness.max_miss_rate_gap)"
+    )
+    for check, k, verdict in ((a_rate, 20, PASS), (b_rate, 50, FAIL), (c_rate, 10, PASS)):
+        lo, hi = _wilson_t(k, 100, rate_level)
+        assert (check.estimate.value, check.estimate.ci_low, check.estimate.ci_high) == pytest.approx(
+            (k / 100, lo, hi), abs=1e-9
+        )
+        assert (check.label, check.attribute, check.reference, check.limit, check.confidence) == (
+            "finding",
+            "site",
+            None,
+            0.35,
+            rate_level,
+        )
+        assert check.estimate.method == "wilson_cluster" and check.verdict == verdict
+    lo, hi = a_rate.estimate.ci_low, a_rate.estimate.ci_high
+    assert a_rate.reason == (
+        f"miss rate 0.200, simultaneous 98.33% interval ({lo:.3f}, {hi:.3f}) lies at or below 0.35 "
+        "(evaluation.fairness.max_worst_group_miss_rate)"
+    )
+    lo, hi = b_rate.estimate.ci_low, b_rate.estimate.ci_high
+    assert b_rate.reason == (
+        f"miss rate 0.500, simultaneous 98.33% interval ({lo:.3f}, {hi:.3f}) lies wholly outside the "
+        "allowed region (at or below 0.35) (evaluation.fairness.max_worst_group_miss_rate)"
+    )
+    rows = _rows(attributes["site"])
+    assert rows["site=A"].verdict == PASS
+    assert rows["site=A"].verdict_reason == f"reference group (largest (most patients)); {a_rate.reason}"
+    assert rows["site=B"].verdict == FAIL
+    assert rows["site=B"].verdict_reason == f"{b_diff.reason}; {b_rate.reason}"
+    assert rows["site=C"].verdict == CANNOT_CERTIFY
+    assert rows["site=C"].verdict_reason == f"{c_diff.reason}; {c_rate.reason}"
+    assert gate.failures == [
+        f"finding / site / site=B: FAIL: {b_diff.reason}",
+        f"finding / site / site=B: FAIL: {b_rate.reason}",
+    ]
+    assert gate.verdict == FAIL and gate.unchecked == [] and gate.confidence == 0.95
+
+
+def test_worst_group_limit_alone_checks_a_single_sufficient_group():
+    """One group with enough data still gets the worst-group check (no difference is needed for it);
+    the gate's confidence is the configured one."""
+    cfg = EvaluationConfig(
+        subgroups=["site"],
+        min_group_size=10,
+        confidence=0.9,
+        fairness={"max_worst_group_miss_rate": 0.6},
+    )
+    attributes = _run(_two_groups(40, 6), cfg)
+    site = attributes["site"]
+    assert site.note == "fewer than two groups with sufficient data: no difference can be measured"
+    assert site.miss_rate_gap is None and site.auroc_gap is None and site.equalized_odds_difference is None
+    gate = _gate(attributes, cfg)
+    assert [(c.group, c.kind, c.confidence) for c in gate.checks] == [("site=A", "miss_rate", 0.9)]
+    assert gate.confidence == 0.9 and gate.checks[0].verdict == PASS
+    assert gate.unchecked == [
+        "finding / site: site=B cannot be assessed: insufficient data: "
+        "6 scans with known label < min_group_size 10"
+    ]
+    two = _run(_two_groups(40, 40), cfg)["site"]
+    assert two.note is None and two.miss_rate_gap == 0.0
+
+
+def test_no_sufficient_group_and_unavailable_attributes_are_named_in_the_gate():
+    cfg = EvaluationConfig(
+        subgroups=["site", "manufacturer"], min_group_size=50, fairness={"max_miss_rate_gap": 0.1}
+    )
+    attributes = _run(_two_groups(40, 40), cfg)
+    site = attributes["site"]
+    assert site.note == "no compared group has sufficient data"
+    assert site.reference_group is None and site.reference_rule == "no group has sufficient data"
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == CANNOT_CERTIFY and gate.checks == []
+    assert "finding / site: no reference group: no group has sufficient data" in gate.unchecked
+    manufacturer = [u for u in gate.unchecked if u.startswith("finding / manufacturer: ")]
+    assert manufacturer == [f"finding / manufacturer: unavailable: {attributes['manufacturer'].reason}"]
+
+
+def test_configured_reference_with_an_unknown_value_is_refused_with_the_reason():
+    frame = _two_groups(40, 40)
+    frame["sex"] = ["F"] * 40 + [""] * 40
+    cfg = EvaluationConfig(
+        subgroups=["sex"],
+        min_group_size=5,
+        fairness={"reference_groups": {"sex": "unknown"}, "max_miss_rate_gap": 0.1},
+    )
+    attributes = _run(frame, cfg)
+    sex = attributes["sex"]
+    assert sex.reference_rule == "configured reference group sex=unknown cannot be used: its value is unknown"
+    _gate(attributes, cfg)
+    assert _rows(sex)["sex=unknown"].verdict_reason == (
+        "not compared: unknown value (evaluation.fairness.include_unknown)"
+    )
+    usable = EvaluationConfig(
+        subgroups=["site"], min_group_size=5, fairness={"reference_groups": {"site": "B"}}
+    )
+    site = _run(_two_groups(40, 20), usable)["site"]
+    assert site.reference_group == "site=B"
+    assert site.reference_rule == "configured (evaluation.fairness.reference_groups)"
