@@ -1,0 +1,224 @@
+"""Stored values -> modality values -> VOI -> grey, checked in absolute values on hand-built datasets.
+
+Why not only the reference comparison (tests/test_io_reference.py): it normalises min-max before
+comparing, which hides any linear error (a slope ignored, an intercept added twice). Here every output
+is the number the DICOM standard (PS3.3 C.11) gives for a known slope, intercept, LUT or window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from xraytriage.io.dicom import is_colour, modality_lut, padding_mask, to_grey, voi, window
+from xraytriage.io.errors import UnreadableImage
+
+STORED = np.array([[0, 1, 100], [1000, 4095, 7]], dtype=np.uint16)
+
+
+def _ds(**elements) -> Dataset:
+    ds = Dataset()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _lut(first: int, data: list[int], bits: int = 16) -> Dataset:
+    return _ds(LUTDescriptor=[len(data), first, bits], LUTData=data, ModalityLUTType="US")
+
+
+@pytest.mark.parametrize(
+    "slope,intercept",
+    [(2.0, 0.0), (1.0, -1024.0), (0.5, 10.0), (1.0, 0.0), (-1.0, 4095.0), (0.25, 0.0)],
+)
+def test_rescale_slope_and_intercept_in_absolute_values(slope, intercept):
+    ds = _ds(RescaleSlope=slope, RescaleIntercept=intercept)
+    out = modality_lut(STORED, ds)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, STORED.astype(np.float64) * slope + intercept)
+
+
+def test_missing_rescale_is_identity():
+    np.testing.assert_array_equal(modality_lut(STORED, Dataset()), STORED.astype(np.float32))
+
+
+def test_modality_lut_sequence_is_applied_not_skipped():
+    """Entries 10..13 map to 100..400; values outside the table take its first or last entry."""
+    ds = _ds(ModalityLUTSequence=[_lut(10, [100, 200, 300, 400])], BitsStored=16, PixelRepresentation=0)
+    stored = np.array([[8, 10, 11], [13, 15, 12]], dtype=np.uint16)
+    np.testing.assert_array_equal(modality_lut(stored, ds), [[100, 100, 200], [400, 400, 300]])
+    ds.RescaleSlope, ds.RescaleIntercept = 3.0, 5.0  # the sequence wins over slope/intercept
+    np.testing.assert_array_equal(modality_lut(stored, ds), [[100, 100, 200], [400, 400, 300]])
+
+
+def test_unreadable_modality_lut_falls_back_to_slope_and_intercept():
+    item = Dataset()
+    item.LUTData = [1, 2]  # no LUTDescriptor
+    ds = _ds(ModalityLUTSequence=[item], RescaleSlope=2.0, RescaleIntercept=1.0)
+    np.testing.assert_array_equal(modality_lut(np.array([0, 3]), ds), [1.0, 7.0])
+
+
+def _two_voi_luts() -> Dataset:
+    rising = _ds(LUTDescriptor=[3, 0, 8], LUTData=[0, 128, 255])
+    falling = _ds(LUTDescriptor=[3, 0, 8], LUTData=[255, 51, 0])
+    return _ds(VOILUTSequence=[rising, falling], BitsStored=8, PixelRepresentation=0)
+
+
+def test_the_chosen_voi_lut_of_several_is_the_one_applied():
+    ds, notes = _two_voi_luts(), []
+    values = np.array([0.0, 1.0, 2.0, 7.0])
+    np.testing.assert_allclose(voi(values, ds, 0, notes), [0.0, 128 / 255, 1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(voi(values, ds, 1, notes), [1.0, 0.2, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(voi(values, ds, 9, notes), [1.0, 0.2, 0.0, 0.0], atol=1e-6)  # the last
+    assert notes == []
+
+
+def test_a_voi_lut_with_12_bit_output_is_scaled_by_its_own_depth():
+    ds = _ds(VOILUTSequence=[_ds(LUTDescriptor=[2, 100, 12], LUTData=[0, 4095])], BitsStored=12)
+    np.testing.assert_allclose(voi(np.array([99.0, 100.0, 101.0]), ds, 0, []), [0.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_unreadable_voi_lut_falls_back_to_the_window_with_a_note():
+    item = Dataset()
+    item.LUTData = [0, 1]
+    ds = _ds(VOILUTSequence=[item], WindowCenter=10.5, WindowWidth=11.0)
+    notes: list[str] = []
+    out = voi(np.array([0.0, 5.0, 10.0, 15.0, 20.0]), ds, 0, notes)
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
+    assert notes == ["VOI LUT Sequence unreadable; used the window or percentile"]
+
+
+def test_linear_window_in_absolute_values():
+    """PS3.3 C.11.2.1.2.1: below c - 0.5 - (w-1)/2 -> 0, above c - 0.5 + (w-1)/2 -> 1, linear between."""
+    values = np.array([74.0, 74.5, 99.5, 124.5, 125.0])
+    np.testing.assert_allclose(window(values, 100.0, 51.0, "LINEAR"), [0, 0, 0.5, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(window(values, 100.0, 51.0, ""), [0, 0, 0.5, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(window(values, 100.0, 51.0, "linear"), [0, 0, 0.5, 1, 1], atol=1e-6)
+
+
+def test_linear_exact_window_in_absolute_values():
+    """C.11.2.1.3.2: (x - (c - w/2)) / w."""
+    values = np.array([74.0, 75.0, 100.0, 125.0, 126.0])
+    out = window(values, 100.0, 50.0, "LINEAR_EXACT")
+    np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1], atol=1e-6)
+    assert out.dtype == np.float32
+
+
+def test_sigmoid_window_in_absolute_values():
+    """C.11.2.1.3.1: 1 / (1 + exp(-4 (x - c) / w))."""
+    values = np.array([100.0, 112.5, 87.5, 1e9, -1e9])
+    expected = [0.5, 1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(1.0)), 1.0, 0.0]
+    np.testing.assert_allclose(window(values, 100.0, 50.0, "SIGMOID"), expected, atol=1e-6)
+
+
+def test_width_one_window_is_a_step_at_the_centre():
+    values = np.array([99.0, 99.5, 99.6, 100.0])
+    np.testing.assert_array_equal(window(values, 100.0, 1.0, "LINEAR"), [0, 0, 1, 1])
+    np.testing.assert_array_equal(window(values, 100.0, 0.5, "LINEAR"), [0, 0, 1, 1])  # widths < 1 too
+
+
+def test_window_of_several_is_chosen_by_index_and_past_the_end_falls_back_with_a_note():
+    ds = _ds(WindowCenter=[100.0, 1000.0], WindowWidth=[51.0, 201.0])
+    values = np.array([99.5, 999.5])
+    notes: list[str] = []
+    np.testing.assert_allclose(voi(values, ds, 0, notes), [0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(voi(values, ds, 1, notes), [0.0, 0.5], atol=1e-6)
+    assert notes == []
+    np.testing.assert_allclose(voi(values, ds, 2, notes), [0.0, 0.5], atol=1e-6)
+    assert notes == ["voi_window_index=2 not present; used window 1"]
+    uneven = _ds(WindowCenter=[100.0, 1000.0], WindowWidth=51.0)  # one width: the first window
+    np.testing.assert_allclose(voi(values, uneven, 1, []), [0.5, 1.0], atol=1e-6)
+
+
+def test_window_function_is_read_from_the_file():
+    ds = _ds(WindowCenter=100.0, WindowWidth=50.0, VOILUTFunction="SIGMOID")
+    np.testing.assert_allclose(voi(np.array([112.5]), ds, 0, []), [1 / (1 + np.exp(-1.0))], atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [0.0, -5.0, float("nan"), float("inf")])
+def test_unusable_window_width_is_ignored_with_a_note(width):
+    notes: list[str] = []
+    assert voi(np.array([1.0]), _ds(WindowCenter=1.0, WindowWidth=width), 0, notes) is None
+    assert notes == ["window width <= 0 ignored"]
+
+
+def test_no_voi_at_all_is_none_without_a_note():
+    notes: list[str] = []
+    assert voi(np.array([1.0]), Dataset(), 0, notes) is None
+    assert voi(np.array([1.0]), _ds(WindowCenter=1.0), 0, notes) is None
+    assert notes == []
+
+
+@pytest.mark.parametrize("value,limit", [(0, 10), (10, 0)])
+def test_padding_range_masks_both_ends_inclusive(value, limit):
+    arr = np.array([[0, 5, 10, 11], [200, 3, 9, 12]], dtype=np.int32)
+    mask = padding_mask(arr, _ds(PixelPaddingValue=value, PixelPaddingRangeLimit=limit))
+    np.testing.assert_array_equal(mask, [[True, True, True, False], [False, True, True, False]])
+
+
+def test_padding_value_alone_masks_only_that_value():
+    arr = np.array([[0, 1, 2], [0, 2, 3]])
+    np.testing.assert_array_equal(padding_mask(arr, _ds(PixelPaddingValue=2)), [[0, 0, 1], [0, 1, 0]])
+    assert padding_mask(arr, _ds(PixelPaddingValue=9)) is None  # absent from the image: no mask
+    assert padding_mask(arr, Dataset()) is None
+
+
+def test_rgb_becomes_bt601_luma_over_its_full_scale():
+    arr = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], dtype=np.uint8)
+    ds = _ds(PhotometricInterpretation="RGB", SamplesPerPixel=3, BitsStored=8)
+    assert is_colour(ds)
+    np.testing.assert_allclose(to_grey(arr, ds, Path("x.dcm")), [[0.299, 0.587, 0.114, 1.0]], atol=1e-6)
+    ds12 = _ds(PhotometricInterpretation="RGB", SamplesPerPixel=3, BitsStored=12)
+    out = to_grey(np.full((1, 1, 3), 4095, dtype=np.uint16), ds12, Path("x.dcm"))
+    np.testing.assert_allclose(out, [[1.0]], atol=1e-6)
+    out = to_grey(np.full((1, 1, 3), 255, dtype=np.uint16), ds12, Path("x.dcm"))
+    np.testing.assert_allclose(out, [[255 / 4095]], atol=1e-6)
+
+
+def test_greyscale_is_returned_unchanged_and_bad_shapes_are_refused():
+    grey = np.array([[0, 4095]], dtype=np.uint16)
+    ds = _ds(PhotometricInterpretation="MONOCHROME2", SamplesPerPixel=1, BitsStored=12)
+    assert not is_colour(ds) and to_grey(grey, ds, Path("x.dcm")) is grey
+    with pytest.raises(UnreadableImage, match="unexpected pixel array shape"):
+        to_grey(np.zeros((2, 2, 2, 2)), ds, Path("x.dcm"))
+    rgb = _ds(PhotometricInterpretation="RGB", SamplesPerPixel=3)
+    with pytest.raises(UnreadableImage, match=r"shape \(2, 2\) for RGB"):
+        to_grey(np.zeros((2, 2)), rgb, Path("x.dcm"))
+    with pytest.raises(UnreadableImage, match=r"shape \(2, 2, 4\)"):
+        to_grey(np.zeros((2, 2, 4)), ds, Path("x.dcm"))
+
+
+def test_palette_colour_uses_the_palette_and_its_integer_scale():
+    ds = _ds(
+        PhotometricInterpretation="PALETTE COLOR",
+        SamplesPerPixel=1,
+        BitsStored=8,
+        BitsAllocated=8,
+        PixelRepresentation=0,
+        RedPaletteColorLookupTableDescriptor=[2, 0, 16],
+        GreenPaletteColorLookupTableDescriptor=[2, 0, 16],
+        BluePaletteColorLookupTableDescriptor=[2, 0, 16],
+        RedPaletteColorLookupTableData=np.array([0, 65535], dtype="<u2").tobytes(),
+        GreenPaletteColorLookupTableData=np.array([0, 0], dtype="<u2").tobytes(),
+        BluePaletteColorLookupTableData=np.array([0, 65535], dtype="<u2").tobytes(),
+    )
+    assert is_colour(ds)
+    out = to_grey(np.array([[0, 1]], dtype=np.uint8), ds, Path("x.dcm"))
+    np.testing.assert_allclose(out, [[0.0, 0.299 + 0.114]], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "elements,colour",
+    [
+        ({"SamplesPerPixel": 3}, True),
+        ({"SamplesPerPixel": "x"}, False),
+        ({"SamplesPerPixel": None}, False),
+        ({"PhotometricInterpretation": "palette color"}, True),
+        ({"PhotometricInterpretation": "MONOCHROME1"}, False),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:A value of type:UserWarning", "ignore:Invalid value for VR:UserWarning")
+def test_colour_is_three_samples_or_a_palette(elements, colour):
+    assert is_colour(_ds(**elements)) is colour
