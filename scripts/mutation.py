@@ -15,9 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "mutants"
@@ -28,7 +29,12 @@ EQUIVALENT_FILE = ROOT / "tests" / "mutation" / "equivalent.txt"
 MODULE_TESTS: dict[str, list[str]] = {
     "src/xraytriage/evaluation/fairness.py": ["tests/test_fairness.py"],
     "src/xraytriage/evaluation/bootstrap.py": ["tests/test_eval_bootstrap.py"],
-    "src/xraytriage/io/dicom.py": ["tests/test_io_dicom_lut.py", "tests/test_io_dicom.py", "tests/test_io_reference.py"],
+    "src/xraytriage/io/dicom.py": [
+        "tests/test_io_hostile.py",
+        "tests/test_io_dicom_lut.py",
+        "tests/test_io_dicom.py",
+        "tests/test_io_reference.py",
+    ],
     "src/xraytriage/evaluation/intervals.py": ["tests/test_eval_intervals.py"],
     "src/xraytriage/evaluation/rates.py": ["tests/test_eval_intervals.py", "tests/test_fairness.py"],
     "src/xraytriage/evaluation/subgroups.py": ["tests/test_fairness.py"],

@@ -638,3 +638,12 @@ def test_configured_reference_with_an_unknown_value_is_refused_with_the_reason()
     site = _run(_two_groups(40, 20), usable)["site"]
     assert site.reference_group == "site=B"
     assert site.reference_rule == "configured (evaluation.fairness.reference_groups)"
+
+
+def test_reference_group_has_no_verdict_of_its_own_under_the_gap_limit_alone():
+    cfg = EvaluationConfig(subgroups=["site"], fairness={"max_miss_rate_gap": 0.1})
+    attributes = _run(_three_sites(), cfg)
+    _gate(attributes, cfg)
+    a = _rows(attributes["site"])["site=A"]
+    assert a.verdict is None and a.verdict_reason == "reference group (largest (most patients))"
+    assert _rows(attributes["site"])["site=B"].verdict == FAIL
