@@ -539,7 +539,8 @@ def test_gate_checks_of_three_groups_are_exact():
         "(evaluation.fairness.max_miss_rate_gap)"
     )
     assert c_diff.reason.endswith(
-        "reaches past 0.1: the data cannot tell whether the limit holds (evaluation.fairness.max_miss_rate_gap)"
+        "reaches past 0.1: the data cannot tell whether the limit holds "
+        "(evaluation.fairness.max_miss_rate_gap)"
     )
     for check, k, verdict in ((a_rate, 20, PASS), (b_rate, 50, FAIL), (c_rate, 10, PASS)):
         lo, hi = _wilson_t(k, 100, rate_level)
