@@ -98,7 +98,8 @@ def test_bootstrap_estimate_says_what_the_replicates_allowed():
     est = bootstrap_estimate(0.5, most_undefined, 0.9)
     assert est.ci_low is None and est.note == "no interval: only 40 of 100 replicates defined"
     flat = bootstrap_estimate(1.0, np.ones(50), 0.95)
-    assert flat.ci_low is None and flat.ci_high is None and "same value" in flat.note
+    assert flat.ci_low is None and flat.ci_high is None
+    assert flat.note == "no interval: every replicate gives the same value"
     assert bootstrap_estimate(None, np.ones(5), 0.95).value is None
     exact = bootstrap_estimate(0.5, np.linspace(0, 1, 101), 0.9)
     assert (exact.ci_low, exact.ci_high, exact.note) == pytest.approx((0.05, 0.95, None))
@@ -193,6 +194,8 @@ def test_missing_identifiers_are_listed_by_row_up_to_five():
         "patient_id is missing for 6 of 8 rows (rows 1, 2, 3, 4, 6, ...); give every scan its patient's "
         "identifier (a scan from an unknown patient can get its own unique identifier)"
     )
+    with pytest.raises(ValueError, match=r"missing for 5 of 6 rows \(rows 0, 1, 2, 3, 4\); give"):
+        patient_codes([None] * 5 + ["a"])  # exactly five: all listed, no ellipsis
     with pytest.raises(ValueError, match=r"missing for 1 of 2 rows \(rows 0\); give"):
         patient_codes([None, "a"])
     codes, n = patient_codes(["z", "y", "z", "x"])
