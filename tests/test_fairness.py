@@ -34,6 +34,7 @@ from xraytriage.evaluation.subgroups import (
     age_band_labels,
     age_bands,
     evaluate_subgroups,
+    resolve_subgroups,
     subgroup_sensitivity,
 )
 from xraytriage.evaluation.thresholds import OperatingPoint
@@ -648,3 +649,126 @@ def test_reference_group_has_no_verdict_of_its_own_under_the_gap_limit_alone():
     a = _rows(attributes["site"])["site=A"]
     assert a.verdict is None and a.verdict_reason == "reference group (largest (most patients))"
     assert _rows(attributes["site"])["site=B"].verdict == FAIL
+
+
+# ------------------------------------------------------------- subgroups: counts, statuses, labels
+
+
+def test_group_rows_count_known_scans_patients_and_each_metric_by_hand():
+    """Two scans per patient; one scan with an unknown label and one without a probability are left
+    out of every count."""
+    frame = pd.DataFrame(
+        {
+            "patient_id": ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"],
+            "site": [" X ", "X", "X", "X", "X", "X", "X", "X", "X", "X"],
+            "finding": [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, np.nan, 1.0],
+            "prob_finding": [0.9, 0.2, 0.8, 0.7, 0.1, 0.6, 0.3, 0.2, 0.9, np.nan],
+        }
+    )
+    cfg = EvaluationConfig(subgroups=["site"], min_group_size=8)
+    (row,) = _run(frame, cfg)["site"].groups
+    assert (row.group, row.status, row.n, row.patients, row.positives, row.negatives) == (
+        "site=X",
+        "ok",
+        8,
+        4,
+        4,
+        4,
+    )
+    expected = {"sensitivity": 0.75, "miss_rate": 0.25, "specificity": 0.75, "fpr": 0.25, "ppv": 0.75}
+    assert {m: row.value(m) for m in expected} == pytest.approx(expected)
+    assert row.value("auroc") == pytest.approx(
+        roc_auc_score([1, 1, 1, 1, 0, 0, 0, 0], [0.9, 0.2, 0.8, 0.7, 0.1, 0.6, 0.3, 0.2])
+    )
+    assert row.metrics["auroc"].method == "newcombe_auroc_cluster"
+    assert row.metrics["sensitivity"].method == "wilson_cluster"
+    assert (row.miss.successes, row.miss.trials, row.miss.clusters) == (1.0, 4, 2)
+    smaller = _run(frame, EvaluationConfig(subgroups=["site"], min_group_size=9))["site"].groups[0]
+    assert smaller.status == "insufficient data: 8 scans with known label < min_group_size 9"
+
+
+def test_group_without_positives_or_negatives_says_which():
+    frame = _two_groups(20, 20)
+    frame.loc[frame["site"] == "A", "finding"] = 1.0
+    frame.loc[frame["site"] == "B", "finding"] = 0.0
+    rows = _rows(_run(frame, EvaluationConfig(subgroups=["site"], min_group_size=5))["site"])
+    assert rows["site=A"].status == "insufficient data: no negative case"
+    assert rows["site=B"].status == "insufficient data: no positive case"
+    assert rows["site=A"].metrics == {} and rows["site=A"].miss is None
+
+
+def test_too_few_positive_patients_is_named_as_positive():
+    frame = _two_groups(40, 12)
+    frame.loc[(frame["site"] == "B") & (frame["finding"] == 1), "patient_id"] = "only-positive-patient"
+    cfg = EvaluationConfig(subgroups=["site"], min_group_size=10, min_group_patients=2)
+    rows = _rows(_run(frame, cfg)["site"])
+    assert (
+        rows["site=B"].status == "insufficient data: positive cases from 1 patient(s) < min_group_patients 2"
+    )
+    assert rows["site=B"].patients == 7
+
+
+def test_attribute_values_are_stripped_and_blank_is_unknown_in_label_order():
+    frame = _two_groups(20, 20)
+    frame["sex"] = ["M ", " F", "", None] * 10
+    attrs, specs = resolve_subgroups(frame, EvaluationConfig(subgroups=["sex", "sex"]))
+    assert [s.name for s in specs] == ["sex"] and list(attrs["sex"][:4]) == ["M", "F", "unknown", "unknown"]
+    sex = _run(frame, EvaluationConfig(subgroups=["sex"], min_group_size=5))["sex"]
+    assert [g.group for g in sex.groups] == ["sex=F", "sex=M", "sex=unknown"]
+    assert [g.unknown for g in sex.groups] == [False, False, True]
+
+
+def test_unavailable_attributes_and_intersections_say_why():
+    frame = _two_groups(20, 20)
+    cfg = EvaluationConfig(
+        subgroups=["manufacturer", "age_band"], intersections=[["site", "manufacturer", "age_band"]]
+    )
+    _, specs = resolve_subgroups(frame, cfg)
+    reasons = {s.name: (s.available, s.reason) for s in specs}
+    assert reasons["manufacturer"] == (False, "column 'manufacturer' is not in the predictions")
+    assert reasons["age_band"] == (False, "no 'age' column to derive age bands from")
+    assert reasons["site & manufacturer & age_band"] == (
+        False,
+        "needs unavailable attribute(s): manufacturer: column 'manufacturer' is not in the predictions; "
+        "age_band: no 'age' column to derive age bands from",
+    )
+    frame["scanner"] = [f"SN{i:05d}" for i in range(len(frame))]  # one value per scan: an identifier
+    _, specs = resolve_subgroups(frame, EvaluationConfig(subgroups=["site", "scanner"]))
+    assert specs[0].available and specs[0].columns == ["site"]
+    assert not specs[1].available and specs[1].reason.endswith(
+        "; identifier columns are never used as subgroups"
+    )
+
+
+def test_age_band_labels_mark_an_open_last_band_from_120():
+    assert age_band_labels([0, 60, 120]) == ["0-60", "60+"]
+    assert age_band_labels([0, 60, 119]) == ["0-60", "60-119"]
+    assert age_band_labels([0, 60.5, 119.5]) == ["0-60.5", "60.5-119.5"]
+    bands = age_bands(pd.Series(["59.9", "60", "x", 119]), [0, 60, 120])
+    assert list(bands) == ["0-60", "60+", "unknown", "60+"]
+
+
+def test_intersection_groups_are_labelled_and_evaluated_per_combination():
+    frame = _two_groups(40, 40)
+    frame["sex"] = ["F", "M"] * 40
+    cfg = EvaluationConfig(subgroups=[], intersections=[["site", "sex", "site"]], min_group_size=5)
+    inter = _run(frame, cfg)["site & sex"]
+    assert [g.group for g in inter.groups] == [
+        "site=A & sex=F",
+        "site=A & sex=M",
+        "site=B & sex=F",
+        "site=B & sex=M",
+    ]
+    assert [g.n for g in inter.groups] == [20, 20, 20, 20]
+
+
+def test_fast_path_sensitivity_by_hand_and_none_for_small_or_one_class_groups():
+    frame = _two_groups(20, 6)
+    frame.loc[frame.index[:4], "prob_finding"] = 0.9  # A: rows 1 and 3 (positives) found anyway; 0, 2 FP
+    frame.loc[frame.index[5], "prob_finding"] = 0.1  # A: one positive of 10 missed
+    frame["sex"] = ["F"] * 26
+    frame.loc[frame.index[-3:], "finding"] = np.nan  # unknown labels are left out
+    values = subgroup_sensitivity(
+        frame, "finding", 0.5, EvaluationConfig(subgroups=["site", "sex"], min_group_size=5)
+    )
+    assert values == {"site=A": pytest.approx(0.9), "site=B": None, "sex=F": pytest.approx(10 / 11)}
