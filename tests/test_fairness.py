@@ -34,6 +34,8 @@ from xraytriage.evaluation.subgroups import (
     age_band_labels,
     age_bands,
     evaluate_subgroups,
+    group_label,
+    group_point_estimates,
     resolve_subgroups,
     subgroup_sensitivity,
 )
@@ -772,3 +774,59 @@ def test_fast_path_sensitivity_by_hand_and_none_for_small_or_one_class_groups():
         frame, "finding", 0.5, EvaluationConfig(subgroups=["site", "sex"], min_group_size=5)
     )
     assert values == {"site=A": pytest.approx(0.9), "site=B": None, "sex=F": pytest.approx(10 / 11)}
+
+
+def test_fast_path_table_matches_scikit_learn_per_group():
+    """Every column of the per-epoch table against scikit-learn on each group's rows, including a group
+    without negatives (its specificity, FPR and AUROC undefined) and an intersection of two columns."""
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(21)
+    n = 240
+    attrs = pd.DataFrame({"site": rng.choice(["A", "B", "C"], n), "sex": rng.choice(["F", "M"], n)})
+    y = (rng.random(n) < 0.4).astype(float)
+    y[attrs["site"].to_numpy() == "C"] = 1.0
+    prob = np.round(rng.random(n), 2)
+    for columns in (["site"], ["site", "sex"]):
+        table = group_point_estimates(y, prob, 0.5, attrs, columns)
+        labels = attrs[columns].astype(str).agg(tuple, axis=1)
+        assert sorted(table.index) == sorted({group_label(columns, k) for k in labels})
+        for key in set(labels):
+            members = (labels == key).to_numpy()
+            yt, pred = y[members].astype(int), (prob[members] >= 0.5).astype(int)
+            tn, fp, fn, tp = confusion_matrix(yt, pred, labels=[0, 1]).ravel()
+            row = table.loc[group_label(columns, key)]
+            pos, neg = tp + fn, tn + fp
+            assert [row[c] for c in ("n", "positives", "negatives", "tp", "fp")] == [
+                members.sum(),
+                pos,
+                neg,
+                tp,
+                fp,
+            ]
+            assert row["sensitivity"] == pytest.approx(tp / pos) and row["miss_rate"] == pytest.approx(
+                fn / pos
+            )
+            assert row["ppv"] == pytest.approx(tp / (tp + fp))
+            if neg:
+                assert row["specificity"] == pytest.approx(tn / neg) and row["fpr"] == pytest.approx(fp / neg)
+                assert row["auroc"] == pytest.approx(roc_auc_score(yt, prob[members]))
+            else:
+                assert math.isnan(row["specificity"]) and math.isnan(row["fpr"]) and math.isnan(row["auroc"])
+    one_site = pd.DataFrame({"site": ["A", "A"]})
+    none_flagged = group_point_estimates(np.array([0.0, 1.0]), np.array([0.1, 0.2]), 0.5, one_site, ["site"])
+    assert math.isnan(none_flagged["ppv"].iloc[0]) and none_flagged["sensitivity"].iloc[0] == 0.0
+    empty = group_point_estimates(np.array([]), np.array([]), 0.5, attrs[:0], ["site"])
+    assert empty.empty and list(empty.columns) == [
+        "n",
+        "positives",
+        "negatives",
+        "tp",
+        "fp",
+        "sensitivity",
+        "miss_rate",
+        "specificity",
+        "fpr",
+        "ppv",
+        "auroc",
+    ]
