@@ -222,3 +222,50 @@ def test_palette_colour_uses_the_palette_and_its_integer_scale():
 @pytest.mark.filterwarnings("ignore:A value of type:UserWarning", "ignore:Invalid value for VR:UserWarning")
 def test_colour_is_three_samples_or_a_palette(elements, colour):
     assert is_colour(_ds(**elements)) is colour
+
+
+def _signed_lut(first: int, data: list[int]) -> Dataset:
+    item = _ds(LUTDescriptor=[len(data) % 65536, first, 16], LUTData=data, ModalityLUTType="US")
+    return _ds(ModalityLUTSequence=[item], BitsStored=16, PixelRepresentation=1)
+
+
+def test_modality_lut_starting_below_zero_covers_signed_values():
+    stored = np.array([-3, -2, -1, 0, 1, 2])
+    np.testing.assert_array_equal(
+        modality_lut(stored, _signed_lut(-2, [10, 20, 30, 40])), [10, 10, 20, 30, 40, 40]
+    )
+
+
+def test_signed_modality_lut_past_the_int16_range_is_not_trusted():
+    """A LUT from -100 may reach 32767 (first + n == 32768); one entry more cannot be a signed range
+    and the stored values are used as they are."""
+    stored = np.array([-100, 32767])
+    np.testing.assert_array_equal(modality_lut(stored, _signed_lut(-100, list(range(32868)))), [0, 32867])
+    np.testing.assert_array_equal(modality_lut(stored, _signed_lut(-100, list(range(32869)))), [-100, 32767])
+
+
+def test_modality_lut_with_65536_entries_is_described_by_zero():
+    ds = _signed_lut(0, list(range(65536)))
+    ds.PixelRepresentation = 0
+    assert ds.ModalityLUTSequence[0].LUTDescriptor[0] == 0  # PS3.3 C.11.1.1: 0 means 2**16 entries
+    np.testing.assert_array_equal(modality_lut(np.array([0, 40000, 65535]), ds), [0, 40000, 65535])
+
+
+def test_windows_return_float32_and_never_overflow():
+    values = np.array([1e9, -1e9, 100.0, 99.0])
+    with np.errstate(all="raise"):
+        for function in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            out = window(values, 100.0, 50.0, function)
+            assert out.dtype == np.float32, function
+            assert out[0] == pytest.approx(1.0) and out[1] == pytest.approx(0.0, abs=1e-30), function
+        assert window(values, 100.0, 1.0, "LINEAR").dtype == np.float32  # the step
+
+
+def test_width_two_is_still_linear_and_exact_widths_below_one_too():
+    """LINEAR width 2: from c - 1 to c, slope 1 (span 1: not yet the step of width 1)."""
+    np.testing.assert_allclose(
+        window(np.array([98.9, 99.0, 99.5, 100.0]), 100.0, 2.0, "LINEAR"), [0, 0, 0.5, 1]
+    )
+    np.testing.assert_allclose(
+        window(np.array([99.75, 100.0, 100.25]), 100.0, 0.5, "LINEAR_EXACT"), [0, 0.5, 1], atol=1e-6
+    )
