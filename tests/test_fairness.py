@@ -830,3 +830,28 @@ def test_fast_path_table_matches_scikit_learn_per_group():
         "ppv",
         "auroc",
     ]
+
+
+def test_fast_path_names_every_group_and_skips_only_unavailable_attributes():
+    """A group whose labels are all unknown, one without positives and one with text where a number
+    should be: each None, and the attributes after an unavailable one are still evaluated."""
+    frame = _two_groups(20, 20)
+    frame = frame.astype({"finding": object, "prob_finding": object})
+    frame.loc[frame.index[:2], "finding"] = "n/a"  # not a number: left out like an unknown label
+    frame.loc[frame.index[2], "prob_finding"] = "?"
+    frame["ward"] = ["W1"] * 12 + ["W2"] * 8 + ["W3"] * 10 + ["W4"] * 10
+    frame.loc[frame["ward"] == "W3", "finding"] = np.nan  # no known label at all
+    frame.loc[frame["ward"] == "W4", "finding"] = 0.0  # no positive case
+    cfg = EvaluationConfig(subgroups=["manufacturer", "ward", "site"], min_group_size=5)
+    values = subgroup_sensitivity(frame, "finding", 0.5, cfg)
+    assert values == {
+        "ward=W1": 1.0,
+        "ward=W2": 1.0,
+        "ward=W3": None,
+        "ward=W4": None,
+        "site=A": 1.0,
+        "site=B": None,
+    }
+    codes, _ = patient_codes(frame["patient_id"])
+    site = evaluate_subgroups(frame, "finding", 0.5, cfg, codes=codes)[2]
+    assert _rows(site)["site=A"].n == 17  # 20 scans less two unknown labels and one unknown probability
