@@ -142,18 +142,14 @@ def prepare_workdir(module: str) -> Path:
     return work
 
 
-def run_module(module: str, jobs: int) -> dict[str, str]:
-    """Run every mutant of ``module``; return mutant name -> status as mutmut reports it."""
-    work = prepare_workdir(module)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH="")
-    env.setdefault("XRAYTRIAGE_SHARED", str(ROOT.parent / "shared"))
-    mutmut = [sys.executable, "-m", "mutmut"]
-    globs = mutant_globs(module)
-    run = subprocess.run([*mutmut, "run", "--max-children", str(jobs), *globs], cwd=work, env=env)
-    if run.returncode not in (0,):
-        print(f"mutmut run ended with exit code {run.returncode} for {module}", file=sys.stderr)
+def _statuses(work: Path, env: dict[str, str], globs: list[str]) -> dict[str, str]:
     listing = subprocess.run(
-        [*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     statuses = {}
     for line in listing.stdout.splitlines():
@@ -161,6 +157,29 @@ def run_module(module: str, jobs: int) -> dict[str, str]:
         if sep and any(fnmatch.fnmatchcase(name, glob) for glob in globs):
             statuses[name] = status
     return statuses
+
+
+def run_module(module: str, jobs: int, again: bool = False) -> dict[str, str]:
+    """Run every mutant of ``module`` (``again``: only those the last run did not kill, against the
+    current tests); return mutant name -> status as mutmut reports it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH="")
+    env.setdefault("XRAYTRIAGE_SHARED", str(ROOT.parent / "shared"))
+    globs = mutant_globs(module)
+    work = WORK / dotted(module)
+    names = globs
+    if again and (work / "mutants").is_dir():
+        names = [n for n, s in _statuses(work, env, globs).items() if s not in KILLED]
+        shutil.rmtree(work / "mutants" / "tests")  # mutmut copies the tests again: the current ones
+        if not names:
+            return _statuses(work, env, globs)
+    else:
+        work = prepare_workdir(module)
+    run = subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names], cwd=work, env=env
+    )
+    if run.returncode != 0:
+        print(f"mutmut run ended with exit code {run.returncode} for {module}", file=sys.stderr)
+    return _statuses(work, env, globs)
 
 
 def report(scores: list[ModuleScore], equivalent: dict[str, str]) -> None:
@@ -184,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", help="path of one module (repeatable); default all")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="keep the last work folder; rerun only the mutants it did not kill (after adding tests)",
+    )
     parser.add_argument("--min-score", type=float, default=90.0, help="exit 1 below this (percent)")
     args = parser.parse_args(argv)
     modules = args.module or list(MODULE_TESTS)
@@ -193,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     equivalent = load_equivalent()
     scores = []
     for module in modules:
-        statuses = run_module(module, args.jobs)
+        statuses = run_module(module, args.jobs, args.again)
         scores.append(ModuleScore(module, statuses, set(equivalent) & statuses.keys()))
         report(scores[-1:], equivalent)
     report(scores, equivalent)
