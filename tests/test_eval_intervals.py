@@ -194,3 +194,50 @@ def test_clustered_auroc_variance_agrees_with_the_patient_bootstrap():
     assert found.variance == pytest.approx(boot_var, rel=0.15)
     naive = clustered_auroc(y, prob, np.arange(codes.size)).variance  # scans as if independent
     assert naive < 0.85 * found.variance  # clustering matters here, and the estimate sees it
+
+
+# ------------------------------------------------------------------ rates: counts by hand
+
+
+def test_every_rate_counts_its_own_successes_trials_and_patients():
+    """Eight scans of four patients (two each); truth and flags as 0/1 integers, as a caller may pass."""
+    from xraytriage.evaluation.rates import RATE_DEFINITIONS, rate_counts, rate_estimates
+
+    positive = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    flagged = np.array([1, 0, 1, 1, 0, 0, 0, 0])
+    codes = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    expected = {  # rate: (successes, trials, patients among the trials)
+        "sensitivity": (2, 4, 3),
+        "miss_rate": (2, 4, 3),
+        "specificity": (3, 4, 3),
+        "fpr": (1, 4, 3),
+        "ppv": (2, 3, 2),
+        "npv": (3, 5, 3),
+        "accuracy": (5, 8, 4),
+        "prevalence": (4, 8, 4),
+    }
+    assert set(RATE_DEFINITIONS) == set(expected)
+    estimates = rate_estimates(positive, flagged, codes, 0.9, list(expected))
+    for name, (k, n, patients) in expected.items():
+        prop = rate_counts(name, positive.astype(bool), flagged.astype(bool), codes)
+        assert (prop.successes, prop.trials, prop.clusters) == (k, n, patients), name
+        est = estimates[name]
+        assert est.value == pytest.approx(k / n) and est.method == "wilson_cluster", name
+        assert (est.ci_low, est.ci_high) == pytest.approx(wilson_interval(prop, 0.9)), name
+    assert list(rate_estimates(positive, flagged, codes, 0.9, ["fpr", "ppv"])) == ["fpr", "ppv"]
+
+
+def test_auroc_estimate_is_the_clustered_auroc_with_its_method():
+    from xraytriage.evaluation.rates import auroc_estimate
+
+    y = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
+    prob = np.array([0.9, 0.4, 0.5, 0.1, 0.8, 0.3])
+    codes = np.arange(6)
+    est = auroc_estimate(y, prob, codes, 0.95)
+    found = auroc_interval(y, prob, codes, 0.95)
+    assert est.value == pytest.approx(roc_auc_score(y, prob)) == pytest.approx(8 / 9)
+    assert (est.ci_low, est.ci_high) == (
+        found.ci_low,
+        found.ci_high,
+    ) and est.method == "newcombe_auroc_cluster"
+    assert auroc_estimate(np.ones(3, bool), prob[:3], codes[:3], 0.95).value is None
