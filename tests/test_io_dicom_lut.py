@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from xraytriage.io.dicom import is_colour, modality_lut, padding_mask, to_grey, voi, window
+from xraytriage.io.dicom import _as_list, is_colour, modality_lut, padding_mask, to_grey, voi, window
 from xraytriage.io.errors import UnreadableImage
 
 STORED = np.array([[0, 1, 100], [1000, 4095, 7]], dtype=np.uint16)
@@ -268,4 +268,16 @@ def test_width_two_is_still_linear_and_exact_widths_below_one_too():
     )
     np.testing.assert_allclose(
         window(np.array([99.75, 100.0, 100.25]), 100.0, 0.5, "LINEAR_EXACT"), [0, 0.5, 1], atol=1e-6
+    )
+
+
+def test_empty_window_elements_mean_no_window_without_a_note():
+    ds = _ds(WindowCenter="", WindowWidth="")
+    notes: list[str] = []
+    assert voi(np.array([1.0]), ds, 0, notes) is None and notes == []
+    assert (
+        _as_list("") == []
+        and _as_list(None) == []
+        and _as_list("40") == [40.0]
+        and _as_list((1, "2")) == [1.0, 2.0]
     )
