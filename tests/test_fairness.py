@@ -855,3 +855,19 @@ def test_fast_path_names_every_group_and_skips_only_unavailable_attributes():
     codes, _ = patient_codes(frame["patient_id"])
     site = evaluate_subgroups(frame, "finding", 0.5, cfg, codes=codes)[2]
     assert _rows(site)["site=A"].n == 17  # 20 scans less two unknown labels and one unknown probability
+
+
+def test_a_given_age_band_column_is_used_as_it_is():
+    frame = _two_groups(20, 20)
+    frame["age"] = 30.0  # would give 0-40 for everyone
+    frame["age_band"] = ["60-80"] * 20 + ["80+"] * 20
+    site = _run(frame, EvaluationConfig(subgroups=["age_band"], min_group_size=5))["age_band"]
+    assert [(g.attribute, g.group) for g in site.groups] == [
+        ("age_band", "age_band=60-80"),
+        ("age_band", "age_band=80+"),
+    ]
+    _, specs = resolve_subgroups(
+        frame, EvaluationConfig(subgroups=["age_band", "ward"], intersections=[["age_band", "ward"]])
+    )
+    assert (specs[0].available, specs[0].reason, specs[0].columns) == (True, "", ["age_band"])
+    assert (specs[2].available, specs[2].columns) == (False, ["age_band", "ward"])
