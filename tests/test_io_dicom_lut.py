@@ -281,3 +281,21 @@ def test_empty_window_elements_mean_no_window_without_a_note():
         and _as_list("40") == [40.0]
         and _as_list((1, "2")) == [1.0, 2.0]
     )
+
+
+def test_unreadable_window_center_is_noted():
+    from pydicom.dataelem import DataElement
+
+    ds = _ds(WindowWidth=10.0)
+    ds[0x00281050] = DataElement(0x00281050, "LO", "abc")  # Window Center that is not a number
+    notes: list[str] = []
+    assert voi(np.array([1.0]), ds, 0, notes) is None
+    assert notes == ["window center/width unreadable"]
+
+
+def test_voi_lut_output_is_float32_and_clipped_to_its_declared_depth():
+    """An entry above 2**bits - 1 (300 in an 8-bit LUT) is white, not brighter than white."""
+    ds = _ds(VOILUTSequence=[_ds(LUTDescriptor=[2, 0, 8], LUTData=[0, 300])], BitsStored=8)
+    out = voi(np.array([0.0, 1.0]), ds, 0, [])
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [0.0, 1.0])
