@@ -294,8 +294,8 @@ def test_unreadable_window_center_is_noted():
 
 
 def test_voi_lut_output_is_float32_and_clipped_to_its_declared_depth():
-    """An entry above 2**bits - 1 (300 in an 8-bit LUT) is white, not brighter than white."""
-    ds = _ds(VOILUTSequence=[_ds(LUTDescriptor=[2, 0, 8], LUTData=[0, 300])], BitsStored=8)
+    """An entry above 2**bits - 1 (5000 in a 12-bit LUT) is white, not brighter than white."""
+    ds = _ds(VOILUTSequence=[_ds(LUTDescriptor=[2, 0, 12], LUTData=[0, 5000])], BitsStored=12)
     out = voi(np.array([0.0, 1.0]), ds, 0, [])
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, [0.0, 1.0])
