@@ -871,3 +871,30 @@ def test_a_given_age_band_column_is_used_as_it_is():
     )
     assert (specs[0].available, specs[0].reason, specs[0].columns) == (True, "", ["age_band"])
     assert (specs[2].available, specs[2].columns) == (False, ["age_band", "ward"])
+
+
+def test_fast_path_table_at_one_scan_one_positive_one_negative_and_none():
+    """Groups at the edges: P one found positive scan; Q one missed positive and one false positive;
+    N two negatives (one flagged), no positive. Undefined rates are NaN, never a warning."""
+    import warnings
+
+    attrs = pd.DataFrame({"g": ["P", "Q", "Q", "N", "N"]})
+    y = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    prob = np.array([0.9, 0.1, 0.8, 0.7, 0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = group_point_estimates(y, prob, 0.5, attrs, ["g"])
+    assert list(table.index) == ["g=N", "g=P", "g=Q"]
+    p, q, n = table.loc["g=P"], table.loc["g=Q"], table.loc["g=N"]
+    assert [p[c] for c in ("n", "sensitivity", "miss_rate", "ppv")] == [1, 1.0, 0.0, 1.0]
+    assert math.isnan(p["specificity"]) and math.isnan(p["fpr"]) and math.isnan(p["auroc"])
+    assert [q[c] for c in ("sensitivity", "miss_rate", "specificity", "fpr", "ppv", "auroc")] == [
+        0,
+        1,
+        0,
+        1,
+        0,
+        0,
+    ]
+    assert math.isnan(n["sensitivity"]) and math.isnan(n["miss_rate"])
+    assert (n["specificity"], n["fpr"], n["ppv"]) == (0.5, 0.5, 0.0)
