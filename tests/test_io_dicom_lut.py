@@ -299,3 +299,26 @@ def test_voi_lut_output_is_float32_and_clipped_to_its_declared_depth():
     out = voi(np.array([0.0, 1.0]), ds, 0, [])
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, [0.0, 1.0])
+
+
+def test_more_widths_than_centres_fall_back_to_the_last_pair_and_width_one_is_a_window():
+    ds = _ds(WindowCenter=100.0, WindowWidth=[1.0, 51.0])
+    notes: list[str] = []
+    np.testing.assert_array_equal(voi(np.array([99.0, 100.0]), ds, 1, notes), [0.0, 1.0])  # width 1: a step
+    assert notes == ["voi_window_index=1 not present; used window 0"]
+
+
+def test_empty_modality_lut_sequence_falls_back_to_slope_and_intercept():
+    ds = _ds(ModalityLUTSequence=[], RescaleSlope=2.0, RescaleIntercept=-1.0)
+    np.testing.assert_array_equal(modality_lut(np.array([0, 5]), ds), [-1.0, 9.0])
+    lut = _ds(ModalityLUTSequence=[_lut(0, [7, 9])], BitsStored=16, PixelRepresentation=0)
+    assert modality_lut(np.array([0, 1], dtype=np.uint16), lut).dtype == np.float32
+
+
+def test_padding_value_of_undetermined_type_is_not_guessed():
+    """Pixel Padding Value is US or SS by the pixel representation; raw bytes are not read as a number."""
+    from pydicom.dataelem import DataElement
+
+    ds = Dataset()
+    ds[0x00280120] = DataElement(0x00280120, "OB", b"12")
+    assert padding_mask(np.array([12, 13]), ds) is None
