@@ -241,3 +241,95 @@ def test_auroc_estimate_is_the_clustered_auroc_with_its_method():
         found.ci_high,
     ) and est.method == "newcombe_auroc_cluster"
     assert auroc_estimate(np.ones(3, bool), prob[:3], codes[:3], 0.95).value is None
+
+
+# ------------------------------------------------------------------ AUROC interval with clustering
+
+
+def _hm_variance(t: float, m: float, n: float) -> float:
+    """Hanley & McNeil (1982) with Q1 = t/(2-t), Q2 = 2t^2/(1+t) and Newcombe's N* = (m + n)/2."""
+    star = max((m + n) / 2, 1.0)
+    return (t * (1 - t) + (star - 1) * (t / (2 - t) - t * t) + (star - 1) * (2 * t * t / (1 + t) - t * t)) / (
+        m * n
+    )
+
+
+def _score_bounds(theta: float, m: float, n: float, z: float) -> tuple[float, float]:
+    def f(t: float) -> float:
+        return (theta - t) ** 2 - z * z * _hm_variance(t, m, n)
+
+    low = 0.0 if theta <= 0 else optimize.brentq(f, 0.0, min(theta, 1 - 1e-12))
+    high = 1.0 if theta >= 1 else optimize.brentq(f, max(theta, 1e-12), 1.0)
+    return low, high
+
+
+def test_auroc_interval_uses_the_effective_sizes_of_clustered_scans():
+    """Two or three correlated scans per patient: the design effect is Obuchowski's variance over
+    Hanley-McNeil's at the scan counts (between 1 and its worst case), the score interval is solved at
+    scans / design effect, with t on min(positive, negative patients) - 1 df."""
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(2, 4, 60)
+    codes = np.repeat(np.arange(60), sizes)
+    y = np.repeat(np.arange(60) < 25, sizes)
+    prob = np.repeat(rng.normal(0, 1, 60), sizes) * 0.9 + rng.normal(0, 0.5, codes.size) + 1.0 * y
+    est = auroc_interval(y, prob, codes, 0.95)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    theta = roc_auc_score(y, prob)
+    worst = max((sizes[:25] ** 2).sum() / n1, (sizes[25:] ** 2).sum() / n0)
+    deff = clustered_auroc(y, prob, codes).variance / _hm_variance(theta, n1, n0)
+    assert 1.0 < deff < worst  # the case where neither clip applies
+    assert est.design_effect == pytest.approx(deff, rel=1e-9)
+    z = stats.t.ppf(0.975, 25 - 1)
+    assert (est.ci_low, est.ci_high) == pytest.approx(_score_bounds(theta, n1 / deff, n0 / deff, z), abs=1e-9)
+
+
+def test_perfect_auroc_with_two_scans_per_patient_counts_patients():
+    """AUROC 1: the variance cannot be estimated, so the worst case (every scan of a patient alike)
+    holds: 20 + 20 patients with two scans each give the interval of 20 + 20 single scans."""
+    codes = np.repeat(np.arange(40), 2)
+    y = codes < 20
+    prob = np.where(y, 0.9, 0.1)
+    est = auroc_interval(y, prob, codes, 0.95)
+    single = auroc_interval(y[::2], prob[::2], codes[::2], 0.95)
+    z = stats.t.ppf(0.975, 19)
+    assert est.design_effect == 2.0 and single.design_effect == 1.0
+    assert (est.ci_low, est.ci_high) == pytest.approx((single.ci_low, single.ci_high), abs=1e-12)
+    assert (est.ci_low, est.ci_high) == pytest.approx(_score_bounds(1.0, 20, 20, z), abs=1e-9)
+    mixed = np.r_[codes[:40], np.repeat(np.arange(20, 40), 3)[:40]]  # negatives in 3-scan patients
+    est3 = auroc_interval(y, prob, mixed, 0.95)
+    assert est3.design_effect == pytest.approx(max(20 * 4 / 40, (13 * 9 + 1) / 40))
+    zero = auroc_interval(~y, prob, codes, 0.95)
+    assert (zero.value, zero.ci_low) == (0.0, 0.0) and zero.ci_high == pytest.approx(1 - est.ci_low, abs=1e-9)
+    one_class = auroc_interval(np.ones(4, bool), prob[:4], codes[:4], 0.95)
+    assert (one_class.value, one_class.ci_low, one_class.ci_high, one_class.design_effect) == (
+        None,
+        None,
+        None,
+        1.0,
+    )
+
+
+def test_difference_interval_edges():
+    empty = ClusteredProportion(0.0, 0, 0, 1.0)
+    five = ClusteredProportion(5.0, 5, 5, 1.0)
+    none = ClusteredProportion(0.0, 5, 5, 1.0)
+    one = ClusteredProportion(1.0, 1, 1, 1.0)
+    assert difference_interval(empty, five, 0.95) == (None, None, None)
+    assert difference_interval(five, empty, 0.95) == (None, None, None)
+    d, lo, hi = difference_interval(none, five, 0.95)
+    assert (d, lo) == (-1.0, -1.0) and -1.0 < hi < 0  # clamped at -1, never beyond
+    d, lo, hi = difference_interval(five, none, 0.95)
+    assert (d, hi) == (1.0, 1.0) and 0 < lo < 1.0
+    d, lo, hi = difference_interval(one, five, 0.95)
+    assert d == 0.0 and lo < 0 < hi  # a single trial is still a proportion
+    d, lo, hi = difference_interval(five, one, 0.95)
+    assert d == 0.0 and lo < 0 < hi
+
+
+def test_hanley_mcneil_variance_with_fewer_than_four_scans_has_no_negative_term():
+    """N* = (1 + 2) / 2 = 1.5: the (N* - 1) terms weigh 0.5 (by hand: 0.25 * (1 + 0.5 * 2/3) / 2)."""
+    from xraytriage.evaluation.intervals import _hanley_mcneil_variance
+
+    assert _hanley_mcneil_variance(0.5, 1, 2) == pytest.approx(0.25 * (1 + 0.5 * 2 / 3) / 2)
+    assert _hanley_mcneil_variance(0.5, 1, 1) == pytest.approx(0.25)  # N* - 1 = 0
+    assert _hanley_mcneil_variance(0.5, 1, 2) == pytest.approx(_hm_variance(0.5, 1, 2))
