@@ -175,3 +175,63 @@ def test_operating_point_round_trips_through_json():
     assert "lower bound 0.910 (reaches the target 0.9)" in op.describe()
     failed = OperatingPoint(0.5, "target_sensitivity", fallback_reason="no positive validation case")
     assert "FALLBACK: no positive validation case" in failed.describe()
+
+
+# ----------------------------------------------- the record and its one-line description, by hand
+
+
+def _hand_case():
+    """5 positives (0.55 ... 0.95) and 10 negatives (0.0 ... 0.9) of 5 patients, two scans each."""
+    y = np.r_[np.ones(5), np.zeros(10)]
+    p = np.r_[np.linspace(0.55, 0.95, 5), np.arange(10) / 10]
+    ids = np.r_[[f"p{i}" for i in range(5)], [f"n{i // 2}" for i in range(10)]]
+    return y, p, ids
+
+
+def test_target_specificity_record_and_description():
+    """80 % of the negatives (0.0 ... 0.7) must fall below the threshold: the lowest score above 0.7
+    is a positive's 0.75."""
+    y, p, ids = _hand_case()
+    cfg = OperatingPointConfig(policy="target_specificity", rule="point_estimate", target=0.8)
+    op = choose_operating_point(y, p, cfg, ids)
+    assert (op.threshold, op.validation_value, op.validation_cases, op.validation_patients) == (
+        0.75,
+        0.8,
+        10,
+        5,
+    )
+    assert (op.metric, op.target, op.confidence, op.rule, op.source) == (
+        "specificity",
+        0.8,
+        0.95,
+        "point_estimate",
+        "validation",
+    )
+    assert op.lower_bound < 0.8 and op.guaranteed is False
+    assert op.describe() == (
+        "threshold 0.75 (validation: target_specificity, rule point_estimate); validation specificity 0.800 "
+        f"on 10 scans from 5 patients, one-sided 95% lower bound {op.lower_bound:.3f} (below the target 0.8)"
+    )
+    reached = OperatingPoint.from_json({**op.to_json(), "lower_bound": 0.8, "confidence": 0.9})
+    assert reached.describe().endswith("one-sided 90% lower bound 0.800 (reaches the target 0.8)")
+
+
+def test_given_and_youden_descriptions_and_the_no_negative_fallback():
+    assert OperatingPoint.given(1, "command line") == OperatingPoint(
+        threshold=1.0, policy="given", source="command line"
+    )
+    assert OperatingPoint.given(0.25, "bundle").describe() == "threshold 0.25 (bundle)"
+    y, p, ids = _hand_case()
+    youden = choose_operating_point(y, p, OperatingPointConfig(policy="youden"), ids)
+    assert youden.describe() == "threshold 0.55 (validation: youden)"
+    cfg = OperatingPointConfig(policy="target_specificity", threshold=0.3)
+    op = choose_operating_point(np.ones(4), np.linspace(0.1, 0.9, 4), cfg, None)
+    reason = (
+        "no negative validation case with a known label; fixed threshold 0.3 "
+        "(evaluation.operating_point.threshold) used instead"
+    )
+    assert (op.threshold, op.fallback_reason, op.validation_cases) == (0.3, reason, None)
+    assert (
+        op.describe()
+        == f"threshold 0.3 (validation: target_specificity, rule lower_bound); FALLBACK: {reason}"
+    )
