@@ -235,3 +235,19 @@ def test_given_and_youden_descriptions_and_the_no_negative_fallback():
         op.describe()
         == f"threshold 0.3 (validation: target_specificity, rule lower_bound); FALLBACK: {reason}"
     )
+
+
+def test_unreachable_specificity_bound_says_why_and_takes_every_negative():
+    y, p, ids = _hand_case()
+    cfg = OperatingPointConfig(policy="target_specificity", target=0.99)
+    op = choose_operating_point(y, p, cfg, ids)
+    assert (op.threshold, op.validation_value) == (0.95, 1.0)  # just above the highest negative (0.9)
+    assert op.fallback and op.fallback_reason == (
+        "the one-sided 95% lower bound on validation specificity cannot reach 0.99 with 10 negative scans "
+        f"from 5 patients (best {op.lower_bound:.3f}, with every validation negative below the threshold); "
+        "threshold just above the highest negative score used instead"
+    )
+    met = choose_operating_point(
+        y, p, OperatingPointConfig(policy="target_specificity", rule="point_estimate"), ids
+    )
+    assert met.fallback_reason is None and not met.fallback
