@@ -16,6 +16,7 @@ from xraytriage.evaluation.intervals import (
     auroc_interval,
     clustered_auroc,
     clustered_proportion,
+    critical_value,
     difference_interval,
     lower_bound,
     lower_bounds_in_order,
@@ -333,3 +334,70 @@ def test_hanley_mcneil_variance_with_fewer_than_four_scans_has_no_negative_term(
     assert _hanley_mcneil_variance(0.5, 1, 2) == pytest.approx(0.25 * (1 + 0.5 * 2 / 3) / 2)
     assert _hanley_mcneil_variance(0.5, 1, 1) == pytest.approx(0.25)  # N* - 1 = 0
     assert _hanley_mcneil_variance(0.5, 1, 2) == pytest.approx(_hm_variance(0.5, 1, 2))
+
+
+# ------------------------------------------- bounds, critical values and design effects by hand
+
+
+def test_clustered_lower_bound_is_clopper_pearson_at_the_korn_graubard_effective_size():
+    """n_eff = n / deff * (t_{n-1} / t_{patients-1})^2 at the one-sided level (Korn & Graubard 1998)."""
+    for k, n, patients, deff in ((30, 40, 12, 1.7), (5, 6, 2, 1.5), (3, 3, 1, 3.0), (2, 3, 1, 3.0)):
+        n_eff = n / deff
+        if patients > 1:
+            n_eff *= (stats.t.ppf(0.95, n - 1) / stats.t.ppf(0.95, patients - 1)) ** 2
+        x = k / n * n_eff
+        expected = stats.beta.ppf(0.05, x, n_eff - x + 1)
+        assert lower_bound(ClusteredProportion(k, n, patients, deff), 0.95) == pytest.approx(
+            expected, rel=1e-9
+        )
+    assert lower_bound(ClusteredProportion(0.0, 0, 0, 1.0), 0.95) is None
+    assert lower_bound(ClusteredProportion(1.0, 1, 1, 1.0), 0.95) == pytest.approx(0.05)  # 1 of 1: 0.05^(1/1)
+    assert lower_bounds_in_order(np.array([], dtype=int), 0.95).shape == (0,)
+    np.testing.assert_allclose(lower_bounds_in_order(np.array([7]), 0.95), [0.05])
+
+
+def test_critical_values_two_and_one_sided_on_patients_minus_one_df():
+    assert critical_value(0.95, 10) == pytest.approx(stats.t.ppf(0.975, 9))
+    assert critical_value(0.95, 10, two_sided=False) == pytest.approx(stats.t.ppf(0.95, 9))
+    assert critical_value(0.9, 2) == pytest.approx(stats.t.ppf(0.95, 1))
+    assert critical_value(0.9, 1) == critical_value(0.9, 0) == pytest.approx(stats.t.ppf(0.95, 1))
+
+
+@pytest.mark.parametrize(
+    "success,deff",
+    [
+        ([1, 0, 1, 1], 4 / 3),  # p 3/4: cluster variance 2 * 0.5 / 16 over binomial 3/64
+        ([1, 0, 0, 0], 4 / 3),  # one success: still estimated (not the worst case)
+        ([1, 0, 1, 0], 1.0),  # patients alike in their mix: no extra variance, clipped up to 1
+        ([1, 1, 0, 0], 2.0),  # every scan of a patient alike: the worst case sum n_i^2 / n
+    ],
+)
+def test_design_effect_of_two_patients_by_hand(success, deff):
+    prop = clustered_proportion(np.array(success, dtype=bool), np.array([0, 0, 1, 1]))
+    assert (prop.successes, prop.trials, prop.clusters) == (sum(success), 4, 2)
+    assert prop.design_effect == pytest.approx(deff)
+
+
+def test_empty_proportion_is_zero_of_zero_with_no_design_effect():
+    assert clustered_proportion(np.array([], dtype=bool), np.array([], dtype=int)) == ClusteredProportion(
+        0.0, 0, 0, 1.0
+    )
+    prop = clustered_proportion([True, False, True], [5, 5, 9])  # plain lists, sparse codes
+    assert (prop.successes, prop.trials, prop.clusters) == (2.0, 3, 2)
+
+
+def test_auroc_placements_with_ties_match_a_pairwise_count():
+    """DeLong's placements (ties count one half), counted pair by pair, give the clustered variance
+    with one scan per patient."""
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0], dtype=bool)
+    prob = np.array([0.8, 0.5, 0.5, 0.5, 0.2, 0.5, 0.9, 0.3, 0.3])
+    pos, neg = prob[y], prob[~y]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    theta = psi.mean()
+    c = y.size
+    expected = (
+        c / (c - 1) * (((v10 - theta) ** 2).sum() / pos.size**2 + ((v01 - theta) ** 2).sum() / neg.size**2)
+    )
+    found = clustered_auroc(y, prob, np.arange(c))
+    assert found.value == pytest.approx(theta) and found.variance == pytest.approx(expected, rel=1e-12)
