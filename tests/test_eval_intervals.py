@@ -401,3 +401,12 @@ def test_auroc_placements_with_ties_match_a_pairwise_count():
     )
     found = clustered_auroc(y, prob, np.arange(c))
     assert found.value == pytest.approx(theta) and found.variance == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("n,z", [(10, 1.64), (5, 1.64), (5, 1.96), (13, 12.7)])
+def test_wilson_bounds_are_exactly_0_and_1_at_the_ends_whatever_the_rounding(n, z):
+    """At p = 0 (or 1) the formula gives 1e-17 above 0 (or 1e-16 off 1) for these n and z."""
+    from xraytriage.evaluation.intervals import _wilson
+
+    assert _wilson(0.0, n, z)[0] == 0.0 and _wilson(1.0, n, z)[1] == 1.0
+    assert 0.0 < _wilson(0.0, n, z)[1] and _wilson(1.0, n, z)[0] < 1.0
