@@ -409,4 +409,4 @@ def test_wilson_bounds_are_exactly_0_and_1_at_the_ends_whatever_the_rounding(n, 
     from xraytriage.evaluation.intervals import _wilson
 
     assert _wilson(0.0, n, z)[0] == 0.0 and _wilson(1.0, n, z)[1] == 1.0
-    assert 0.0 < _wilson(0.0, n, z)[1] and _wilson(1.0, n, z)[0] < 1.0
+    assert _wilson(0.0, n, z)[1] > 0.0 and _wilson(1.0, n, z)[0] < 1.0
