@@ -322,3 +322,25 @@ def test_padding_value_of_undetermined_type_is_not_guessed():
     ds = Dataset()
     ds[0x00280120] = DataElement(0x00280120, "OB", b"12")
     assert padding_mask(np.array([12, 13]), ds) is None
+
+
+@pytest.mark.parametrize("slope,intercept", [(1.0, 1.0), (0.0, 5.0)])
+def test_intercept_one_is_added_and_a_zero_slope_counts_as_absent(slope, intercept):
+    """A zero Rescale Slope would flatten the image: it is read as the default 1."""
+    out = modality_lut(STORED, _ds(RescaleSlope=slope, RescaleIntercept=intercept))
+    np.testing.assert_array_equal(out, STORED.astype(np.float64) * (slope or 1.0) + intercept)
+
+
+def test_rgb_luma_is_float32_clipped_and_uses_8_bits_by_default():
+    rgb = np.array([[[255, 255, 255], [300, 300, 300]]], dtype=np.uint16)
+    for elements in ({}, {"BitsStored": 0}, {"BitsStored": 8}):
+        ds = _ds(PhotometricInterpretation="RGB", SamplesPerPixel=3, **elements)
+        out = to_grey(rgb, ds, Path("x.dcm"))
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, [[1.0, 1.0]], atol=1e-6)  # 300 is beyond 8 bits: white
+
+
+def test_colour_shape_errors_name_the_file_and_the_assumed_photometric():
+    with pytest.raises(UnreadableImage) as info:
+        to_grey(np.zeros((2, 2)), _ds(SamplesPerPixel=3), Path("scan.dcm"))
+    assert info.value.path == "scan.dcm" and "shape (2, 2) for MONOCHROME2" in str(info.value)
