@@ -410,3 +410,41 @@ def test_wilson_bounds_are_exactly_0_and_1_at_the_ends_whatever_the_rounding(n, 
 
     assert _wilson(0.0, n, z)[0] == 0.0 and _wilson(1.0, n, z)[1] == 1.0
     assert _wilson(0.0, n, z)[1] > 0.0 and _wilson(1.0, n, z)[0] < 1.0
+
+
+def _obuchowski(y: np.ndarray, prob: np.ndarray, codes: np.ndarray) -> tuple[float, float]:
+    """Obuchowski (1997) from pairwise placements: per patient, the sums of its positives' and its
+    negatives' placements less their expectation; C / (C - 1) times the variance of the total."""
+    pos, neg = prob[y], prob[~y]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    theta = psi.mean()
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    patients = np.unique(codes)
+    r10 = np.array([(v10[codes[y] == c] - theta).sum() for c in patients])
+    r01 = np.array([(v01[codes[~y] == c] - theta).sum() for c in patients])
+    n1, n0, c = pos.size, neg.size, patients.size
+    return theta, c / (c - 1) * (
+        (r10**2).sum() / n1**2 + (r01**2).sum() / n0**2 + 2 * (r10 * r01).sum() / (n1 * n0)
+    )
+
+
+def test_clustered_auroc_variance_of_patients_with_both_classes_by_hand():
+    y = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0], dtype=bool)
+    prob = np.array([0.9, 0.4, 0.6, 0.4, 0.3, 0.7, 0.8, 0.8, 0.1])
+    codes = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3])  # patients 0, 1, 2 have both
+    theta, variance = _obuchowski(y, prob, codes)
+    found = clustered_auroc(y, prob, codes)
+    assert found.value == pytest.approx(theta) and found.variance == pytest.approx(variance, rel=1e-12)
+    np.testing.assert_array_equal(found.positives, [1, 2, 1, 0])
+    np.testing.assert_array_equal(found.negatives, [1, 1, 1, 2])
+    two = clustered_auroc(y[:5], prob[:5], codes[:5])  # two patients: still estimated
+    assert two.variance == pytest.approx(_obuchowski(y[:5], prob[:5], codes[:5])[1], rel=1e-12)
+    one_positive = clustered_auroc(np.array([1, 0, 0], bool), np.array([0.5, 0.2, 0.6]), np.arange(3))
+    assert one_positive.value == pytest.approx(0.5)
+
+
+def test_clustered_auroc_of_one_patient_has_infinite_variance():
+    found = clustered_auroc(np.array([1, 0, 1], bool), np.array([0.9, 0.2, 0.1]), np.array([4, 4, 4]))
+    assert found.value == pytest.approx(0.5) and found.variance == float("inf")
+    np.testing.assert_array_equal(found.positives, [2])
+    np.testing.assert_array_equal(found.negatives, [1])
