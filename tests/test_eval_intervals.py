@@ -448,3 +448,14 @@ def test_clustered_auroc_of_one_patient_has_infinite_variance():
     assert found.value == pytest.approx(0.5) and found.variance == float("inf")
     np.testing.assert_array_equal(found.positives, [2])
     np.testing.assert_array_equal(found.negatives, [1])
+
+
+def test_auroc_critical_value_counts_the_smaller_class_of_patients():
+    """30 positive and 10 negative patients, one scan each, perfectly separated: t on 10 - 1 df."""
+    y = np.arange(40) < 30
+    est = auroc_interval(y, np.where(y, 0.9, 0.1), np.arange(40), 0.95)
+    assert (est.ci_low, est.ci_high) == pytest.approx(
+        _score_bounds(1.0, 30, 10, stats.t.ppf(0.975, 9)), abs=1e-9
+    )
+    as_ints = clustered_auroc(y.astype(int), np.where(y, 0.9, 0.1), np.arange(40))
+    assert as_ints.value == 1.0 and as_ints.positives.sum() == 30  # 0/1 integers read as classes
