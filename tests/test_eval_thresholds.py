@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from xraytriage.config import OperatingPointConfig
+from xraytriage.evaluation.intervals import lower_bounds_in_order
 from xraytriage.evaluation.metrics import binary_metrics
 from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point, choose_threshold
 
@@ -251,3 +252,53 @@ def test_unreachable_specificity_bound_says_why_and_takes_every_negative():
         y, p, OperatingPointConfig(policy="target_specificity", rule="point_estimate"), ids
     )
     assert met.fallback_reason is None and not met.fallback
+
+
+def test_a_threshold_never_splits_tied_positive_scores():
+    """Half the positives must be flagged; the two tied at 0.5 go together, so 3 of 4 are."""
+    cfg = OperatingPointConfig(policy="target_sensitivity", rule="point_estimate", target=0.5)
+    op = choose_operating_point(np.ones(4), np.array([0.5, 0.9, 0.3, 0.5]), cfg, None)
+    assert (op.threshold, op.validation_value) == (0.5, 0.75)
+
+
+def test_a_lower_bound_exactly_at_the_target_reaches_it():
+    codes = np.arange(12)
+    prob = np.linspace(0.95, 0.4, 12)
+    bounds = lower_bounds_in_order(codes, 0.95)
+    cfg = OperatingPointConfig(policy="target_sensitivity", target=float(bounds[8]))
+    op = choose_operating_point(np.ones(12), prob, cfg, None)
+    assert op.threshold == prob[8] and op.lower_bound == bounds[8] and op.guaranteed
+    above = OperatingPointConfig(policy="target_sensitivity", target=float(np.nextafter(bounds[8], 1.0)))
+    assert choose_operating_point(np.ones(12), prob, above, None).threshold == prob[9]
+
+
+def test_unreachable_sensitivity_bound_says_why_and_warns(caplog):
+    cfg = OperatingPointConfig(policy="target_sensitivity", target=0.99)
+    with caplog.at_level(logging.WARNING, logger="xraytriage.evaluation.thresholds"):
+        op = choose_operating_point(
+            np.ones(6), np.linspace(0.9, 0.4, 6), cfg, [f"p{i // 2}" for i in range(6)]
+        )
+    reason = (
+        "the one-sided 95% lower bound on validation sensitivity cannot reach 0.99 with 6 positive scans "
+        f"from 3 patients (best {op.lower_bound:.3f}, with every validation positive flagged); threshold at the "
+        "lowest positive score used instead"
+    )
+    assert op.fallback_reason == reason and op.threshold == pytest.approx(0.4)
+    assert caplog.messages == [f"operating point: {reason}"]
+
+
+def test_policies_without_their_cases_fall_back_with_the_reason_and_a_warning(caplog):
+    fixed = "; fixed threshold 0.5 (evaluation.operating_point.threshold) used instead"
+    with caplog.at_level(logging.WARNING, logger="xraytriage.evaluation.thresholds"):
+        youden = choose_operating_point(
+            np.ones(3), np.array([0.2, 0.6, 0.9]), OperatingPointConfig(policy="youden"), None
+        )
+        sens = choose_operating_point(np.zeros(3), np.array([0.2, 0.6, 0.9]), OperatingPointConfig(), None)
+    assert youden.fallback_reason == f"3 positive and 0 negative validation cases with known labels{fixed}"
+    assert (youden.policy, youden.rule, youden.target, youden.threshold) == ("youden", None, None, 0.5)
+    assert sens.fallback_reason == f"no positive validation case with a known label{fixed}"
+    assert (sens.policy, sens.rule, sens.confidence) == ("target_sensitivity", "lower_bound", 0.95)
+    assert caplog.messages[1] == (
+        "operating point: no positive validation case with a known label; policy 'target_sensitivity' "
+        "cannot be applied, using the fixed threshold 0.5 (evaluation.operating_point.threshold)"
+    )
