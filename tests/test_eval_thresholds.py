@@ -280,8 +280,8 @@ def test_unreachable_sensitivity_bound_says_why_and_warns(caplog):
         )
     reason = (
         "the one-sided 95% lower bound on validation sensitivity cannot reach 0.99 with 6 positive scans "
-        f"from 3 patients (best {op.lower_bound:.3f}, with every validation positive flagged); threshold at the "
-        "lowest positive score used instead"
+        f"from 3 patients (best {op.lower_bound:.3f}, with every validation positive flagged); "
+        "threshold at the lowest positive score used instead"
     )
     assert op.fallback_reason == reason and op.threshold == pytest.approx(0.4)
     assert caplog.messages == [f"operating point: {reason}"]
