@@ -302,3 +302,17 @@ def test_policies_without_their_cases_fall_back_with_the_reason_and_a_warning(ca
         "operating point: no positive validation case with a known label; policy 'target_sensitivity' "
         "cannot be applied, using the fixed threshold 0.5 (evaluation.operating_point.threshold)"
     )
+
+
+def test_fixed_policy_and_refused_inputs_say_what_is_wrong():
+    fixed = choose_operating_point(
+        np.ones(3), np.ones(3), OperatingPointConfig(policy="fixed", threshold=0.3), None
+    )
+    assert fixed == OperatingPoint(threshold=0.3, policy="fixed")
+    with pytest.raises(ValueError, match=r"^y_true has 3 values but prob has 2$"):
+        choose_operating_point(np.ones(3), np.ones(2), OperatingPointConfig(), None)
+    with pytest.raises(ValueError, match=r"^y_true has 3 values but patient_ids has 2$"):
+        choose_operating_point(np.ones(3), np.ones(3), OperatingPointConfig(), ["a", "b"])
+    odd = OperatingPointConfig.model_construct(policy="best_guess")
+    with pytest.raises(ValueError, match=r"^unknown operating-point policy 'best_guess'$"):
+        choose_operating_point(np.ones(3), np.ones(3), odd, None)
