@@ -181,8 +181,9 @@ def test_greyscale_is_returned_unchanged_and_bad_shapes_are_refused():
     grey = np.array([[0, 4095]], dtype=np.uint16)
     ds = _ds(PhotometricInterpretation="MONOCHROME2", SamplesPerPixel=1, BitsStored=12)
     assert not is_colour(ds) and to_grey(grey, ds, Path("x.dcm")) is grey
-    with pytest.raises(UnreadableImage, match="unexpected pixel array shape"):
+    with pytest.raises(UnreadableImage, match="unexpected pixel array shape") as info:
         to_grey(np.zeros((2, 2, 2, 2)), ds, Path("x.dcm"))
+    assert info.value.path == "x.dcm"
     rgb = _ds(PhotometricInterpretation="RGB", SamplesPerPixel=3)
     with pytest.raises(UnreadableImage, match=r"shape \(2, 2\) for RGB"):
         to_grey(np.zeros((2, 2)), rgb, Path("x.dcm"))
@@ -245,10 +246,10 @@ def test_signed_modality_lut_past_the_int16_range_is_not_trusted():
 
 
 def test_modality_lut_with_65536_entries_is_described_by_zero():
-    ds = _signed_lut(0, list(range(65536)))
+    ds = _signed_lut(0, list(range(65535, -1, -1)))  # an inverting table
     ds.PixelRepresentation = 0
     assert ds.ModalityLUTSequence[0].LUTDescriptor[0] == 0  # PS3.3 C.11.1.1: 0 means 2**16 entries
-    np.testing.assert_array_equal(modality_lut(np.array([0, 40000, 65535]), ds), [0, 40000, 65535])
+    np.testing.assert_array_equal(modality_lut(np.array([0, 40000, 65535]), ds), [65535, 25535, 0])
 
 
 def test_windows_return_float32_and_never_overflow():
