@@ -238,10 +238,13 @@ def test_given_and_youden_descriptions_and_the_no_negative_fallback():
     )
 
 
-def test_unreachable_specificity_bound_says_why_and_takes_every_negative():
+def test_unreachable_specificity_bound_says_why_and_takes_every_negative(caplog):
     y, p, ids = _hand_case()
+    ids[:5] = "one-positive-patient"  # the patients counted are the negatives' (5), not the positives'
     cfg = OperatingPointConfig(policy="target_specificity", target=0.99)
-    op = choose_operating_point(y, p, cfg, ids)
+    with caplog.at_level(logging.WARNING, logger="xraytriage.evaluation.thresholds"):
+        op = choose_operating_point(y, p, cfg, ids)
+    assert caplog.messages == [f"operating point: {op.fallback_reason}"] and op.validation_patients == 5
     assert (op.threshold, op.validation_value) == (0.95, 1.0)  # just above the highest negative (0.9)
     assert op.fallback and op.fallback_reason == (
         "the one-sided 95% lower bound on validation specificity cannot reach 0.99 with 10 negative scans "
@@ -296,6 +299,7 @@ def test_policies_without_their_cases_fall_back_with_the_reason_and_a_warning(ca
         sens = choose_operating_point(np.zeros(3), np.array([0.2, 0.6, 0.9]), OperatingPointConfig(), None)
     assert youden.fallback_reason == f"3 positive and 0 negative validation cases with known labels{fixed}"
     assert (youden.policy, youden.rule, youden.target, youden.threshold) == ("youden", None, None, 0.5)
+    assert youden.confidence is None  # no bound without a target
     assert sens.fallback_reason == f"no positive validation case with a known label{fixed}"
     assert (sens.policy, sens.rule, sens.confidence) == ("target_sensitivity", "lower_bound", 0.95)
     assert caplog.messages[1] == (
