@@ -41,3 +41,10 @@ test: install lint test-debs
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+
+# Mutation testing of the clinical core (slow, so not part of `test`; see docs/testing.md).
+# `make mutation MODULE=src/xraytriage/evaluation/fairness.py` runs one module.
+MUTATION_JOBS ?= 2
+.PHONY: mutation
+mutation: install
+	$(BIN)/python scripts/mutation.py --jobs $(MUTATION_JOBS) $(if $(MODULE),--module $(MODULE))

@@ -546,3 +546,39 @@ def test_cli_predictions_file_problems_exit_2(tmp_path, capsys):
     leaky.to_csv(tmp_path / "leaky.csv", index=False)
     args = _parse(["--predictions", str(tmp_path / "leaky.csv"), "--out", str(tmp_path / "e")])
     assert args.handler(args) == 2 and "more than one split" in capsys.readouterr().out
+
+
+def test_zero_bootstrap_iterations_and_a_handful_of_patients(tmp_path):
+    """bootstrap_iterations: 0 gives F1/AUPRC/Brier/ECE without an interval (never a fake one) and
+    leaves every closed-form interval in place; five patients with two scans each are enough to run."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, f1_score
+
+    y = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 0], dtype=float)
+    prob = np.array([0.9, 0.4, 0.2, 0.6, 0.8, 0.1, 0.7, 0.3, 0.45, 0.05])
+    frame = pd.DataFrame(
+        {
+            "path": [f"/d/{i}.png" for i in range(10)],
+            "patient_id": [f"P{i // 2}" for i in range(10)],
+            "split": "test",
+            "sex": ["F", "F", "M", "M", "F", "F", "M", "M", "F", "F"],
+            "finding": y,
+            "prob_finding": prob,
+        }
+    )
+    cfg = EvaluationConfig(bootstrap_iterations=0, min_group_size=2)
+    result = evaluate_predictions(frame, ["finding"], {"finding": 0.5}, cfg, tmp_path)
+    metrics = result.classes["finding"].metrics
+    flagged = (prob >= 0.5).astype(int)
+    for name, expected in (
+        ("f1", f1_score(y, flagged)),
+        ("auprc", average_precision_score(y, prob)),
+        ("brier", brier_score_loss(y, prob)),
+    ):
+        est = metrics[name]
+        assert est.value == pytest.approx(expected) and (est.ci_low, est.ci_high) == (None, None), name
+        assert est.method == "bootstrap_percentile"
+    sens = metrics["sensitivity"]
+    assert sens.value == pytest.approx(3 / 5) and sens.ci_low < 0.6 < sens.ci_high
+    assert sens.method == "wilson_cluster"
+    assert result.population.patients == 5 and result.population.scans == 10
+    assert json.loads((tmp_path / "metrics.json").read_text())["bootstrap"]["iterations"] == 0

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from xraytriage.config import OperatingPointConfig
+from xraytriage.evaluation.intervals import lower_bounds_in_order
 from xraytriage.evaluation.metrics import binary_metrics
 from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point, choose_threshold
 
@@ -175,3 +176,147 @@ def test_operating_point_round_trips_through_json():
     assert "lower bound 0.910 (reaches the target 0.9)" in op.describe()
     failed = OperatingPoint(0.5, "target_sensitivity", fallback_reason="no positive validation case")
     assert "FALLBACK: no positive validation case" in failed.describe()
+
+
+# ----------------------------------------------- the record and its one-line description, by hand
+
+
+def _hand_case():
+    """5 positives (0.55 ... 0.95) and 10 negatives (0.0 ... 0.9) of 5 patients, two scans each."""
+    y = np.r_[np.ones(5), np.zeros(10)]
+    p = np.r_[np.linspace(0.55, 0.95, 5), np.arange(10) / 10]
+    ids = np.r_[[f"p{i}" for i in range(5)], [f"n{i // 2}" for i in range(10)]]
+    return y, p, ids
+
+
+def test_target_specificity_record_and_description():
+    """80 % of the negatives (0.0 ... 0.7) must fall below the threshold: the lowest score above 0.7
+    is a positive's 0.75."""
+    y, p, ids = _hand_case()
+    cfg = OperatingPointConfig(policy="target_specificity", rule="point_estimate", target=0.8)
+    op = choose_operating_point(y, p, cfg, ids)
+    assert (op.threshold, op.validation_value, op.validation_cases, op.validation_patients) == (
+        0.75,
+        0.8,
+        10,
+        5,
+    )
+    assert (op.metric, op.target, op.confidence, op.rule, op.source) == (
+        "specificity",
+        0.8,
+        0.95,
+        "point_estimate",
+        "validation",
+    )
+    assert op.lower_bound < 0.8 and op.guaranteed is False
+    assert op.describe() == (
+        "threshold 0.75 (validation: target_specificity, rule point_estimate); validation specificity 0.800 "
+        f"on 10 scans from 5 patients, one-sided 95% lower bound {op.lower_bound:.3f} (below the target 0.8)"
+    )
+    reached = OperatingPoint.from_json({**op.to_json(), "lower_bound": 0.8, "confidence": 0.9})
+    assert reached.describe().endswith("one-sided 90% lower bound 0.800 (reaches the target 0.8)")
+
+
+def test_given_and_youden_descriptions_and_the_no_negative_fallback():
+    assert OperatingPoint.given(1, "command line") == OperatingPoint(
+        threshold=1.0, policy="given", source="command line"
+    )
+    assert OperatingPoint.given(0.25, "bundle").describe() == "threshold 0.25 (bundle)"
+    y, p, ids = _hand_case()
+    youden = choose_operating_point(y, p, OperatingPointConfig(policy="youden"), ids)
+    assert youden.describe() == "threshold 0.55 (validation: youden)"
+    cfg = OperatingPointConfig(policy="target_specificity", threshold=0.3)
+    op = choose_operating_point(np.ones(4), np.linspace(0.1, 0.9, 4), cfg, None)
+    reason = (
+        "no negative validation case with a known label; fixed threshold 0.3 "
+        "(evaluation.operating_point.threshold) used instead"
+    )
+    assert (op.threshold, op.fallback_reason, op.validation_cases) == (0.3, reason, None)
+    assert (
+        op.describe()
+        == f"threshold 0.3 (validation: target_specificity, rule lower_bound); FALLBACK: {reason}"
+    )
+
+
+def test_unreachable_specificity_bound_says_why_and_takes_every_negative(caplog):
+    y, p, ids = _hand_case()
+    ids[:5] = "one-positive-patient"  # the patients counted are the negatives' (5), not the positives'
+    cfg = OperatingPointConfig(policy="target_specificity", target=0.99)
+    with caplog.at_level(logging.WARNING, logger="xraytriage.evaluation.thresholds"):
+        op = choose_operating_point(y, p, cfg, ids)
+    assert caplog.messages == [f"operating point: {op.fallback_reason}"] and op.validation_patients == 5
+    assert (op.threshold, op.validation_value) == (0.95, 1.0)  # just above the highest negative (0.9)
+    assert op.fallback and op.fallback_reason == (
+        "the one-sided 95% lower bound on validation specificity cannot reach 0.99 with 10 negative scans "
+        f"from 5 patients (best {op.lower_bound:.3f}, with every validation negative below the threshold); "
+        "threshold just above the highest negative score used instead"
+    )
+    met = choose_operating_point(
+        y, p, OperatingPointConfig(policy="target_specificity", rule="point_estimate"), ids
+    )
+    assert met.fallback_reason is None and not met.fallback
+
+
+def test_a_threshold_never_splits_tied_positive_scores():
+    """Half the positives must be flagged; the two tied at 0.5 go together, so 3 of 4 are."""
+    cfg = OperatingPointConfig(policy="target_sensitivity", rule="point_estimate", target=0.5)
+    op = choose_operating_point(np.ones(4), np.array([0.5, 0.9, 0.3, 0.5]), cfg, None)
+    assert (op.threshold, op.validation_value) == (0.5, 0.75)
+
+
+def test_a_lower_bound_exactly_at_the_target_reaches_it():
+    codes = np.arange(12)
+    prob = np.linspace(0.95, 0.4, 12)
+    bounds = lower_bounds_in_order(codes, 0.95)
+    cfg = OperatingPointConfig(policy="target_sensitivity", target=float(bounds[8]))
+    op = choose_operating_point(np.ones(12), prob, cfg, None)
+    assert op.threshold == prob[8] and op.lower_bound == bounds[8] and op.guaranteed
+    above = OperatingPointConfig(policy="target_sensitivity", target=float(np.nextafter(bounds[8], 1.0)))
+    assert choose_operating_point(np.ones(12), prob, above, None).threshold == prob[9]
+
+
+def test_unreachable_sensitivity_bound_says_why_and_warns(caplog):
+    cfg = OperatingPointConfig(policy="target_sensitivity", target=0.99)
+    with caplog.at_level(logging.WARNING, logger="xraytriage.evaluation.thresholds"):
+        op = choose_operating_point(
+            np.ones(6), np.linspace(0.9, 0.4, 6), cfg, [f"p{i // 2}" for i in range(6)]
+        )
+    reason = (
+        "the one-sided 95% lower bound on validation sensitivity cannot reach 0.99 with 6 positive scans "
+        f"from 3 patients (best {op.lower_bound:.3f}, with every validation positive flagged); "
+        "threshold at the lowest positive score used instead"
+    )
+    assert op.fallback_reason == reason and op.threshold == pytest.approx(0.4)
+    assert caplog.messages == [f"operating point: {reason}"]
+
+
+def test_policies_without_their_cases_fall_back_with_the_reason_and_a_warning(caplog):
+    fixed = "; fixed threshold 0.5 (evaluation.operating_point.threshold) used instead"
+    with caplog.at_level(logging.WARNING, logger="xraytriage.evaluation.thresholds"):
+        youden = choose_operating_point(
+            np.ones(3), np.array([0.2, 0.6, 0.9]), OperatingPointConfig(policy="youden"), None
+        )
+        sens = choose_operating_point(np.zeros(3), np.array([0.2, 0.6, 0.9]), OperatingPointConfig(), None)
+    assert youden.fallback_reason == f"3 positive and 0 negative validation cases with known labels{fixed}"
+    assert (youden.policy, youden.rule, youden.target, youden.threshold) == ("youden", None, None, 0.5)
+    assert youden.confidence is None  # no bound without a target
+    assert sens.fallback_reason == f"no positive validation case with a known label{fixed}"
+    assert (sens.policy, sens.rule, sens.confidence) == ("target_sensitivity", "lower_bound", 0.95)
+    assert caplog.messages[1] == (
+        "operating point: no positive validation case with a known label; policy 'target_sensitivity' "
+        "cannot be applied, using the fixed threshold 0.5 (evaluation.operating_point.threshold)"
+    )
+
+
+def test_fixed_policy_and_refused_inputs_say_what_is_wrong():
+    fixed = choose_operating_point(
+        np.ones(3), np.ones(3), OperatingPointConfig(policy="fixed", threshold=0.3), None
+    )
+    assert fixed == OperatingPoint(threshold=0.3, policy="fixed")
+    with pytest.raises(ValueError, match=r"^y_true has 3 values but prob has 2$"):
+        choose_operating_point(np.ones(3), np.ones(2), OperatingPointConfig(), None)
+    with pytest.raises(ValueError, match=r"^y_true has 3 values but patient_ids has 2$"):
+        choose_operating_point(np.ones(3), np.ones(3), OperatingPointConfig(), ["a", "b"])
+    odd = OperatingPointConfig.model_construct(policy="best_guess")
+    with pytest.raises(ValueError, match=r"^unknown operating-point policy 'best_guess'$"):
+        choose_operating_point(np.ones(3), np.ones(3), odd, None)
