@@ -316,7 +316,8 @@ def cli_env(tmp_path, monkeypatch):
     calls = []
 
     def fake_predict(b, df, batch_size, num_workers, device, scope):
-        assert scope is not None and not scope.rules and not scope.ood_available  # nothing recorded
+        assert scope is not None and not scope.ood_available  # nothing recorded: only the input rules
+        assert [rule.name for rule in scope.rules] == ["for_processing", "derived_image", "burned_in_text"]
         calls.append(set(df["split"]))
         out = df.iloc[1:].copy()  # first row "unreadable"
         rng = np.random.default_rng(len(df))
