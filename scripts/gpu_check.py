@@ -16,7 +16,7 @@ that fails or runs out of time is recorded and the next one starts, so the repor
     install      the carried wheels into a private folder with pip --no-deps --target (the image's torch
                  and torchvision are never touched); the carried radiographs into pydicom's data cache;
                  then an import check. The project itself runs from src/ (PYTHONPATH).
-    gpu_tests    pytest -m gpu tests/test_gpu.py
+    gpu_tests    pytest -m gpu tests/test_gpu.py tests/test_scope.py
     bench_train  ResNet-50 at 224 px, bf16, channels_last, torch.compile, end to end from the decode-once
                  cache with one DataLoader worker per core but one
     bench_score  batch scoring of uncompressed 2048 x 2500 DICOMs on the GPU, and where the bound is
@@ -191,11 +191,15 @@ class Report:
     verdicts: dict = field(default_factory=dict)
 
 
+# Every test file holding @pytest.mark.gpu tests (tests/test_gpu_check.py checks none is left out).
+GPU_TEST_FILES = ("tests/test_gpu.py", "tests/test_scope.py")
+
+
 def plan(work: Path, cores: int, python: str = "python3", carry: Path = CARRY) -> list[Step]:
     """The check's steps; limits in seconds (sum + SUMMARY_RESERVE_S <= BUDGET_S, see budget_problems)."""
     workers = str(max(1, cores - 1))  # one DataLoader worker per core, one core left for the main process
     py = [python, "-u"]
-    tests = ["-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p", "no:cacheprovider"]
+    tests = ["-m", "pytest", "-m", "gpu", *GPU_TEST_FILES, "-q", "-p", "no:cacheprovider"]
     train = (
         "--sizes 224 --batch-size 256 --steps 30 --warmup 8 --compile --cache --distinct 384 --scan-size 256"
     )
@@ -702,7 +706,7 @@ def _collect_gpu_tests(python: str) -> list[str]:
             "-q",
             "-m",
             "gpu",
-            "tests/test_gpu.py",
+            *GPU_TEST_FILES,
             "-p",
             "no:cacheprovider",
         ],
@@ -713,7 +717,7 @@ def _collect_gpu_tests(python: str) -> list[str]:
     )
     selected = [line for line in proc.stdout.splitlines() if "::" in line]
     if proc.returncode != 0 or not selected:
-        return [f"tests/test_gpu.py: collection failed or selected nothing: {proc.stdout[-400:]}"]
+        return [f"{' '.join(GPU_TEST_FILES)}: collection failed or selected nothing: {proc.stdout[-400:]}"]
     print(f"  gpu tests: {len(selected)} collected")
     return []
 

@@ -50,6 +50,15 @@ def test_dry_run_passes_on_the_repository_as_it_is() -> None:
     assert collected >= 10
 
 
+def test_the_gpu_step_runs_every_file_that_holds_gpu_tests() -> None:
+    marked = {
+        f"tests/{path.name}"
+        for path in (ROOT / "tests").glob("test_*.py")
+        if path.name != Path(__file__).name and "pytest.mark.gpu" in path.read_text(encoding="utf-8")
+    }
+    assert marked == set(check["GPU_TEST_FILES"])
+
+
 def test_wheel_set_parses_pins_and_left_out_names() -> None:
     wheels = WheelSet.parse(LISTED)
     assert wheels.pins == {"pydicom": "3.0.2", "pydantic-core": "2.50.5"}
