@@ -57,20 +57,20 @@ def _save_traceback(exc: BaseException) -> str | None:
         return None
 
 
+def fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
+    """Print ``PROG: MESSAGE`` on stderr and return ``code``: how every command reports an error."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return code
+
+
 def run_guarded(prog: str, call: Callable[[], int], verbose: bool = False) -> int:
     """Run a command; map what escapes it to an exit code and one line on stderr."""
-    from xraytriage.config import ConfigError
-    from xraytriage.utils.errors import InputRefused
-    from xraytriage.utils.lock import OutputLocked
+    from xraytriage.utils.errors import TriageError
 
     try:
         return int(call() or 0)
-    except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OutputLocked, InputRefused) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except TriageError as exc:  # each class carries its exit code (utils/errors.py)
+        return fail(prog, f"{exc.prefix}{exc}", exc.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
