@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from xraytriage.commands._common import add_progress_flag
-from xraytriage.commands.exit_codes import EXIT_FILES_FAILED, EXIT_OK, EXIT_USAGE, fail, run_guarded
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, run_guarded
 from xraytriage.utils.errors import UsageError
 
 HELP = """\
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if summary.rank == 0:
         print(summary.text(), file=sys.stderr)
-    return EXIT_FILES_FAILED if (summary.failed or summary.errors_total) else EXIT_OK
+    return EXIT_FAILED if (summary.failed or summary.errors_total) else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
