@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xraytriage.columns import prob_column, prob_labels
 from xraytriage.commands._common import add_overrides, add_progress_flag
 from xraytriage.commands.exit_codes import (
     EXIT_CANNOT_CERTIFY,
@@ -207,7 +208,7 @@ def _read_predictions(path: Path):
         ) from None
     except Exception as exc:
         raise UsageError(f"{path}: cannot be read as CSV/Parquet ({exc.__class__.__name__}: {exc})") from None
-    labels = [c[len("prob_") :] for c in table.columns if c.startswith("prob_")]
+    labels = prob_labels(table.columns)
     if not labels:
         raise UsageError(
             f"{path}: no probability column; add one prob_L column per label L (e.g. prob_finding)"
@@ -215,7 +216,7 @@ def _read_predictions(path: Path):
     lacking = [label for label in labels if label not in table.columns]
     if lacking:
         raise UsageError(
-            f"{path}: column(s) {', '.join(f'prob_{x}' for x in lacking)} have no truth column "
+            f"{path}: column(s) {', '.join(prob_column(x) for x in lacking)} have no truth column "
             f"{', '.join(lacking)} (1 positive, 0 negative, -1 uncertain, blank unknown)"
         )
     if "patient_id" not in table.columns:

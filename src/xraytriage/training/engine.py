@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
+from xraytriage.columns import prob_column
 from xraytriage.config import Config, ConfigError, DataConfig, ModelConfig, PreprocessConfig, save_config
 from xraytriage.data.augment import build_augmentation, seed_worker
 from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip, label_matrix
@@ -519,7 +520,7 @@ class Trainer:
         aurocs = []
         patients = frame["patient_id"].to_numpy()
         for label in self.labels:
-            y, p = frame[label].to_numpy(float), frame[f"prob_{label}"].to_numpy(float)
+            y, p = frame[label].to_numpy(float), frame[prob_column(label)].to_numpy(float)
             thr = choose_operating_point(y, p, self.cfg.evaluation.operating_point, patients).threshold
             m = binary_metrics(y, p, thr)
             metrics[f"{label}/threshold"] = thr
@@ -564,7 +565,7 @@ class Trainer:
                 w.add_pr_curve(
                     f"val/pr_curve/{label}",
                     y[known].astype(int),
-                    frame[f"prob_{label}"].to_numpy(float)[known],
+                    frame[prob_column(label)].to_numpy(float)[known],
                     step,
                 )
             self._log_subgroups(label, frame, record.get(f"{label}/threshold", 0.5), step)
@@ -738,10 +739,10 @@ class Trainer:
             temperatures = dict(zip(self.labels, fitted))
             probs = probabilities(logits, cfg.model.task, fitted)
             for j, label in enumerate(self.labels):
-                frame[f"prob_{label}"] = probs[:, j].astype(np.float64)
+                frame[prob_column(label)] = probs[:, j].astype(np.float64)
         operating_points = {}
         for label in self.labels:
-            y, p = frame[label].to_numpy(float), frame[f"prob_{label}"].to_numpy(float)
+            y, p = frame[label].to_numpy(float), frame[prob_column(label)].to_numpy(float)
             op = choose_operating_point(y, p, cfg.evaluation.operating_point, frame["patient_id"].to_numpy())
             operating_points[label] = op
             m = binary_metrics(y, p, op.threshold)
@@ -766,7 +767,7 @@ class Trainer:
             cfg.data.num_workers,
             self.train_set.image_source,
         )
-        probabilities = {label: val_predictions[f"prob_{label}"].tolist() for label in self.labels}
+        probabilities = {label: val_predictions[prob_column(label)].tolist() for label in self.labels}
         self._log_main("recording the validated scope (headers and features of the training scans)")
         scope = ScopeRecorder(cfg.scope, features, cfg.seed).record(
             self.train_frame, self.val_frame, probabilities
