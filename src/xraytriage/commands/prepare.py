@@ -253,17 +253,17 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root).expanduser()
     if not root.is_dir():
         return fail("xraytriage prepare", f"--root {root}: not a folder", EXIT_USAGE)
-    opts = PrepareOptions(
-        uncertain=args.uncertain,
-        labeler=args.labeler,
-        patients=args.patients,
-        vote=args.vote,
-        demographics=args.demographics,
-        patient_regex=args.patient_regex,
-        positive=args.positive,
-        read_headers=not args.no_headers,
-        key_file=args.key_file,
+    same = (
+        "uncertain",
+        "labeler",
+        "patients",
+        "vote",
+        "demographics",
+        "patient_regex",
+        "positive",
+        "key_file",
     )
+    opts = PrepareOptions(**{name: getattr(args, name) for name in same}, read_headers=not args.no_headers)
     try:
         prepared = get_adapter(args.source)(root.resolve(), opts)
         df = prepared.table.copy()

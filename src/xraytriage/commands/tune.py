@@ -94,20 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.specificity < 1.0:
         return fail("xraytriage tune", "--specificity must be between 0 and 1")
     space = load_space(args.space)  # a ConfigError exits 2 through run_guarded
-    result = run_study(
-        args.config,
-        args.out,
-        space,
-        args.trials,
-        overrides=list(args.overrides),
-        storage=args.storage,
-        study_name=args.study_name,
-        pruner=args.pruner,
-        objective=args.objective,
-        specificity=args.specificity,
-        timeout=args.timeout,
-        seed=args.seed,
-    )
+    same = ("storage", "study_name", "pruner", "objective", "specificity", "timeout", "seed")
+    options = {name: getattr(args, name) for name in same}
+    result = run_study(args.config, args.out, space, args.trials, overrides=list(args.overrides), **options)
     print(
         f"study {result.out_dir}: {result.n_complete} completed, {result.n_pruned} pruned, "
         f"{result.n_failed} failed ({result.new_trials} new)"
