@@ -314,8 +314,6 @@ def _subgroup_columns(eval_cfg) -> list[str]:
 
 def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationInputs | int:
     """Bundle + manifest: run the model; returns evaluate_predictions' inputs, or an exit code."""
-    import importlib
-
     from xraytriage import models
     from xraytriage.data.manifest import ManifestError, check_split_values, read_manifest
     from xraytriage.evaluation.identifiers import refuse_identifier_subgroups
@@ -343,7 +341,8 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationI
         have = ", ".join(sorted(map(str, df["split"].dropna().unique()))) if "split" in df.columns else "none"
         message = f"no rows with split '{split}' in {args.manifest} (splits present: {have})"
         return fail("xraytriage evaluate", message, EXIT_FAILED)
-    predict = importlib.import_module("xraytriage.training.predict").predict_manifest
+    from xraytriage.training.predict import predict_manifest as predict
+
     kwargs = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     kwargs["scope"] = _scope_checker(bundle, full_cfg)
     predictions = predict(bundle, rows, **kwargs)
