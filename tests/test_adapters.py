@@ -81,6 +81,7 @@ def run_prepare(source: str, root: Path, out: Path, **kwargs: object) -> int:
         views=None,
         drop_missing=False,
         absolute_paths=False,
+        key_file=None,
         val=0.1,
         test=0.2,
         seed=0,

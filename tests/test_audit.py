@@ -71,7 +71,9 @@ def test_leakage_is_an_error_without_ids_in_summary():
 
 
 def _args(tmp_path, manifest, **kw):
-    ns = dict(manifest=manifest, labels="finding", out=tmp_path / "audit", config=None, overrides=[])
+    ns = dict(
+        manifest=manifest, labels="finding", out=tmp_path / "audit", config=None, overrides=[], json=False
+    )
     ns.update(kw)
     return argparse.Namespace(**ns)
 

@@ -438,7 +438,7 @@ def test_cli_usage_errors_exit_2(cli_env, capsys):
     ):
         args = _parse([*base, *extra])
         assert args.handler(args) == 2
-    assert "--threshold 'nodule=0.3'" in capsys.readouterr().out
+    assert "--threshold 'nodule=0.3'" in capsys.readouterr().err
     args = _parse(["--out", str(tmp / "e")])
     assert args.handler(args) == 2
 
@@ -454,7 +454,7 @@ def test_cli_refuses_leakage_unless_allowed(cli_env, capsys):
     args = _parse([*base, "--out", str(tmp / "e"), "evaluation.bootstrap_iterations=0"])
     assert args.handler(args) == 2
     assert (
-        "patient(s) appear in more than one split" in capsys.readouterr().out and calls == []
+        "patient(s) appear in more than one split" in capsys.readouterr().err and calls == []
     )  # before inference
     args = _parse([*base, "--out", str(tmp / "a"), "--allow-leakage", "evaluation.bootstrap_iterations=0"])
     assert args.handler(args) == 0
@@ -542,11 +542,11 @@ def test_cli_predictions_file_problems_exit_2(tmp_path, capsys):
         frame.to_csv(tmp_path / name, index=False)
         args = _parse(["--predictions", str(tmp_path / name), "--out", str(tmp_path / "e")])
         assert args.handler(args) == 2, name
-        assert expected[name] in capsys.readouterr().out, name
+        assert expected[name] in capsys.readouterr().err, name
     leaky = pd.concat([table, table.assign(split="val")], ignore_index=True)
     leaky.to_csv(tmp_path / "leaky.csv", index=False)
     args = _parse(["--predictions", str(tmp_path / "leaky.csv"), "--out", str(tmp_path / "e")])
-    assert args.handler(args) == 2 and "more than one split" in capsys.readouterr().out
+    assert args.handler(args) == 2 and "more than one split" in capsys.readouterr().err
 
 
 def test_zero_bootstrap_iterations_and_a_handful_of_patients(tmp_path):

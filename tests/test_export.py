@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from xraytriage.commands import export as export_cmd
+from xraytriage.commands.exit_codes import EXIT_EXPORT_MISMATCH
 from xraytriage.config import ModelConfig, PreprocessConfig
 from xraytriage.deploy import export as exp
 from xraytriage.models import load_bundle
@@ -99,12 +100,12 @@ def test_export_exits_nonzero_when_outputs_differ(
     real = exp.run_exported
     monkeypatch.setattr(exp, "run_exported", lambda path, fmt, batch: real(path, fmt, batch) + 0.01)
     rc = export_cmd.run(_args(model=bundle_path, format="torchscript", out=tmp_path / "m.ts"))
-    assert rc == export_cmd.EXIT_MISMATCH
+    assert rc == EXIT_EXPORT_MISMATCH
 
 
 def test_export_reports_missing_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = export_cmd.run(_args(model=tmp_path / "nope.pt", format="onnx", out=tmp_path / "m.onnx"))
-    assert rc == 1 and "model bundle not found" in capsys.readouterr().out
+    assert rc == 1 and "model bundle not found" in capsys.readouterr().err
 
 
 def test_multiclass_export_outputs_softmax(tmp_path: Path) -> None:

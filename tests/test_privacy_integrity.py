@@ -255,7 +255,7 @@ def test_a_misspelt_split_value_is_an_error_naming_the_lines(tmp_path: Path) -> 
 
 def test_training_refuses_a_manifest_with_a_misspelt_split(tmp_path: Path) -> None:
     from xraytriage.data.manifest import ManifestError
-    from xraytriage.training import engine
+    from xraytriage.training.loaders import split_frames
 
     manifest = tmp_path / "m.csv"
     pd.DataFrame(
@@ -268,7 +268,7 @@ def test_training_refuses_a_manifest_with_a_misspelt_split(tmp_path: Path) -> No
     ).to_csv(manifest, index=False)
     cfg = load_config(None, [f"data.manifest={manifest}"])
     with pytest.raises(ManifestError, match="tset"):
-        engine._splits(cfg, pd.read_csv(manifest), manifest)
+        split_frames(cfg, pd.read_csv(manifest), manifest)
     assert os.path.exists(manifest)
 
 

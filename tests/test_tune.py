@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from xraytriage.commands import tune as tune_cmd
+from xraytriage.commands.exit_codes import run_guarded
 from xraytriage.config import ConfigError, load_config
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.tuning.space import format_value, load_space, parse_space, to_overrides
@@ -165,7 +166,8 @@ def test_bad_search_space_is_named(space: dict, message: str) -> None:
 def test_space_range_invalid_for_config_fails_before_training(tiny_config: Path, tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"train.freeze_epochs": {"type": "int", "low": 0, "high": 5}}))
-    assert tune_cmd.run(_args(tiny_config, tmp_path / "s", 1, space)) == 2
+    args = _args(tiny_config, tmp_path / "s", 1, space)
+    assert run_guarded("xraytriage", lambda: tune_cmd.run(args)) == 2
     assert not list((tmp_path / "s").glob("trial_*"))
 
 
@@ -196,6 +198,6 @@ def test_unavailable_weights_end_the_study_at_once_with_exit_2(
     args = _args(
         tiny_config, tmp_path / "study", 3, _space(tmp_path), overrides=["model.weights=IMAGENET1K_V1"]
     )
-    assert tune_cmd.run(args) == 2
+    assert run_guarded("xraytriage", lambda: tune_cmd.run(args)) == 2
     assert len(calls) == 1  # one attempt, not one per trial
-    assert "resnet18-f37072fd.pth" in capsys.readouterr().out
+    assert "resnet18-f37072fd.pth" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from xraytriage import __version__
 from xraytriage.commands.exit_codes import run_guarded
 from xraytriage.utils.progress import set_progress
 
-# Order is the order shown by --help. Each module has ``register(subparsers)`` and ``run(args) -> int``.
+# Order is the order shown by --help. Each module has ``HELP`` (its description), ``register(subparsers)
+# -> None`` (which sets ``handler=run``) and ``run(args) -> int``; errors go through ``exit_codes.fail``.
 COMMANDS = (
     "demo",
     "prepare",

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from xraytriage.utils.errors import UsageError
+
 
 def _yaml_off(value: Any) -> Any:
     """YAML reads a bare ``off`` as false: ``train.amp=off`` (or ``amp: off``) means the "off" mode."""
@@ -32,8 +34,10 @@ def _yaml_off(value: Any) -> Any:
 AmpMode = Annotated[Literal["auto", "bf16", "fp16", "off"], BeforeValidator(_yaml_off)]
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration problem the user must fix; the CLI prints it as one line and exits 2."""
+
+    prefix = "config error: "
 
 
 # model.weights values that are names, not files: torchvision's ImageNet weights, and chest-X-ray

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_LEAKAGE = 4
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_LEAKAGE, EXIT_OK, fail
 
 HELP = """Audit a manifest before training or evaluating on it.
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from xraytriage.utils.atomic import atomic_path, atomic_write_text
     from xraytriage.utils.csv_safety import safe_frame
 
-    overrides = list(getattr(args, "overrides", None) or [])
+    overrides = list(args.overrides)
     labels: list[str] | None = (
         [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     )
@@ -87,13 +87,12 @@ def run(args: argparse.Namespace) -> int:
             labels = list(cfg.data.labels)
     else:
         eval_cfg = EvaluationConfig()
-    as_json = bool(getattr(args, "json", False))
+    as_json = args.json
     notes = sys.stderr if as_json else sys.stdout  # with --json, stdout holds the JSON document only
     try:
         df = read_manifest(args.manifest, labels=labels, leakage="ignore")  # reported below instead
     except ManifestError as exc:
-        print(f"xraytriage audit: {exc}", file=notes)
-        return 1
+        return fail("xraytriage audit", str(exc), EXIT_FAILED)
     result = audit_manifest(df, labels, eval_cfg)
     if not result.labels:
         print("xraytriage audit: no label column found; pass --labels a,b", file=notes)
@@ -123,4 +122,4 @@ def run(args: argparse.Namespace) -> int:
         elif leak_file.exists():
             leak_file.unlink()  # a stale list from an earlier run would mislead
         print(f"audit files written to {out}", file=notes)
-    return EXIT_LEAKAGE if result.has_leakage else 0
+    return EXIT_LEAKAGE if result.has_leakage else EXIT_OK

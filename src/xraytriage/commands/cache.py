@@ -7,18 +7,21 @@ import sys
 from pathlib import Path
 
 from xraytriage.commands._common import add_overrides, add_progress_flag
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
+
+HELP = (
+    "build: decode the manifest's scans (only new or changed ones) through the same load_image "
+    "path as training into CACHE_DIR. verify: CRC-check every record and repair. info: list the "
+    "stores. Training uses a store automatically when data.cache_dir is set and the preprocessing "
+    "config matches."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "cache",
         help="decode every scan once into a memory-mapped cache that training reads at GPU speed",
-        description=(
-            "build: decode the manifest's scans (only new or changed ones) through the same load_image "
-            "path as training into CACHE_DIR. verify: CRC-check every record and repair. info: list the "
-            "stores. Training uses a store automatically when data.cache_dir is set and the preprocessing "
-            "config matches."
-        ),
+        description=HELP,
     )
     actions = parser.add_subparsers(dest="cache_action", metavar="ACTION")
     actions.required = True
@@ -78,24 +81,19 @@ def _build(args: argparse.Namespace) -> int:
     from xraytriage.data.cache import CacheError, build_cache
     from xraytriage.data.manifest import ManifestError, read_manifest
 
-    overrides = list(getattr(args, "overrides", None) or [])
+    overrides = list(args.overrides)
     if args.size is not None:
         overrides.append(f"preprocess.image_size={args.size}")
-    cfg = load_config(getattr(args, "config", None), overrides)
+    cfg = load_config(args.config, overrides)
     manifest = args.manifest or cfg.data.manifest
     cache_dir = args.cache_dir or cfg.data.cache_dir
     if manifest is None or cache_dir is None:
-        print(
-            "xraytriage cache build: give --manifest and --cache-dir (or a --config with data.manifest "
-            "and data.cache_dir)",
-            file=sys.stderr,
-        )
-        return 2
+        message = "give --manifest and --cache-dir (or a --config with data.manifest and data.cache_dir)"
+        return fail("xraytriage cache build", message, EXIT_USAGE)
     try:
         frame = read_manifest(manifest, root=args.root or cfg.data.root, leakage="ignore")
     except ManifestError as exc:
-        print(f"xraytriage cache build: {exc}", file=sys.stderr)
-        return 1
+        return fail("xraytriage cache build", str(exc), EXIT_FAILED)
     try:
         report = build_cache(
             frame["path"].astype(str).tolist(),
@@ -108,8 +106,7 @@ def _build(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except CacheError as exc:
-        print(f"xraytriage cache build: {exc}", file=sys.stderr)
-        return 1
+        return fail("xraytriage cache build", str(exc), EXIT_FAILED)
     ok = report.total - len(report.unreadable)
     print(
         f"cache {report.store}: {report.total} scans, {ok} cached, {report.decoded} decoded now, "
@@ -128,8 +125,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     stores = sorted(p for p in Path(args.cache_dir).glob("pp-*") if p.is_dir())
     if not stores:
-        print(f"xraytriage cache verify: no cache stores in {args.cache_dir}", file=sys.stderr)
-        return 1
+        return fail("xraytriage cache verify", f"no cache stores in {args.cache_dir}", EXIT_FAILED)
     problems = 0
     for store in stores:
         try:

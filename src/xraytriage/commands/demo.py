@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     print("[2/4] fine-tuning (progress below; TensorBoard logs in run/tensorboard)")
-    quiet = bool(getattr(args, "no_progress", False))
+    quiet = args.no_progress
     code = _stage(["train", "--config", str(config), "--out", str(run_dir), *overrides], quiet)
     if code != 0:
         return code

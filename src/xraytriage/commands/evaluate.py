@@ -9,16 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xraytriage.columns import prob_column, prob_labels
 from xraytriage.commands._common import add_overrides, add_progress_flag
+from xraytriage.commands.exit_codes import (
+    EXIT_CANNOT_CERTIFY,
+    EXIT_FAILED,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    fail,
+)
 from xraytriage.evaluation.scope_groups import SCOPE_ATTRIBUTE
+from xraytriage.utils.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_OTHER = 1
-EXIT_USAGE = 2
-EXIT_GATE_FAILED = 3
-EXIT_CANNOT_CERTIFY = 4
 
 HELP = """Evaluate a trained model bundle on the labelled scans of a manifest, or evaluate the
 predictions of any model (--predictions).
@@ -46,10 +50,6 @@ limit is exceeded); 4 the gate cannot certify (intervals too wide, or a group or
 be assessed: each is printed); 2 usage or configuration error, patient leakage included; 1 other
 errors (unreadable manifest, no scan decodable, ...).
 """
-
-
-class UsageError(ValueError):
-    """A command line or input file the user must fix (exit 2)."""
 
 
 @dataclass
@@ -133,7 +133,7 @@ def _config(args: argparse.Namespace):
     """(evaluation section, full config or None)."""
     from xraytriage.config import EvaluationConfig, load_config
 
-    overrides = list(getattr(args, "overrides", None) or [])
+    overrides = list(args.overrides)
     if args.config is None and not overrides:
         return EvaluationConfig(), None
     cfg = load_config(args.config, overrides)
@@ -208,7 +208,7 @@ def _read_predictions(path: Path):
         ) from None
     except Exception as exc:
         raise UsageError(f"{path}: cannot be read as CSV/Parquet ({exc.__class__.__name__}: {exc})") from None
-    labels = [c[len("prob_") :] for c in table.columns if c.startswith("prob_")]
+    labels = prob_labels(table.columns)
     if not labels:
         raise UsageError(
             f"{path}: no probability column; add one prob_L column per label L (e.g. prob_finding)"
@@ -216,7 +216,7 @@ def _read_predictions(path: Path):
     lacking = [label for label in labels if label not in table.columns]
     if lacking:
         raise UsageError(
-            f"{path}: column(s) {', '.join(f'prob_{x}' for x in lacking)} have no truth column "
+            f"{path}: column(s) {', '.join(prob_column(x) for x in lacking)} have no truth column "
             f"{', '.join(lacking)} (1 positive, 0 negative, -1 uncertain, blank unknown)"
         )
     if "patient_id" not in table.columns:
@@ -314,8 +314,6 @@ def _subgroup_columns(eval_cfg) -> list[str]:
 
 def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationInputs | int:
     """Bundle + manifest: run the model; returns evaluate_predictions' inputs, or an exit code."""
-    import importlib
-
     from xraytriage import models
     from xraytriage.data.manifest import ManifestError, check_split_values, read_manifest
     from xraytriage.evaluation.identifiers import refuse_identifier_subgroups
@@ -324,8 +322,7 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationI
         raise UsageError("--model needs --manifest (the labelled scans to evaluate on)")
     val_name = full_cfg.data.val_split if full_cfg is not None else "val"
     if not args.model.is_file():
-        print(f"xraytriage evaluate: model bundle not found: {args.model}")
-        return EXIT_OTHER
+        return fail("xraytriage evaluate", f"model bundle not found: {args.model}", EXIT_FAILED)
     bundle = models.load_bundle(args.model)
     try:
         df = read_manifest(args.manifest, root=args.root, labels=bundle.labels, leakage="ignore")
@@ -335,19 +332,17 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationI
             known |= {full_cfg.data.train_split, full_cfg.data.test_split}
         check_split_values(df, known, str(args.manifest))
     except ManifestError as exc:
-        print(f"xraytriage evaluate: {exc}")
-        return EXIT_OTHER
+        return fail("xraytriage evaluate", str(exc), EXIT_FAILED)
     _leakage_check(df, str(args.manifest), args.allow_leakage)
     refuse_identifier_subgroups(df, _subgroup_columns(eval_cfg))  # before any inference
     thresholds = {**_bundle_operating_points(bundle), **parse_thresholds(args.threshold, list(bundle.labels))}
     rows, val_rows = _select(df, split, val_name)
     if rows.empty:
         have = ", ".join(sorted(map(str, df["split"].dropna().unique()))) if "split" in df.columns else "none"
-        print(
-            f"xraytriage evaluate: no rows with split '{split}' in {args.manifest} (splits present: {have})"
-        )
-        return EXIT_OTHER
-    predict = importlib.import_module("xraytriage.training.predict").predict_manifest
+        message = f"no rows with split '{split}' in {args.manifest} (splits present: {have})"
+        return fail("xraytriage evaluate", message, EXIT_FAILED)
+    from xraytriage.training.predict import predict_manifest as predict
+
     kwargs = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     kwargs["scope"] = _scope_checker(bundle, full_cfg)
     predictions = predict(bundle, rows, **kwargs)
@@ -355,8 +350,7 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationI
     if skipped:
         print(f"xraytriage evaluate: {len(skipped)} scan(s) could not be read and were skipped")
     if predictions.empty:
-        print("xraytriage evaluate: no scan could be decoded; nothing to evaluate")
-        return EXIT_OTHER
+        return fail("xraytriage evaluate", "no scan could be decoded; nothing to evaluate", EXIT_FAILED)
     val_predictions = predict(bundle, val_rows, **kwargs) if val_rows is not None else None
     return EvaluationInputs(
         predictions=predictions,
@@ -419,8 +413,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             raise UsageError("give --model BUNDLE --manifest CSV, or --predictions PRED.csv")
     except UsageError as exc:
-        print(f"xraytriage evaluate: {exc}")
-        return EXIT_USAGE
+        return fail("xraytriage evaluate", str(exc), exc.exit_code)
     if isinstance(inputs, int):
         return inputs
     return _evaluate(args, eval_cfg, inputs)
@@ -441,8 +434,7 @@ def _evaluate(args: argparse.Namespace, eval_cfg, inputs: EvaluationInputs) -> i
             cfg=eval_cfg, out_dir=out, tb_writer=writer, allow_leakage=args.allow_leakage, **vars(inputs)
         )
     except LeakageError as exc:
-        print(f"xraytriage evaluate: {exc}")
-        return EXIT_USAGE
+        return fail("xraytriage evaluate", str(exc), exc.exit_code)
     finally:
         if writer is not None:
             writer.close()

@@ -16,9 +16,12 @@ import traceback
 from collections.abc import Callable
 
 EXIT_OK = 0
-EXIT_FILES_FAILED = 1  # score: some files could not be scored; other commands: the input was refused
+EXIT_FAILED = 1  # score: some files could not be scored; other commands: the input was refused
 EXIT_USAGE = 2  # usage or configuration error, a refused input file, an output in use or from another model
-EXIT_GATE_FAILED = 3  # evaluate: the fairness gate failed (4: it cannot certify; audit: 4 leakage)
+EXIT_GATE_FAILED = 3  # evaluate: the fairness gate failed
+EXIT_EXPORT_MISMATCH = 3  # export: the exported outputs differ from PyTorch
+EXIT_CANNOT_CERTIFY = 4  # evaluate: the gate cannot certify (intervals too wide, a group not assessed)
+EXIT_LEAKAGE = 4  # audit: patients in more than one split
 EXIT_MONITOR_ALERT = 5  # monitor: an alert fired (stderr names measure, group and window of each)
 # I/O and internal failures take sysexits.h's EX_IOERR and EX_SOFTWARE: far from every command's own
 # small codes, so "the disk is full" can never read as "the gate cannot certify".
@@ -57,20 +60,20 @@ def _save_traceback(exc: BaseException) -> str | None:
         return None
 
 
+def fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
+    """Print ``PROG: MESSAGE`` on stderr and return ``code``: how every command reports an error."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return code
+
+
 def run_guarded(prog: str, call: Callable[[], int], verbose: bool = False) -> int:
     """Run a command; map what escapes it to an exit code and one line on stderr."""
-    from xraytriage.config import ConfigError
-    from xraytriage.utils.errors import InputRefused
-    from xraytriage.utils.lock import OutputLocked
+    from xraytriage.utils.errors import TriageError
 
     try:
         return int(call() or 0)
-    except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OutputLocked, InputRefused) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except TriageError as exc:  # each class carries its exit code (utils/errors.py)
+        return fail(prog, f"{exc.prefix}{exc}", exc.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

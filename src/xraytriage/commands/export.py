@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EXIT_MISMATCH = 3
+from xraytriage.commands.exit_codes import EXIT_EXPORT_MISMATCH, EXIT_FAILED, EXIT_OK, fail
 
 HELP = """Export a trained model bundle (RUN_DIR/model.pt) for serving without xraytriage.
 
@@ -70,23 +70,22 @@ def run(args: argparse.Namespace) -> int:
             args.model,
             args.format,
             args.out,
-            opset=getattr(args, "opset", 17),
-            check=not getattr(args, "no_check", False),
-            atol=getattr(args, "atol", 1e-4),
-            rtol=getattr(args, "rtol", 1e-3),
+            opset=args.opset,
+            check=not args.no_check,
+            atol=args.atol,
+            rtol=args.rtol,
         )
     except (ExportError, ValueError, FileNotFoundError) as exc:
-        print(f"xraytriage export: {exc}")
-        return 1
+        return fail("xraytriage export", str(exc), EXIT_FAILED)
     print(f"wrote {result.path} ({result.format}, model {result.metadata['model_id']})")
     print(f"metadata: {result.metadata_path}")
     parity = result.parity
     if parity is None:
         print("parity check skipped (--no-check)")
-        return 0
+        return EXIT_OK
     verdict = "match" if parity.ok else "DO NOT MATCH"
     print(
         f"parity check (batches {parity.batch_sizes}): outputs {verdict} PyTorch, "
         f"max |diff| {parity.max_abs_diff:.2e} (atol {parity.atol:g}, rtol {parity.rtol:g})"
     )
-    return 0 if parity.ok else EXIT_MISMATCH
+    return EXIT_OK if parity.ok else EXIT_EXPORT_MISMATCH

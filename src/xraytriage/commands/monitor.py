@@ -9,23 +9,26 @@ from collections import Counter
 from pathlib import Path
 
 from xraytriage.commands._common import add_progress_flag
-from xraytriage.commands.exit_codes import EXIT_MONITOR_ALERT, EXIT_OK
+from xraytriage.commands.exit_codes import EXIT_MONITOR_ALERT, EXIT_OK, EXIT_USAGE, fail
 
 MAX_ALERT_LINES = 20
+
+
+HELP = (
+    "Read one or more scores.csv (e.g. a week of nightly runs; a scan scored twice counts once) and "
+    "compare them, per study-date window and per group, with the validation reference in the "
+    "bundle: probability shift (PSI, KS), flagged rate, expected miss rate without labels (CBPE), "
+    "out-of-scope rate and OOD-score shift. Writes monitor.json, monitor_checks.csv, report.html "
+    "and TensorBoard scalars. Exit 5 when an alert fires, naming the measure, group and window. "
+    "Arguments of the form KEY=VALUE override config keys (monitor.psi_limit=0.25)."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "monitor",
         help="compare deployed scores with the model's validation reference; exit 5 on an alert",
-        description=(
-            "Read one or more scores.csv (e.g. a week of nightly runs; a scan scored twice counts once) and "
-            "compare them, per study-date window and per group, with the validation reference in the "
-            "bundle: probability shift (PSI, KS), flagged rate, expected miss rate without labels (CBPE), "
-            "out-of-scope rate and OOD-score shift. Writes monitor.json, monitor_checks.csv, report.html "
-            "and TensorBoard scalars. Exit 5 when an alert fires, naming the measure, group and window. "
-            "Arguments of the form KEY=VALUE override config keys (monitor.psi_limit=0.25)."
-        ),
+        description=HELP,
     )
     p.add_argument("--model", type=Path, required=True, help="the model bundle that produced the scores")
     p.add_argument(
@@ -75,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     files, overrides = split_inputs(list(args.inputs))
     if not files:
-        print("xraytriage monitor: give at least one scores file", file=sys.stderr)
-        return 2
+        return fail("xraytriage monitor", "give at least one scores file", EXIT_USAGE)
     cfg = _config(args, overrides)
     bundle = load_bundle(args.model)
     reference = ValidationReference.from_bundle(bundle, args.model)

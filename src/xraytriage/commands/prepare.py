@@ -4,10 +4,10 @@ export, becomes a validated manifest with labels, patients, subgroups and a pati
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from xraytriage.commands._common import add_progress_flag
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
 
 SOURCES = (
     "nih-cxr14",
@@ -47,6 +47,14 @@ def add_split_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+HELP = (
+    "Read a dataset exactly as its publisher ships it and write a manifest (CSV, or Parquet by suffix) "
+    "with path, patient_id, study_id, label columns, split and sex/age/view/site/manufacturer. "
+    "Splits are by patient (no patient in two splits), seeded and stratified by label. "
+    "See docs/data.md for one example per source.\n\nSources:\n"
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from xraytriage.data.adapters import ADAPTERS
 
@@ -54,13 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare",
         help="turn a public dataset or a folder export into a validated manifest",
-        description=(
-            "Read a dataset exactly as its publisher ships it and write a manifest "
-            "(CSV, or Parquet by suffix) "
-            "with path, patient_id, study_id, label columns, split and sex/age/view/site/manufacturer. "
-            "Splits are by patient (no patient in two splits), seeded and stratified by label. "
-            "See docs/data.md for one example per source.\n\nSources:\n" + sources
-        ),
+        description=HELP + sources,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -250,19 +252,18 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(args.root).expanduser()
     if not root.is_dir():
-        print(f"xraytriage prepare: --root {root}: not a folder", file=sys.stderr)
-        return 2
-    opts = PrepareOptions(
-        uncertain=getattr(args, "uncertain", "ignore"),
-        labeler=getattr(args, "labeler", "chexpert"),
-        patients=getattr(args, "patients", None),
-        vote=getattr(args, "vote", "any"),
-        demographics=getattr(args, "demographics", None),
-        patient_regex=getattr(args, "patient_regex", None),
-        positive=getattr(args, "positive", None),
-        read_headers=not getattr(args, "no_headers", False),
-        key_file=getattr(args, "key_file", None),
+        return fail("xraytriage prepare", f"--root {root}: not a folder", EXIT_USAGE)
+    same = (
+        "uncertain",
+        "labeler",
+        "patients",
+        "vote",
+        "demographics",
+        "patient_regex",
+        "positive",
+        "key_file",
     )
+    opts = PrepareOptions(**{name: getattr(args, name) for name in same}, read_headers=not args.no_headers)
     try:
         prepared = get_adapter(args.source)(root.resolve(), opts)
         df = prepared.table.copy()
@@ -270,32 +271,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         df["dataset"] = args.source
         df = merge_repeated_files(df, prepared.labels, Path(args.out))
-        views = getattr(args, "views", None)
-        if views:
-            df = keep_views(df, views)
+        if args.views:
+            df = keep_views(df, args.views)
         gone = missing_files(df)
         if gone.any():
             message = describe_missing(df, gone, f"{args.source} under {root}")
-            if not getattr(args, "drop_missing", False):
-                print(f"xraytriage prepare: {message}", file=sys.stderr)
-                return 1
+            if not args.drop_missing:
+                return fail("xraytriage prepare", f"{message}", EXIT_FAILED)
             print(f"note: --drop-missing: {message.splitlines()[0]} -- those rows are left out")
             df = df.loc[~gone].reset_index(drop=True)
         if df.empty:
-            print("xraytriage prepare: no images left to write", file=sys.stderr)
-            return 1
-        df = finish_splits(df, prepared.labels, args, keep=getattr(args, "keep_split", False))
+            return fail("xraytriage prepare", "no images left to write", EXIT_FAILED)
+        df = finish_splits(df, prepared.labels, args, keep=args.keep_split)
         df = validate_manifest(df, source=f"{args.source} manifest", base=root, labels=prepared.labels)
         out = Path(args.out)
-        write_manifest(df, out, prepared.labels, absolute_paths=getattr(args, "absolute_paths", False))
+        write_manifest(df, out, prepared.labels, absolute_paths=args.absolute_paths)
     except (AdapterError, ManifestError, SplitError) as exc:
-        print(f"xraytriage prepare: {exc}", file=sys.stderr)
-        return 1
+        return fail("xraytriage prepare", str(exc), EXIT_FAILED)
     except KeyFileError as exc:
-        print(f"xraytriage prepare: {exc}", file=sys.stderr)
-        return 2
+        return fail("xraytriage prepare", str(exc), EXIT_USAGE)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        print(f"xraytriage prepare: a table under {root} cannot be parsed: {exc}", file=sys.stderr)
-        return 1
+        return fail("xraytriage prepare", f"a table under {root} cannot be parsed: {exc}", EXIT_FAILED)
     print_summary(df, prepared.labels, out)
     return 0

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from xraytriage.commands._common import add_progress_flag
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, run_guarded
+from xraytriage.utils.errors import UsageError
 
-DESCRIPTION = """\
+HELP = """\
 Score every scan under INPUT with a model bundle and append one row per scan to --out.
 
 INPUT is a folder (searched recursively; DICOM found by content whatever the extension, PNG/JPEG/TIFF
@@ -32,16 +34,15 @@ path); 70 internal error (a bug; the message names the file holding the tracebac
 Under torchrun each rank scores a shard and rank 0 merges: see docs/scoring.md."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "score",
         help="batch-score a folder of scans (resumable, error-tolerant)",
-        description=DESCRIPTION,
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(handler=run)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,52 +185,43 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
 def _watch_sender(args: argparse.Namespace) -> object:
     from xraytriage.commands.send import make_sender
 
-    to, web = getattr(args, "send_to", None), getattr(args, "send_dicomweb", None)
+    to, web = args.send_to, args.send_dicomweb
     if not to and not web:
         return None
     names = ("calling_aet", "tls_ca", "tls_cert", "tls_key")
-    fields = {name: getattr(args, name, None) for name in names}
+    fields = {name: getattr(args, name) for name in names}
     fields["calling_aet"] = fields["calling_aet"] or "XRAYTRIAGE"
     return make_sender(argparse.Namespace(to=to, dicomweb=web, tls=False, timeout=30.0, **fields))
 
 
 def _run_watch(args: argparse.Namespace, opts: object) -> object:
-    from xraytriage.pacs.send import DestinationError
     from xraytriage.scoring.watch import WatchOptions, watch
 
     if not Path(args.input).is_dir():
-        raise ValueError(f"{args.input}: --watch needs a folder (the inbox a router writes into)")
-    if (getattr(args, "send_to", None) or getattr(args, "send_dicomweb", None)) and not args.dicom_out:
-        raise ValueError("--send-to / --send-dicomweb send the --dicom-out results: give --dicom-out DIR")
-    try:
-        sender = _watch_sender(args)
-    except DestinationError as exc:
-        raise ValueError(str(exc)) from None
-    idle = getattr(args, "idle_exit", None)
-    return watch(opts, WatchOptions(args.poll, args.settle, idle), sender)  # type: ignore[arg-type]
+        raise UsageError(f"{args.input}: --watch needs a folder (the inbox a router writes into)")
+    if (args.send_to or args.send_dicomweb) and not args.dicom_out:
+        raise UsageError("--send-to / --send-dicomweb send the --dicom-out results: give --dicom-out DIR")
+    sender = _watch_sender(args)  # a DestinationError is a UsageError (exit 2)
+    return watch(opts, WatchOptions(args.poll, args.settle, args.idle_exit), sender)  # type: ignore[arg-type]
 
 
 def _fail(message: str) -> int:
-    print(f"xraytriage score: {message}", file=sys.stderr)
-    return 2
+    return fail("xraytriage score", message, EXIT_USAGE)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Returns 0 (all scored), 1 (some files failed) or 2 (usage/config error); I/O and internal
-    failures propagate to :func:`~xraytriage.commands.exit_codes.run_guarded` (74, 70)."""
-    from xraytriage.config import ConfigError, ScoreConfig, load_config
+    """Returns 0 (all scored), 1 (some files failed) or 2 (usage/config error); the errors that carry
+    their own code (utils/errors.py) and I/O and internal failures propagate to
+    :func:`~xraytriage.commands.exit_codes.run_guarded` (2, 74, 70)."""
+    from xraytriage.config import ScoreConfig, load_config
     from xraytriage.scoring import ScoreOptions, score
-    from xraytriage.scoring.engine import EngineUnavailable
     from xraytriage.scoring.journal import JournalMismatch
 
-    try:
-        full = load_config(args.config) if getattr(args, "config", None) else None
-    except ConfigError as exc:
-        return _fail(f"config error: {exc}")
+    full = load_config(args.config) if args.config else None
     cfg = full.score if full is not None else ScoreConfig()
 
     def pick(name: str, default: object) -> object:
-        value = getattr(args, name, None)
+        value = getattr(args, name)
         return default if value is None else value
 
     batch_size = int(pick("batch_size", cfg.batch_size))
@@ -251,20 +243,20 @@ def run(args: argparse.Namespace) -> int:
         model=Path(args.model),
         input=Path(args.input),
         out=Path(args.out),
-        errors=getattr(args, "errors", None),
+        errors=args.errors,
         batch_size=batch_size,
         workers=workers,
         device=str(pick("device", cfg.device)),
         amp=str(pick("amp", cfg.amp)),
-        compile=bool(getattr(args, "compile", False) or cfg.compile),
+        compile=bool(args.compile or cfg.compile),
         engine=str(pick("engine", cfg.engine)),
-        cam_dir=getattr(args, "cam", None),
-        dicom_out=getattr(args, "dicom_out", None),
-        studies=getattr(args, "studies", None),
-        retry_failed=bool(getattr(args, "retry_failed", False)),
-        progress=not getattr(args, "no_progress", False),
-        strict=bool(getattr(args, "strict", False)),
-        threads=getattr(args, "threads", None),
+        cam_dir=args.cam,
+        dicom_out=args.dicom_out,
+        studies=args.studies,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+        strict=args.strict,
+        threads=args.threads,
         file_timeout_s=timeout or None,
         worker_memory_mb=memory_mb,
         corrupt_pixel_data=None if corrupt == "bundle" else str(corrupt),
@@ -272,21 +264,16 @@ def run(args: argparse.Namespace) -> int:
         scope=full.scope if full is not None else None,
     )
     try:
-        summary = _run_watch(args, opts) if getattr(args, "watch", False) else score(opts)
-    except (JournalMismatch, EngineUnavailable, ImportError) as exc:
+        summary = _run_watch(args, opts) if args.watch else score(opts)
+    except (JournalMismatch, ImportError) as exc:  # another model's outputs; a missing optional package
         return _fail(str(exc))
     except FileNotFoundError as exc:
         if exc.errno is not None:  # a file vanished under the run: an I/O error, not a usage error
             raise
         return _fail(str(exc))
-    except (ValueError, RuntimeError) as exc:
-        words = ("bundle", "device", "manifest", "torchrun", "engine", "--watch", "--send", "AET@HOST")
-        if any(word in str(exc) for word in words):
-            return _fail(str(exc))
-        raise
     if summary.rank == 0:
         print(summary.text(), file=sys.stderr)
-    return 1 if (summary.failed or summary.errors_total) else 0
+    return EXIT_FAILED if (summary.failed or summary.errors_total) else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,11 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     parser = argparse.ArgumentParser(
-        prog="xraytriage score", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="xraytriage score", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
-    from xraytriage.commands.exit_codes import run_guarded
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser.parse_args(argv)
     return run_guarded("xraytriage score", lambda: run(args))

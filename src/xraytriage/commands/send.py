@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_OK, fail
+
 if TYPE_CHECKING:
     from xraytriage.pacs.send import Sender, SendReport
 
-DESCRIPTION = """\
+HELP = """\
 Send every DICOM object (*.dcm) under DIR to a PACS, one report line per object.
 
   --to AET@HOST:PORT   DIMSE C-STORE (pynetdicom); --tls (with --tls-ca / --tls-cert / --tls-key) for
@@ -25,16 +27,15 @@ files an object by its SOP Instance UID, and the results' UIDs are the same on e
 exit codes: 0 every object stored; 1 some objects failed (see the report); 2 usage error."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "send",
         help="send DICOM results to a PACS (C-STORE or STOW-RS)",
-        description=DESCRIPTION,
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(handler=run)
-    return parser
 
 
 def add_destination_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -96,30 +97,25 @@ def write_report(report_path: Path, report: SendReport) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xraytriage.pacs.send import DestinationError, RetryPolicy, iter_objects, send_paths
+    from xraytriage.pacs.send import RetryPolicy, iter_objects, send_paths
     from xraytriage.utils.lock import exclusive_lock, lock_file_for
 
     folder: Path = args.folder
     if not folder.is_dir():
-        print(
-            f"xraytriage send: {folder}: not a folder (give the --dicom-out folder of score)", file=sys.stderr
-        )
-        return 2
+        return fail("xraytriage send", f"{folder}: not a folder (give the --dicom-out folder of score)")
     if args.attempts < 1:
-        print("xraytriage send: --attempts must be at least 1", file=sys.stderr)
-        return 2
+        return fail("xraytriage send", "--attempts must be at least 1")
     try:
-        sender = make_sender(args)
-    except (DestinationError, FileNotFoundError) as exc:
-        print(f"xraytriage send: {exc}", file=sys.stderr)
-        return 2
+        sender = make_sender(args)  # a DestinationError is a UsageError (exit 2)
+    except FileNotFoundError as exc:
+        return fail("xraytriage send", str(exc))
     report_path = args.report or folder / "send_report.csv"
     paths = list(iter_objects(folder))
     with exclusive_lock(lock_file_for(report_path), str(report_path)):
         report = send_paths(sender, paths, RetryPolicy(attempts=args.attempts))
         write_report(report_path, report)
     print(f"{report.text()}; report: {report_path}", file=sys.stderr)
-    return 0 if report.failed == 0 else 1
+    return EXIT_OK if report.failed == 0 else EXIT_FAILED
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_USAGE, fail
+
+HELP = (
+    "With --check: report patients whose images are in more than one split (or fold) and exit 1 if "
+    "any. With --out: write a copy of the manifest with a new seeded, label-stratified, "
+    "patient-level "
+    "split (and optional folds). Works on any manifest, including hand-made ones."
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from xraytriage.commands.prepare import add_split_options
@@ -13,12 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "split",
         help="check a manifest for patients in two splits, or write a new patient-level split",
-        description=(
-            "With --check: report patients whose images are in more than one split (or fold) and exit 1 if "
-            "any. With --out: write a copy of the manifest with a new seeded, label-stratified, "
-            "patient-level "
-            "split (and optional folds). Works on any manifest, including hand-made ones."
-        ),
+        description=HELP,
     )
     parser.add_argument("manifest", type=Path, help="manifest CSV/Parquet (see docs/data.md)")
     parser.add_argument("--out", type=Path, help="where to write the re-split manifest")
@@ -46,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from xraytriage.data.splits import SplitError, split_summary
 
     if not args.check and args.out is None:
-        print("xraytriage split: give --out NEW.csv to write a new split, or --check", file=sys.stderr)
-        return 2
+        return fail("xraytriage split", "give --out NEW.csv to write a new split, or --check", EXIT_USAGE)
     try:
         df = read_manifest(args.manifest, root=args.root, leakage="ignore")
         labels = (
@@ -70,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
         df = finish_splits(df, labels, args, keep=False)
         write_manifest(df, args.out, labels)
     except (ManifestError, SplitError) as exc:
-        print(f"xraytriage split: {exc}", file=sys.stderr)
-        return 1
+        return fail("xraytriage split", str(exc), EXIT_FAILED)
     strata = (
         ", ".join(labels[:6]) + ("..." if len(labels) > 6 else "")
         if labels and not args.no_stratify

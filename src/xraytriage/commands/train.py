@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from xraytriage.commands._common import add_overrides, add_progress_flag
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_OK, fail
 
 HELP = """Fine-tune a torchvision classifier (ResNet-50 by default) on the manifest named in the config.
 
@@ -48,11 +49,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, args.out, resume=args.resume)
     except (ManifestError, TrainingDiverged, FileExistsError, FileNotFoundError) as exc:
-        print(f"xraytriage train: {exc}")
-        return 1
+        return fail("xraytriage train", str(exc), EXIT_FAILED)
     print(f"best epoch {result.best_epoch}: validation mean AUROC {result.best_score:.4f}")
     for label, op in result.operating_points.items():
         print(f"  {label}: operating {op.describe()}")
     print(f"model bundle: {result.bundle_path}")
     print(f"tensorboard --logdir {result.run_dir / 'tensorboard'}")
-    return 0
+    return EXIT_OK

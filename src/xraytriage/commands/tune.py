@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from xraytriage.commands._common import add_overrides, add_progress_flag
+from xraytriage.commands.exit_codes import EXIT_FAILED, EXIT_OK, fail
 
 HELP = """Search training hyper-parameters with Optuna (TPE sampler, seeded by --seed or the config's seed).
 
@@ -85,35 +86,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xraytriage.config import ConfigError
     from xraytriage.tuning.space import load_space
     from xraytriage.tuning.study import run_study
 
     if args.trials < 1:
-        print("xraytriage tune: --trials must be at least 1")
-        return 2
-    if not 0.0 < getattr(args, "specificity", 0.9) < 1.0:
-        print("xraytriage tune: --specificity must be between 0 and 1")
-        return 2
-    try:
-        space = load_space(getattr(args, "space", None))
-        result = run_study(
-            args.config,
-            args.out,
-            space,
-            args.trials,
-            overrides=list(getattr(args, "overrides", None) or []),
-            storage=getattr(args, "storage", None),
-            study_name=getattr(args, "study_name", "xraytriage"),
-            pruner=getattr(args, "pruner", "median"),
-            objective=getattr(args, "objective", "auroc"),
-            specificity=getattr(args, "specificity", 0.9),
-            timeout=getattr(args, "timeout", None),
-            seed=getattr(args, "seed", None),
-        )
-    except ConfigError as exc:
-        print(f"xraytriage tune: {exc}")
-        return 2
+        return fail("xraytriage tune", "--trials must be at least 1")
+    if not 0.0 < args.specificity < 1.0:
+        return fail("xraytriage tune", "--specificity must be between 0 and 1")
+    space = load_space(args.space)  # a ConfigError exits 2 through run_guarded
+    same = ("storage", "study_name", "pruner", "objective", "specificity", "timeout", "seed")
+    options = {name: getattr(args, name) for name in same}
+    result = run_study(args.config, args.out, space, args.trials, overrides=list(args.overrides), **options)
     print(
         f"study {result.out_dir}: {result.n_complete} completed, {result.n_pruned} pruned, "
         f"{result.n_failed} failed ({result.new_trials} new)"
@@ -121,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"trials: {result.trials_csv}")
     if result.best_config is None:
         print("no trial completed: no best.yaml written")
-        return 1
+        return EXIT_FAILED
     print(f"best value {result.best_value:.4f} with {result.best_params}")
     print(f"best config: {result.best_config} (run: {result.best_run})")
     print(f"train it: xraytriage train --config {result.best_config} --out RUN_DIR")
-    return 0
+    return EXIT_OK

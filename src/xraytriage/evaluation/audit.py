@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xraytriage.columns import PROB_PREFIX
 from xraytriage.config import EvaluationConfig
 from xraytriage.evaluation.results import json_number
 from xraytriage.evaluation.subgroups import group_keys, resolve_subgroups
@@ -190,7 +191,7 @@ def infer_labels(df: pd.DataFrame) -> list[str]:
     skip = {"path", "patient_id", "study_id", "split", "sex", "age", "view", "site", "manufacturer"}
     labels = []
     for column in df.columns:
-        if column in skip or str(column).startswith("prob_"):
+        if column in skip or str(column).startswith(PROB_PREFIX):
             continue
         values = pd.to_numeric(df[column], errors="coerce")
         numeric = df[column].notna().any() and values.notna().sum() == df[column].notna().sum()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xraytriage.columns import IN_SCOPE, OOD_SCORE, SCOPE_REASONS, prob_column
 from xraytriage.config import EvaluationConfig
 from xraytriage.evaluation.audit import AuditResult, audit_manifest
 from xraytriage.evaluation.bootstrap import (
@@ -102,7 +103,7 @@ def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def _check_columns(frame: pd.DataFrame, labels: list[str], what: str) -> None:
-    missing = [c for label in labels for c in (label, f"prob_{label}") if c not in frame.columns]
+    missing = [c for label in labels for c in (label, prob_column(label)) if c not in frame.columns]
     if missing:
         raise ValueError(
             f"{what} lack column(s) {', '.join(missing)}; expected a truth column L and a probability "
@@ -185,7 +186,7 @@ class Evaluation:
         if self.val is not None:
             return choose_operating_point(
                 _column(self.val, label),
-                _column(self.val, f"prob_{label}"),
+                _column(self.val, prob_column(label)),
                 op_cfg,
                 self.val["patient_id"].to_numpy(),
             )
@@ -200,7 +201,7 @@ class Evaluation:
     def overall(self, label: str, threshold: float) -> tuple[Counts, dict[str, Estimate], dict[str, Any]]:
         """Counts, every metric with its interval, and the plain point estimates."""
         cfg = self.cfg
-        y, p = _column(self.frame, label), _column(self.frame, f"prob_{label}")
+        y, p = _column(self.frame, label), _column(self.frame, prob_column(label))
         keep = known_mask(y, p)
         point = binary_metrics(y, p, threshold, n_bins=cfg.calibration_bins)
         positive, flagged, codes = y[keep] == 1.0, p[keep] >= threshold, self.codes[keep]
@@ -218,7 +219,7 @@ class Evaluation:
     def validation(self, label: str, threshold: float) -> ValidationSummary | None:
         if self.val is None:
             return None
-        y, p = _column(self.val, label), _column(self.val, f"prob_{label}")
+        y, p = _column(self.val, label), _column(self.val, prob_column(label))
         keep = known_mask(y, p)
         positive, codes = y[keep] == 1.0, self.val_codes[keep]
         rates = [m for m in VALIDATION_METRICS if m != "auroc"]
@@ -228,7 +229,7 @@ class Evaluation:
 
     def calibration(self, label: str, ece: float | None) -> Calibration:
         curve = reliability_curve(
-            _column(self.frame, label), _column(self.frame, f"prob_{label}"), self.cfg.calibration_bins
+            _column(self.frame, label), _column(self.frame, prob_column(label)), self.cfg.calibration_bins
         )
         bins = [
             ReliabilityBin(
@@ -367,7 +368,7 @@ def _figures(frame: pd.DataFrame, result: EvaluationResult) -> dict[str, dict[st
     table = subgroup_table(result)
     figs: dict[str, dict[str, Any]] = {}
     for label, block in result.classes.items():
-        y, p = _column(frame, label), _column(frame, f"prob_{label}")
+        y, p = _column(frame, label), _column(frame, prob_column(label))
         keep = known_mask(y, p)
         point = {k: v.value for k, v in block.metrics.items()}
         curve = reliability_curve(y, p, block.calibration.bins)
@@ -393,9 +394,9 @@ PREDICTION_COLUMNS = (
     "view",
     "site",
     "manufacturer",
-    "in_scope",  # the validated-scope check (xraytriage.scope), so the file can be evaluated again
-    "scope_reasons",
-    "ood_score",
+    IN_SCOPE,  # the validated-scope check (xraytriage.scope), so the file can be evaluated again
+    SCOPE_REASONS,
+    OOD_SCORE,
 )
 
 
@@ -408,10 +409,10 @@ def predictions_output(
     keep = [c for c in PREDICTION_COLUMNS if c in frame.columns]
     keep += [c for c in subgroup_columns if c in frame.columns and identifier_reason(frame, c) is None]
     for label in result.classes:
-        keep += [c for c in (label, f"prob_{label}") if c in frame.columns]
+        keep += [c for c in (label, prob_column(label)) if c in frame.columns]
     out = frame[list(dict.fromkeys(keep))].copy()
     for label, block in result.classes.items():
-        prob = _column(out, f"prob_{label}")
+        prob = _column(out, prob_column(label))
         out[f"pred_{label}"] = np.where(np.isfinite(prob), (prob >= block.threshold).astype(float), np.nan)
     if result.leakage is not None:
         out["leakage_warning"] = result.leakage.warning
@@ -486,7 +487,7 @@ def log_tensorboard(
                 value = block.validation.metrics[name].value
                 if value is not None:
                     writer.add_scalar(f"{base}/validation_{name}", value, step)
-        y, p = _column(frame, label), _column(frame, f"prob_{label}")
+        y, p = _column(frame, label), _column(frame, prob_column(label))
         keep = known_mask(y, p)
         if keep.any():
             writer.add_pr_curve(f"{base}/pr_curve", (y[keep] == 1).astype(int), p[keep], step)

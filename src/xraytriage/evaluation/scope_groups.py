@@ -11,19 +11,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from xraytriage.columns import IN_SCOPE
 from xraytriage.config import EvaluationConfig
 
 SCOPE_ATTRIBUTE = "scope"
-IN_SCOPE_GROUP = "in_scope"
+IN_SCOPE_GROUP = IN_SCOPE
 OUT_OF_SCOPE_GROUP = "out_of_scope"
 
 
 def add_scope_group(frame: pd.DataFrame, cfg: EvaluationConfig) -> tuple[pd.DataFrame, EvaluationConfig]:
     """``frame`` with a ``scope`` column and ``cfg`` with it among the subgroups, when both in- and
     out-of-scope scans are present; otherwise both unchanged."""
-    if "in_scope" not in frame.columns:
+    if IN_SCOPE not in frame.columns:
         return frame, cfg
-    values = pd.to_numeric(frame["in_scope"], errors="coerce")
+    values = pd.to_numeric(frame[IN_SCOPE], errors="coerce")
     if set(values.dropna().astype(int).unique()) != {0, 1}:
         return frame, cfg
     out = frame.copy()

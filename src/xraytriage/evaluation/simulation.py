@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, stats
 
+from xraytriage.columns import prob_column
 from xraytriage.evaluation.intervals import (
     auroc_interval,
     clustered_proportion,
@@ -153,7 +154,7 @@ def _group_frame(
                     "patient_id": (s.codes + offset).astype(str),
                     "site": group,
                     "finding": s.positive.astype(float),
-                    "prob_finding": s.prob,
+                    prob_column("finding"): s.prob,
                 }
             )
         )
@@ -185,7 +186,8 @@ def gate_verdicts(
     for _ in range(sims):
         frame = _group_frame(rng, sizes, sensitivities, rho)
         codes, _ = patient_codes(frame["patient_id"])
-        positive, flagged = frame["finding"].to_numpy() == 1.0, frame["prob_finding"].to_numpy() >= 0.5
+        positive = frame["finding"].to_numpy() == 1.0
+        flagged = frame[prob_column("finding")].to_numpy() >= 0.5
         overall = rate_estimates(positive, flagged, codes, cfg.confidence, ["sensitivity", "miss_rate"])
         attributes = evaluate_subgroups(frame, "finding", 0.5, cfg, codes=codes)
         for attr in attributes:

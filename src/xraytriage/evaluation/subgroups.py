@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from xraytriage.columns import prob_column
 from xraytriage.config import EvaluationConfig
 from xraytriage.evaluation.identifiers import identifier_reason
 from xraytriage.evaluation.metrics import known_mask
@@ -230,7 +231,7 @@ def subgroup_sensitivity(
     """
     attrs, specs = resolve_subgroups(frame, cfg)
     y = pd.to_numeric(frame[label], errors="coerce").to_numpy(float)
-    prob = pd.to_numeric(frame[f"prob_{label}"], errors="coerce").to_numpy(float)
+    prob = pd.to_numeric(frame[prob_column(label)], errors="coerce").to_numpy(float)
     keep = known_mask(y, prob)
     out: dict[str, float | None] = {}
     for spec in specs:
@@ -268,7 +269,7 @@ class _GroupBuilder:
         self, frame: pd.DataFrame, label: str, threshold: float, cfg: EvaluationConfig, codes: np.ndarray
     ):
         y = pd.to_numeric(frame[label], errors="coerce").to_numpy(float)
-        self.prob = pd.to_numeric(frame[f"prob_{label}"], errors="coerce").to_numpy(float)
+        self.prob = pd.to_numeric(frame[prob_column(label)], errors="coerce").to_numpy(float)
         self.known = known_mask(y, self.prob)
         self.positive = y == 1.0
         self.flagged = self.prob >= threshold

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
+from xraytriage.columns import IN_SCOPE, OOD_SCORE, prob_column
 from xraytriage.config import MonitorConfig
 from xraytriage.monitoring import drift
 from xraytriage.monitoring.alerts import decide
@@ -136,12 +137,12 @@ class CellChecks:
 
 def _cell_checks(cell: Cell, deployed: DeployedScores, checker: CellChecks) -> list[Check]:
     rows = deployed.table.iloc[cell.rows]
-    in_scope = rows["in_scope"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    in_scope = rows[IN_SCOPE].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     scored = rows[in_scope != 0] if deployed.has_in_scope else rows  # unknown scope counts as in scope
     ref = checker.ref
     out: list[Check] = []
     for label in ref.labels:
-        probs = scored[f"prob_{label}"].to_numpy(dtype=float)
+        probs = scored[prob_column(label)].to_numpy(dtype=float)
         out += [
             checker.probability_shift(label, probs),
             checker.flagged_rate(label, probs),
@@ -150,7 +151,7 @@ def _cell_checks(cell: Cell, deployed: DeployedScores, checker: CellChecks) -> l
     if deployed.has_in_scope:
         out.append(checker.out_of_scope(in_scope))
     if deployed.has_ood and ref.ood_scores.size:
-        out.append(checker.ood(rows["ood_score"].to_numpy(dtype=float)))
+        out.append(checker.ood(rows[OOD_SCORE].to_numpy(dtype=float)))
     return out
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xraytriage.columns import IN_SCOPE, OOD_SCORE, STUDY_DATE, prob_column
 from xraytriage.utils.errors import InputRefused
 
 UNKNOWN = "unknown"
-SCOPE_COLUMNS = ("in_scope", "ood_score", "study_date")
+SCOPE_COLUMNS = (IN_SCOPE, OOD_SCORE, STUDY_DATE)
 GROUP_FALLBACK_NOTE = "column '{column}' absent from {files}: its groups are 'unknown'"
 
 
@@ -44,7 +45,7 @@ def _read_one(path: Path) -> pd.DataFrame:
 
 
 def _check_file(frame: pd.DataFrame, path: Path, labels: Sequence[str], model_id: str) -> None:
-    missing = [f"prob_{label}" for label in labels if f"prob_{label}" not in frame.columns]
+    missing = [prob_column(label) for label in labels if prob_column(label) not in frame.columns]
     if missing:
         raise ScoresRefused(
             f"{path}: no column {', '.join(missing)}; pass a scores.csv written by `xraytriage score` "
@@ -75,9 +76,9 @@ def _dedupe(table: pd.DataFrame) -> pd.DataFrame:
 
 
 MISSING_SCOPE_NOTES = {
-    "in_scope": "out-of-scope rate unknown for those scans",
-    "ood_score": "OOD shift unknown for those scans",
-    "study_date": "their window is 'unknown'",
+    IN_SCOPE: "out-of-scope rate unknown for those scans",
+    OOD_SCORE: "OOD shift unknown for those scans",
+    STUDY_DATE: "their window is 'unknown'",
 }
 
 
@@ -100,14 +101,12 @@ def _typed(table: pd.DataFrame, labels: Sequence[str], by: Sequence[str]) -> pd.
     """Text columns as read -> probabilities (float), in_scope (boolean, NA unknown), ood_score
     (float, NaN unknown), study_date (str) and group columns ('unknown' when blank)."""
     out = pd.DataFrame(
-        {f"prob_{label}": pd.to_numeric(table[f"prob_{label}"], errors="coerce") for label in labels}
+        {prob_column(label): pd.to_numeric(table[prob_column(label)], errors="coerce") for label in labels}
     )
-    scope = table["in_scope"].astype(str).str.strip()
-    out["in_scope"] = pd.array(
-        np.where(scope == "", None, scope.isin(["1", "True", "true"])), dtype="boolean"
-    )
-    out["ood_score"] = pd.to_numeric(table["ood_score"], errors="coerce")
-    out["study_date"] = table["study_date"].astype(str).str.strip()
+    scope = table[IN_SCOPE].astype(str).str.strip()
+    out[IN_SCOPE] = pd.array(np.where(scope == "", None, scope.isin(["1", "True", "true"])), dtype="boolean")
+    out[OOD_SCORE] = pd.to_numeric(table[OOD_SCORE], errors="coerce")
+    out[STUDY_DATE] = table[STUDY_DATE].astype(str).str.strip()
     for column in by:
         out[column] = table[column].astype(str).str.strip().replace("", UNKNOWN)
     return out
@@ -133,7 +132,7 @@ def read_deployed(
     table = _dedupe(table).reset_index(drop=True)
     warnings = _missing_column_warnings(lacking, by)
     out = _typed(table, labels, by)
-    unreadable = out[[f"prob_{label}" for label in labels]].isna().any(axis=1)
+    unreadable = out[[prob_column(label) for label in labels]].isna().any(axis=1)
     if unreadable.any():
         warnings.append(f"{int(unreadable.sum())} row(s) without a readable probability left out")
     out = out.loc[~unreadable].reset_index(drop=True)
@@ -142,7 +141,7 @@ def read_deployed(
         files=[str(p) for p in paths],
         rows_read=rows_read,
         duplicates_dropped=rows_read - len(table),
-        has_in_scope=bool(out["in_scope"].notna().any()),
-        has_ood=bool(out["ood_score"].notna().any()),
+        has_in_scope=bool(out[IN_SCOPE].notna().any()),
+        has_ood=bool(out[OOD_SCORE].notna().any()),
         warnings=warnings,
     )

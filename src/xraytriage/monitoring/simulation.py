@@ -10,6 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from xraytriage.columns import (
+    IN_SCOPE,
+    OOD_SCORE,
+    SCOPE_REASONS,
+    STUDY_DATE,
+    flag_column,
+    prob_column,
+)
 from xraytriage.monitoring.reference import ValidationReference
 
 BETA_A, BETA_B = 1.2, 4.0  # probabilities of a low-prevalence finding (mean 0.23)
@@ -61,15 +69,16 @@ def deployed_scores(
             frame["study_instance_uid"] = frame["sop_instance_uid"]
             for label in reference.labels:
                 probs = draw_probabilities(rng, n, pop.power)
-                frame[f"prob_{label}"] = probs
+                frame[prob_column(label)] = probs
             for label in reference.labels:
-                frame[f"flag_{label}"] = (frame[f"prob_{label}"] >= reference.thresholds[label]).astype(int)
+                flagged = frame[prob_column(label)] >= reference.thresholds[label]
+                frame[flag_column(label)] = flagged.astype(int)
             frame["model_id"] = reference.model_id
             frame["scored_at"] = f"{day}T23:00:00"
-            frame["in_scope"] = (rng.random(n) >= pop.out_of_scope_rate).astype(int)
-            frame["scope_reasons"] = ""
-            frame["ood_score"] = rng.normal(OOD_MEAN + pop.ood_shift, OOD_SD, n)
-            frame["study_date"] = day
+            frame[IN_SCOPE] = (rng.random(n) >= pop.out_of_scope_rate).astype(int)
+            frame[SCOPE_REASONS] = ""
+            frame[OOD_SCORE] = rng.normal(OOD_MEAN + pop.ood_shift, OOD_SD, n)
+            frame[STUDY_DATE] = day
             frame["view"] = "PA"
             frame["manufacturer"] = "ACME"
             frame["site"] = site

@@ -20,12 +20,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from xraytriage.utils.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 STORED, FAILED = "stored", "failed"
 
 
-class DestinationError(ValueError):
+class DestinationError(UsageError):
     """A destination that cannot be parsed (usage error)."""
 
 

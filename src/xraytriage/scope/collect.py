@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from xraytriage.columns import IN_SCOPE, OOD_SCORE, SCOPE_REASONS
 from xraytriage.config import PreprocessConfig, ScopeConfig
 from xraytriage.scope.facts import ScanFacts
 from xraytriage.scope.ood import MahalanobisReference, OodUnavailable
@@ -158,7 +159,7 @@ def add_scope_columns(frame: pd.DataFrame, checker: Any, features: torch.Tensor 
     facts = [header_facts(p) or ScanFacts() for p in frame["path"].astype(str)]
     verdicts = checker.check_batch(facts, features)
     out = frame.copy()
-    out["in_scope"] = [int(v.in_scope) for v in verdicts]
-    out["scope_reasons"] = [v.reason_text for v in verdicts]
-    out["ood_score"] = [np.nan if v.ood_score is None else v.ood_score for v in verdicts]
+    out[IN_SCOPE] = [int(v.in_scope) for v in verdicts]
+    out[SCOPE_REASONS] = [v.reason_text for v in verdicts]
+    out[OOD_SCORE] = [np.nan if v.ood_score is None else v.ood_score for v in verdicts]
     return out

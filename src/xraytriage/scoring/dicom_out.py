@@ -45,6 +45,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from xraytriage import __version__
+from xraytriage.columns import flag_column, prob_column
 from xraytriage.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,8 @@ class DicomResultWriter:
         if not sop_uid:
             return None
         source = pydicom.dcmread(str(row["path"]), stop_before_pixels=True)
-        probs = [float(row[f"prob_{label}"]) for label in self.labels]  # type: ignore[arg-type]
-        flags = [str(row[f"flag_{label}"]) in {"1", "True", "true"} for label in self.labels]
+        probs = [float(row[prob_column(label)]) for label in self.labels]  # type: ignore[arg-type]
+        flags = [str(row[flag_column(label)]) in {"1", "True", "true"} for label in self.labels]
         uids = result_uids(sop_uid, str(source.StudyInstanceUID), self.model_id)
         report = self._report(source, probs, flags, str(row.get("scope_reasons") or ""), uids)
         written = WrittenObjects(self._save(report, "SR"), [])

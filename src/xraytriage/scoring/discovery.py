@@ -15,6 +15,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from xraytriage.utils.errors import UsageError
+
 # Skipped by name wherever they appear: OS/tooling litter, never scans. DICOMDIR is a media index
 # (a DICOM object without pixels), not an image.
 SYSTEM_NAMES = frozenset(
@@ -119,7 +121,7 @@ def iter_manifest(manifest: str | Path) -> Iterator[str]:
         pf = pq.ParquetFile(p)
         if "path" not in pf.schema_arrow.names:
             names = ", ".join(pf.schema_arrow.names)
-            raise ValueError(f"{p}: manifest has no 'path' column (columns: {names})")
+            raise UsageError(f"{p}: manifest has no 'path' column (columns: {names})")
         for batch in pf.iter_batches(columns=["path"], batch_size=65_536):
             for value in batch.column(0).to_pylist():
                 if value:
@@ -129,7 +131,7 @@ def iter_manifest(manifest: str | Path) -> Iterator[str]:
         reader = csv.DictReader(fh, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
         fields = [f.strip() for f in reader.fieldnames or []]
         if "path" not in fields:
-            raise ValueError(f"{p}: manifest has no 'path' column (columns: {', '.join(fields)})")
+            raise UsageError(f"{p}: manifest has no 'path' column (columns: {', '.join(fields)})")
         reader.fieldnames = fields
         for row in reader:
             value = (row.get("path") or "").strip()

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from xraytriage.scoring.crashes import worker_died
+from xraytriage.utils.errors import TriageError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ GRAPH_FORMAT = 2
 CACHE_MAX_BYTES = 2 * 1024**3  # ~20 ResNet-50 graphs; the least recently used go first
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(TriageError, RuntimeError):
     """The requested engine cannot run this bundle here (missing package, export or parity failure)."""
 
 
@@ -276,14 +277,14 @@ def _onnxruntime_forward(
 def check_engine(engine: str, device: torch.device, compile: bool = False) -> None:
     """The choices that can never work, refused before any output is opened or any export runs."""
     if engine not in ENGINES:
-        raise ValueError(f"engine '{engine}': choose one of {', '.join(ENGINES)}")
+        raise UsageError(f"engine '{engine}': choose one of {', '.join(ENGINES)}")
     if engine == "onnxruntime" and device.type != "cpu":
-        raise ValueError(
+        raise UsageError(
             f"--engine onnxruntime runs on the CPU, not on device {device}: add --device cpu, "
             "or use --engine torch"
         )
     if engine == "onnxruntime" and compile:
-        raise ValueError("--compile applies to the torch engine: drop --compile or use --engine torch")
+        raise UsageError("--compile applies to the torch engine: drop --compile or use --engine torch")
 
 
 def select_runner(

@@ -8,20 +8,26 @@ from pathlib import Path
 
 import pandas as pd
 
+from xraytriage.columns import (  # noqa: F401  (re-exported: scoring's column names)
+    FLAG_PREFIX,
+    IN_SCOPE,
+    MANUFACTURER,
+    OOD_SCORE,
+    PROB_PREFIX,
+    SCOPE_COLUMNS,
+    SCOPE_REASONS,
+    SITE,
+    STUDY_DATE,
+    VIEW,
+    flag_column,
+    prob_column,
+    prob_labels,
+)
 from xraytriage.utils.atomic import atomic_path
 from xraytriage.utils.csv_safety import safe_frame
 
 ERROR_COLUMNS = ["path", "reason", "message", "scored_at"]
 OUT_OF_SCOPE = "out_of_scope"  # errors-file reason of a scan skipped under score.out_of_scope=skip
-# scope columns of scores.csv, in order, right after the flags (docs/scoring.md#validated-scope)
-IN_SCOPE = "in_scope"  # 1/0
-SCOPE_REASONS = "scope_reasons"  # "" when in scope; see xraytriage.scope.check for the format
-OOD_SCORE = "ood_score"  # Mahalanobis distance; "" when the bundle has no image reference
-STUDY_DATE = "study_date"  # ISO YYYY-MM-DD from StudyDate, "" when absent
-VIEW = "view"
-MANUFACTURER = "manufacturer"
-SITE = "site"  # InstitutionName, as prepare records sites
-SCOPE_COLUMNS = [IN_SCOPE, SCOPE_REASONS, OOD_SCORE, STUDY_DATE, VIEW, MANUFACTURER, SITE]
 
 
 def count_error_rows(errors: str | Path, skipped_reasons: str | Collection[str]) -> tuple[int, int]:
@@ -60,8 +66,8 @@ def score_columns(labels: Sequence[str]) -> list[str]:
         "path",
         "sop_instance_uid",
         "study_instance_uid",
-        *[f"prob_{label}" for label in labels],
-        *[f"flag_{label}" for label in labels],
+        *[prob_column(label) for label in labels],
+        *[flag_column(label) for label in labels],
         *SCOPE_COLUMNS,
         "model_id",
         "scored_at",
@@ -90,8 +96,8 @@ def _read_scores_csv(path: Path, labels: Sequence[str]) -> pd.DataFrame:
     # path as Python str: a name that is not UTF-8 holds surrogates, which Arrow-backed strings refuse
     dtypes: dict[str, object] = {"path": object}
     dtypes.update(dict.fromkeys(["sop_instance_uid", "study_instance_uid", "model_id"], "string"))
-    dtypes.update({f"prob_{label}": "float64" for label in labels})
-    dtypes.update({f"flag_{label}": "int8" for label in labels})
+    dtypes.update({prob_column(label): "float64" for label in labels})
+    dtypes.update({flag_column(label): "int8" for label in labels})
     dtypes.update(dict.fromkeys([SCOPE_REASONS, STUDY_DATE, VIEW, MANUFACTURER, SITE], "string"))
     dtypes.update({IN_SCOPE: "int8", OOD_SCORE: "float64"})
     return pd.read_csv(
@@ -151,15 +157,15 @@ def aggregate_studies(
     Scans without a StudyInstanceUID (PNG/JPEG/TIFF, or DICOM lacking it) are not aggregated.
     """
     have = scores[scores["study_instance_uid"].fillna("").astype(str) != ""]
-    prob_cols = [f"prob_{label}" for label in labels]
+    prob_cols = [prob_column(label) for label in labels]
     grouped = have.groupby("study_instance_uid", sort=True)
     studies = grouped[prob_cols].max()
     studies.insert(0, "n_images", grouped.size())
     for label in labels:
-        flag = studies[f"prob_{label}"] >= thresholds[label]
-        if f"flag_{label}" in have.columns:
-            flag |= grouped[f"flag_{label}"].max().astype(bool)
-        studies[f"flag_{label}"] = flag.astype("int8")
+        flag = studies[prob_column(label)] >= thresholds[label]
+        if flag_column(label) in have.columns:
+            flag |= grouped[flag_column(label)].max().astype(bool)
+        studies[flag_column(label)] = flag.astype("int8")
     if IN_SCOPE in have.columns:
         studies[IN_SCOPE] = grouped[IN_SCOPE].min().astype("int8")
     studies["model_id"] = grouped["model_id"].first()

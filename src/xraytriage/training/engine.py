@@ -8,6 +8,7 @@ synchronises with the GPU except at logging intervals.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -22,13 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
-from tqdm import tqdm
 
+from xraytriage.columns import prob_column
 from xraytriage.config import Config, ConfigError, DataConfig, ModelConfig, PreprocessConfig, save_config
-from xraytriage.data.augment import build_augmentation, seed_worker
-from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip, label_matrix
-from xraytriage.data.manifest import ManifestError, check_split_values, patient_leakage, read_manifest
+from xraytriage.data.dataset import label_matrix
+from xraytriage.evaluation.audit import audit_manifest
 from xraytriage.models.bundle import save_bundle
 from xraytriage.models.factory import build_model, head_parameters
 from xraytriage.models.pretrained import adopt_expected_input, expected_input
@@ -40,6 +39,8 @@ from xraytriage.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from xraytriage.training.epoch_log import EpochLogger, Throughput
+from xraytriage.training.loaders import create_loaders
 from xraytriage.training.losses import masked_bce, multiclass_ce
 from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.training.schedule import warmup_cosine
@@ -51,7 +52,6 @@ from xraytriage.utils.runtime import (
     resolve_device,
     seed_everything,
     use_deterministic_kernels,
-    worker_start_method,
 )
 
 log = logging.getLogger(__name__)
@@ -112,27 +112,6 @@ def _num_outputs(cfg: Config) -> int:
     return 1 if cfg.model.task == "binary" else len(cfg.data.labels)
 
 
-def _splits(cfg: Config, frame: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if "split" not in frame.columns:
-        raise ManifestError(
-            f"{source}: no 'split' column; add one (train/val/test) or run `xraytriage prepare ... --split`"
-        )
-    check_split_values(frame, [cfg.data.train_split, cfg.data.val_split, cfg.data.test_split], str(source))
-    leaks = patient_leakage(frame)
-    if leaks:
-        raise ManifestError(
-            f"{source}: {len(leaks)} patient(s) appear in more than one split (patient-level leakage); "
-            "re-split by patient before training"
-        )
-    train = frame[frame["split"] == cfg.data.train_split].reset_index(drop=True)
-    val = frame[frame["split"] == cfg.data.val_split].reset_index(drop=True)
-    if train.empty:
-        raise ManifestError(f"{source}: no rows with split == '{cfg.data.train_split}' (data.train_split)")
-    if val.empty:
-        raise ManifestError(f"{source}: no rows with split == '{cfg.data.val_split}' (data.val_split)")
-    return train, val
-
-
 def _build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """Head at the full learning rate; backbone at ``backbone_lr_mult`` of it."""
     head = {id(p) for p in head_parameters(model)}
@@ -157,6 +136,54 @@ def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
+@dataclass
+class RunState:
+    """Where a run stands between steps: what a checkpoint saves and ``--resume`` restores."""
+
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
+    best_score: float = -math.inf  # validation mean AUROC of the best epoch
+    best_epoch: int = -1  # 1-based; -1 before the first epoch
+    bad_epochs: int = 0  # epochs since the best one (early stopping)
+    partial: dict[str, Any] = field(default_factory=dict)  # position inside an interrupted epoch
+
+    def finish_epoch(self, record: dict[str, Any]) -> bool:
+        """Append the epoch's record and update best/bad epochs; True when it is the new best."""
+        self.history.append(record)
+        self.epoch = int(record["epoch"])
+        self.partial = {}
+        score = record["val_mean_auroc"]
+        improved = (math.isfinite(score) and score > self.best_score) or self.best_epoch < 0
+        if improved:
+            self.best_score = score if math.isfinite(score) else -math.inf
+            self.best_epoch = self.epoch
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "partial": self.partial,
+            "epoch": self.epoch,
+            "history_json": json.dumps(self.history),
+            "best_score": float(self.best_score),
+            "best_epoch": int(self.best_epoch),
+            "bad_epochs": int(self.bad_epochs),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> RunState:
+        return cls(
+            epoch=int(state["epoch"]),
+            history=json.loads(state["history_json"]),
+            best_score=float(state["best_score"]),
+            best_epoch=int(state["best_epoch"]),
+            bad_epochs=int(state["bad_epochs"]),
+            partial=dict(state.get("partial") or {}),
+        )
+
+
 class Trainer:
     """One training run in one run directory; ``fit()`` trains (or resumes) and writes the bundle."""
 
@@ -176,6 +203,7 @@ class Trainer:
         self.amp_dtype = resolve_amp_dtype(cfg.train.amp, self.device)
         self.labels = list(cfg.data.labels)
         self.writer: Any = None
+        self.epoch_log = EpochLogger(cfg, self.labels)  # with the TensorBoard writer once fit() opens it
         self._stop_requested = False
         self._resume_state: dict[str, Any] | None = None  # the checkpoint, once _check_run_dir read it
         self._adopt_pretrained_input()
@@ -194,87 +222,24 @@ class Trainer:
             log.info(msg, *args)
 
     def _data(self) -> None:
-        cfg = self.cfg
-        if cfg.data.manifest is None:
-            raise ManifestError("data.manifest is not set: point it at a manifest CSV (see README)")
-        frame = read_manifest(cfg.data.manifest, cfg.data.root, self.labels)
-        self.train_frame, self.val_frame = _splits(cfg, frame, cfg.data.manifest)
-        self._audit(frame)
-        in_ch = cfg.model.in_channels
-        self.augment = build_augmentation(cfg.augment, seed=cfg.seed)
-        source = self._cache_source(frame)
-        self.train_set = ScanDataset(
-            self.train_frame, self.labels, cfg.preprocess, in_ch, self.augment, source, augment_seed=cfg.seed
-        )
-        self.val_set = ScanDataset(self.val_frame, self.labels, cfg.preprocess, in_ch, None, source)
-        targets = label_matrix(self.train_frame, self.labels)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        base: Any
-        if self.dist.enabled:
-            base = DistributedSampler(self.train_set, shuffle=True, seed=cfg.seed, drop_last=True)
-        elif cfg.train.imbalance == "sampler":
-            pos = np.nan_to_num(targets[:, 0]) > 0
-            w_pos, w_neg = 0.5 / max(pos.sum(), 1), 0.5 / max((~pos).sum(), 1)
-            weights = torch.tensor(np.where(pos, w_pos, w_neg), dtype=torch.double)
-            base = WeightedRandomSampler(
-                weights, num_samples=len(weights), replacement=True, generator=generator
-            )
-        else:
-            base = RandomSampler(self.train_set, generator=generator)
-        self.train_sampler = EpochTaggedSampler(base)
-        self.generator = generator
+        loaders = create_loaders(self.cfg, self.dist, pin_memory=self.device.type == "cuda")
+        self._audit(loaders.frame)
+        self.train_frame, self.val_frame = loaders.train_frame, loaders.val_frame
+        self.train_set, self.val_set = loaders.train_set, loaders.val_set
+        self.train_loader, self.val_loader = loaders.train_loader, loaders.val_loader
+        self.train_sampler, self.generator = loaders.train_sampler, loaders.generator
         self.pos_weight = None
-        if cfg.train.imbalance == "pos_weight" and cfg.model.task != "multiclass":
+        if self.cfg.train.imbalance == "pos_weight" and self.cfg.model.task != "multiclass":
+            targets = self.train_set.targets
             pos = np.nansum(targets, axis=0)
             neg = np.sum(~np.isnan(targets), axis=0) - pos
             pw = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0).astype(np.float32)
-            self.pos_weight = torch.from_numpy(pw[: _num_outputs(cfg)]).to(self.device)
-        workers = cfg.data.num_workers
-        common: dict[str, Any] = {
-            "num_workers": workers,
-            "collate_fn": collate_skip,
-            "pin_memory": self.device.type == "cuda",
-            "persistent_workers": workers > 0,
-            "worker_init_fn": seed_worker,
-        }
-        if workers > 0:
-            common["prefetch_factor"] = 4
-            common.update(worker_start_method(cfg.preprocess.gpu_decode, workers))
-        self.train_loader = DataLoader(
-            self.train_set,
-            batch_size=cfg.train.batch_size,
-            sampler=self.train_sampler,
-            drop_last=len(self.train_set) > cfg.train.batch_size,
-            generator=generator,
-            **common,
-        )
-        val_sampler = DistributedSampler(self.val_set, shuffle=False) if self.dist.enabled else None
-        self.val_loader = DataLoader(
-            self.val_set, batch_size=cfg.train.batch_size, shuffle=False, sampler=val_sampler, **common
-        )
-
-    def _cache_source(self, frame: pd.DataFrame) -> Any:
-        """Hook for the preprocessing cache (decode once); None means decode every epoch."""
-        cache_dir = self.cfg.data.cache_dir
-        if cache_dir is None:
-            return None
-        try:
-            from xraytriage.data.cache import open_matching_cache
-        except ImportError:
-            return None
-        return open_matching_cache(cache_dir, self.cfg.preprocess, dtype=self.cfg.data.cache_dtype)
+            self.pos_weight = torch.from_numpy(pw[: _num_outputs(self.cfg)]).to(self.device)
 
     def _audit(self, frame: pd.DataFrame) -> None:
-        if not self.dist.is_main:
-            return
-        try:
-            from xraytriage.evaluation.audit import audit_manifest
-        except ImportError:
-            return
-        result = audit_manifest(frame, self.labels, self.cfg.evaluation)
-        summary = getattr(result, "summary_lines", None)
-        for line in summary() if callable(summary) else []:
-            log.info("audit: %s", line)
+        if self.dist.is_main:
+            for line in audit_manifest(frame, self.labels, self.cfg.evaluation).summary_lines():
+                log.info("audit: %s", line)
 
     def _model(self) -> None:
         cfg = self.cfg
@@ -310,32 +275,20 @@ class Trainer:
         return masked_bce(logits, targets[:, : logits.shape[1]], self.pos_weight, t.label_smoothing)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(
-        self,
-        epoch: int,
-        history: list[dict[str, Any]],
-        best: tuple[float, int],
-        bad_epochs: int,
-        partial: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def _state(self, run: RunState) -> dict[str, Any]:
         return {
-            "partial": partial or {},
-            "epoch": epoch,
+            **run.to_checkpoint(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "loader_generator": self.generator.get_state(),
-            "history_json": json.dumps(history),
-            "best_score": float(best[0]),
-            "best_epoch": int(best[1]),
-            "bad_epochs": int(bad_epochs),
             "config_json": json.dumps(self.cfg.to_yaml_dict()),
             "labels": self.labels,
         }
 
-    def _restore(self) -> tuple[int, list[dict[str, Any]], tuple[float, int], int, dict[str, Any]]:
+    def _restore(self) -> RunState:
         path = self.run_dir / CHECKPOINT_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from (was this run directory trained?)")
@@ -351,19 +304,12 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
         self.generator.set_state(state["loader_generator"])
-        history = json.loads(state["history_json"])
-        partial = dict(state.get("partial") or {})
-        where = f"epoch {state['epoch']}"
-        if partial:
-            where += f" and {partial['micro']} batch(es) of epoch {state['epoch'] + 1}"
+        run = RunState.from_checkpoint(state)
+        where = f"epoch {run.epoch}"
+        if run.partial:
+            where += f" and {run.partial['micro']} batch(es) of epoch {run.epoch + 1}"
         self._log_main("resuming %s after %s", self.run_dir, where)
-        return (
-            int(state["epoch"]),
-            history,
-            (float(state["best_score"]), int(state["best_epoch"])),
-            int(state["bad_epochs"]),
-            partial,
-        )
+        return run
 
     # ------------------------------------------------------------------ loop
     def _should_stop(self, epoch: int, steps: int) -> bool:
@@ -389,16 +335,10 @@ class Trainer:
         epoch_generator = partial["epoch_generator"] if partial else self.generator.get_state()
         max_micro = cfg.max_steps_per_epoch * cfg.grad_accum_steps if cfg.max_steps_per_epoch else None
         start = time.perf_counter() - prior_seconds
-        window_start, window_images = start, 0
-        bar = tqdm(
-            self.train_loader,
-            initial=micro,
-            total=min(len(self.train_loader), max_micro) if max_micro else len(self.train_loader),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (head only)" if frozen else ""),
-            unit="batch",
-            disable=not (self.dist.is_main and show_progress()),
-            leave=False,
-        )
+        throughput = Throughput(start, self.dist.world_size)
+        total = min(len(self.train_loader), max_micro) if max_micro else len(self.train_loader)
+        shown = self.dist.is_main and show_progress()
+        bar = self.epoch_log.bar(self.train_loader, epoch, micro, total, frozen, shown)
         self.optimizer.zero_grad(set_to_none=True)
         global_step = self.scheduler.last_epoch
         for batch in bar:
@@ -406,15 +346,15 @@ class Trainer:
                 continue
             images = batch["image"].to(self.device, non_blocking=True, memory_format=memory_format)
             targets = batch["target"].to(self.device, non_blocking=True)
-            if epoch == 0 and micro == 0 and self.writer is not None:
-                self._log_image_grid(batch["image"], epoch)
+            if epoch == 0 and micro == 0:
+                self.epoch_log.augmented_batch(batch["image"], epoch)
             with autocast_for(self.device, self.amp_dtype):
                 logits = self.net(images)
             loss = self._loss(logits, targets)
             self.scaler.scale(loss / cfg.grad_accum_steps).backward()
             loss_sum += loss.detach() * images.shape[0]
             seen += images.shape[0]
-            window_images += images.shape[0]
+            throughput.add(images.shape[0])
             micro += 1
             if micro % cfg.grad_accum_steps == 0:
                 self.scaler.unscale_(self.optimizer)
@@ -432,18 +372,8 @@ class Trainer:
                             f"loss became {value} at epoch {epoch + 1}, step {steps}; lower train.lr or "
                             f"set train.amp=off. The last good checkpoint is {self.run_dir / CHECKPOINT_NAME}"
                         )
-                    now = time.perf_counter()
-                    rate = window_images * self.dist.world_size / max(now - window_start, 1e-9)
-                    window_start, window_images = now, 0
-                    bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
-                    if self.writer is not None:
-                        self.writer.add_scalar("train/loss", value, global_step)
-                        self.writer.add_scalar("train/grad_norm", float(grad_norm), global_step)
-                        self.writer.add_scalar("train/images_per_sec", rate, global_step)
-                        for group in self.optimizer.param_groups:
-                            self.writer.add_scalar(
-                                f"train/lr_{group.get('name', 'group')}", group["lr"], global_step
-                            )
+                    rate = throughput.read()
+                    self.epoch_log.step(bar, value, float(grad_norm), rate, self.optimizer, global_step)
             if max_micro and micro >= max_micro:
                 break
             if micro % cfg.grad_accum_steps == 0 and self._should_stop(epoch, steps):
@@ -519,7 +449,7 @@ class Trainer:
         aurocs = []
         patients = frame["patient_id"].to_numpy()
         for label in self.labels:
-            y, p = frame[label].to_numpy(float), frame[f"prob_{label}"].to_numpy(float)
+            y, p = frame[label].to_numpy(float), frame[prob_column(label)].to_numpy(float)
             thr = choose_operating_point(y, p, self.cfg.evaluation.operating_point, patients).threshold
             m = binary_metrics(y, p, thr)
             metrics[f"{label}/threshold"] = thr
@@ -532,59 +462,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ TensorBoard
     def _open_writer(self) -> None:
-        if not self.dist.is_main:
-            return
-        from torch.utils.tensorboard import SummaryWriter
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-
-    def _log_image_grid(self, images: torch.Tensor, epoch: int) -> None:
-        import torchvision
-
-        shown = images[:16, :1].float() * self.cfg.preprocess.std + self.cfg.preprocess.mean
-        grid = torchvision.utils.make_grid(shown.clamp(0, 1), nrow=4)
-        self.writer.add_image("train/augmented_batch", grid, epoch)
-
-    def _log_epoch(self, epoch: int, record: dict[str, Any], frame: pd.DataFrame) -> None:
-        w = self.writer
-        if w is None:
-            return
-        step = epoch + 1
-        w.add_scalar("epoch/train_loss", record["train_loss"], step)
-        w.add_scalar("epoch/val_loss", record["val_loss"], step)
-        w.add_scalar("epoch/train_images_per_sec", record["train_images_per_sec"], step)
-        for label in self.labels:
-            for key in ("auroc", "sensitivity", "specificity", "miss_rate"):
-                value = record.get(f"{label}/{key}")
-                if value is not None and math.isfinite(value):
-                    w.add_scalar(f"val/{key}/{label}", value, step)
-            y = frame[label].to_numpy(float)
-            known = np.isin(y, (0.0, 1.0))
-            if known.any():
-                w.add_pr_curve(
-                    f"val/pr_curve/{label}",
-                    y[known].astype(int),
-                    frame[f"prob_{label}"].to_numpy(float)[known],
-                    step,
-                )
-            self._log_subgroups(label, frame, record.get(f"{label}/threshold", 0.5), step)
-        every = self.cfg.train.histogram_every_epochs
-        if every and (epoch + 1) % every == 0:
-            for name, param in self.model.named_parameters():
-                w.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)
-                if param.grad is not None:
-                    w.add_histogram(f"grads/{name}", param.grad.detach().float().cpu(), step)
-        w.flush()
-
-    def _log_subgroups(self, label: str, frame: pd.DataFrame, threshold: float, step: int) -> None:
-        try:
-            from xraytriage.evaluation.subgroups import subgroup_sensitivity
-        except ImportError:
-            return
-        values = subgroup_sensitivity(frame, label, threshold, self.cfg.evaluation)
-        for group, value in values.items():
-            if value is not None and math.isfinite(value):
-                self.writer.add_scalar(f"val_subgroup_sensitivity/{label}/{group}", value, step)
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self.epoch_log = EpochLogger(self.cfg, self.labels, self.writer)
 
     # ------------------------------------------------------------------ main
     def fit(self) -> TrainResult:
@@ -636,10 +518,7 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)
         self._data()
         self._model()
-        start_epoch, history, best, bad_epochs = 0, [], (-math.inf, -1), 0
-        partial: dict[str, Any] = {}
-        if self.resume:
-            start_epoch, history, best, bad_epochs, partial = self._restore()
+        run = self._restore() if self.resume else RunState()
         self._open_writer()
         self._log_main(
             "training %s on %d scans (val %d) on %s%s, %d epoch(s)",
@@ -650,55 +529,43 @@ class Trainer:
             f" with {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else "",
             cfg.train.epochs,
         )
-        val_frame = pd.DataFrame()
-        epoch = start_epoch
         previous_handler = self._install_interrupt_handler()
         try:
-            for epoch in range(start_epoch, cfg.train.epochs):
+            for epoch in range(run.epoch, cfg.train.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1}
-                record.update(self._train_one_epoch(epoch, partial or None))
-                partial = {}
+                record.update(self._train_one_epoch(epoch, run.partial or None))
                 metrics, val_frame, _ = self._validate(epoch)
                 record.update(metrics)
-                history.append(record)
-                score = record["val_mean_auroc"]
-                improved = (math.isfinite(score) and score > best[0]) or best[1] < 0
-                if improved:
-                    best = (score if math.isfinite(score) else -math.inf, epoch + 1)
-                    bad_epochs = 0
-                    if self.dist.is_main:
-                        save_checkpoint(
-                            self.run_dir / BEST_WEIGHTS,
-                            {
-                                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                                "epoch": epoch + 1,
-                            },
-                        )
-                else:
-                    bad_epochs += 1
-                if self.dist.is_main:
+                improved = run.finish_epoch(record)
+                if improved and self.dist.is_main:
                     save_checkpoint(
-                        self.run_dir / CHECKPOINT_NAME, self._state(epoch + 1, history, best, bad_epochs)
+                        self.run_dir / BEST_WEIGHTS,
+                        {
+                            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                            "epoch": epoch + 1,
+                        },
                     )
-                    self._log_epoch(epoch, record, val_frame)
+                if self.dist.is_main:
+                    save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._state(run))
+                    self.epoch_log.epoch(epoch, record, val_frame, self.model)
                     log.info(
                         "epoch %d/%d  train loss %.4f  val loss %.4f  val AUROC %.4f  %.0f img/s%s",
                         epoch + 1,
                         cfg.train.epochs,
                         record["train_loss"],
                         record["val_loss"],
-                        score,
+                        record["val_mean_auroc"],
                         record["train_images_per_sec"],
                         "  *best*" if improved else "",
                     )
                 patience = cfg.train.early_stopping_patience
-                if patience and bad_epochs >= patience:
+                if patience and run.bad_epochs >= patience:
                     self._log_main("early stopping: no val AUROC improvement for %d epoch(s)", patience)
                     break
         except _StopAtStep as stop:
             if self.dist.is_main:
-                state = self._state(stop.epoch, history, best, bad_epochs, stop.partial)
-                save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+                interrupted = dataclasses.replace(run, epoch=stop.epoch, partial=stop.partial)
+                save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._state(interrupted))
                 log.warning(
                     "interrupted: saved epoch %d after %d batch(es) to %s; continue with "
                     "`xraytriage train --resume --config ... --out %s`",
@@ -718,7 +585,7 @@ class Trainer:
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
-        return self._finish(history, best)
+        return self._finish(run)
 
     def _calibrate_and_choose(
         self, frame: pd.DataFrame, logits: np.ndarray, metrics: dict[str, Any]
@@ -738,10 +605,10 @@ class Trainer:
             temperatures = dict(zip(self.labels, fitted))
             probs = probabilities(logits, cfg.model.task, fitted)
             for j, label in enumerate(self.labels):
-                frame[f"prob_{label}"] = probs[:, j].astype(np.float64)
+                frame[prob_column(label)] = probs[:, j].astype(np.float64)
         operating_points = {}
         for label in self.labels:
-            y, p = frame[label].to_numpy(float), frame[f"prob_{label}"].to_numpy(float)
+            y, p = frame[label].to_numpy(float), frame[prob_column(label)].to_numpy(float)
             op = choose_operating_point(y, p, cfg.evaluation.operating_point, frame["patient_id"].to_numpy())
             operating_points[label] = op
             m = binary_metrics(y, p, op.threshold)
@@ -766,7 +633,7 @@ class Trainer:
             cfg.data.num_workers,
             self.train_set.image_source,
         )
-        probabilities = {label: val_predictions[f"prob_{label}"].tolist() for label in self.labels}
+        probabilities = {label: val_predictions[prob_column(label)].tolist() for label in self.labels}
         self._log_main("recording the validated scope (headers and features of the training scans)")
         scope = ScopeRecorder(cfg.scope, features, cfg.seed).record(
             self.train_frame, self.val_frame, probabilities
@@ -774,22 +641,22 @@ class Trainer:
         self.model.train(False)
         return scope
 
-    def _finish(self, history: list[dict[str, Any]], best: tuple[float, int]) -> TrainResult:
+    def _finish(self, run: RunState) -> TrainResult:
         cfg = self.cfg
         dist_utils.barrier(self.dist)
         best_path = self.run_dir / BEST_WEIGHTS
         if best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path)["model"])
-        metrics, frame, logits = self._validate(best[1] - 1)
+        metrics, frame, logits = self._validate(run.best_epoch - 1)
         temperatures, operating_points = self._calibrate_and_choose(frame, logits, metrics)
         thresholds = {label: op.threshold for label, op in operating_points.items()}
         scope = self._record_scope(frame) if self.dist.is_main else None
         result = TrainResult(
             run_dir=self.run_dir,
             bundle_path=self.run_dir / BUNDLE_NAME,
-            best_epoch=best[1],
-            best_score=best[0],
-            history=history,
+            best_epoch=run.best_epoch,
+            best_score=run.best_score,
+            history=run.history,
             thresholds=thresholds,
             val_metrics=metrics,
             operating_points=operating_points,
@@ -807,9 +674,9 @@ class Trainer:
                 operating_points={label: op.to_json() for label, op in operating_points.items()},
                 scope=scope.to_payload() if scope is not None else None,
                 metadata={
-                    "best_epoch": best[1],
-                    "val_mean_auroc": best[0],
-                    "epochs_run": len(history),
+                    "best_epoch": run.best_epoch,
+                    "val_mean_auroc": run.best_score,
+                    "epochs_run": len(run.history),
                     "operating_point": cfg.evaluation.operating_point.model_dump(mode="json"),
                     "train_scans": len(self.train_set),
                     "val_scans": len(self.val_set),
@@ -819,13 +686,13 @@ class Trainer:
             )
             summary = {
                 "schema": "xraytriage.train_metrics/1",
-                "best_epoch": best[1],
-                "best_val_mean_auroc": best[0],
+                "best_epoch": run.best_epoch,
+                "best_val_mean_auroc": run.best_score,
                 "thresholds": thresholds,
                 "temperatures": temperatures,
                 "operating_points": {label: op.to_json() for label, op in operating_points.items()},
                 "val": {k: v for k, v in metrics.items()},
-                "history": history,
+                "history": run.history,
             }
             atomic_write_text(
                 self.run_dir / "metrics.json", json.dumps(_finite(summary), indent=2, default=_json_default)
@@ -840,7 +707,7 @@ class Trainer:
                     "weights": str(cfg.model.weights),
                     "optimizer": cfg.train.optimizer,
                 }
-                final = {"hparam/val_mean_auroc": best[0]}
+                final = {"hparam/val_mean_auroc": run.best_score}
                 for label in self.labels:
                     final[f"hparam/val_sensitivity_{label}"] = metrics.get(f"{label}/sensitivity") or 0.0
                 self.writer.add_hparams(hparams, final, run_name="hparams")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from xraytriage.columns import prob_column
 from xraytriage.data.dataset import Failure, ScanDataset, collate_skip
 from xraytriage.models.bundle import Bundle, logits_to_probabilities
 from xraytriage.scope.check import ScopeChecker
@@ -141,7 +142,7 @@ def predictions_frame(
     """Manifest rows (labels and subgroup columns kept) with one ``prob_<label>`` column per class."""
     out = frame.iloc[indices].copy()
     for j, label in enumerate(labels):
-        out[f"prob_{label}"] = probs[:, j].astype(np.float64)
+        out[prob_column(label)] = probs[:, j].astype(np.float64)
     return out.reset_index(drop=True)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xraytriage.columns import prob_column
 from xraytriage.config import Config, ConfigError, OperatingPointConfig, load_config, save_config
 from xraytriage.evaluation.metrics import binary_metrics, known_mask
 from xraytriage.evaluation.thresholds import choose_threshold
@@ -55,7 +56,7 @@ def objective_value(
         return float(metrics["val_mean_auroc"])
     values = [
         sensitivity_at_specificity(
-            frame[lab].to_numpy(float), frame[f"prob_{lab}"].to_numpy(float), specificity
+            frame[lab].to_numpy(float), frame[prob_column(lab)].to_numpy(float), specificity
         )
         for lab in labels
     ]

@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from xraytriage.utils.errors import TriageError
+
 _HELD: set[int] = set()  # lock descriptors this process holds; closed in forked children
 
 
@@ -31,7 +33,7 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(TriageError, RuntimeError):
     """Another process is writing the same output; the message names it and the holder's pid."""
 
 

@@ -9,13 +9,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from xraytriage.utils.errors import DeviceUnavailable
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use device=cpu or auto")
+        raise DeviceUnavailable(
+            f"device '{name}' requested but CUDA is not available; use device=cpu or auto"
+        )
     return device
 
 
