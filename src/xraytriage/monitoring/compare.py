@@ -69,16 +69,20 @@ class CellChecks:
     def flagged_rate(self, label: str, probs: np.ndarray) -> Check:
         n, k = len(probs), int((probs >= self.ref.thresholds[label]).sum())
         n0, k0 = len(self.ref.probabilities[label]), self.ref.flagged(label)
-        check = self._check(label, "flagged_rate", n)
-        check.reference = k0 / n0
-        check.reference_low, check.reference_high = wilson_counts(k0, n0, self.cfg.confidence)
-        check.limit = self.cfg.flag_rate_limit
-        if n:
-            check.value = k / n
-            check.value_low, check.value_high = wilson_counts(k, n, self.cfg.confidence)
+        check = self._rates(self._check(label, "flagged_rate", n), k, n, k0, n0, self.cfg.flag_rate_limit)
         if self._enough(check, n):
             check.effect = abs(k / n - k0 / n0)
             check.p_value = float(stats.fisher_exact([[k, n - k], [k0, n0 - k0]]).pvalue)
+        return check
+
+    def _rates(self, check: Check, k: int, n: int, k0: int, n0: int, limit: float) -> Check:
+        """Deployed k of n against validation's k0 of n0, each with its Wilson interval."""
+        check.reference = k0 / n0
+        check.reference_low, check.reference_high = wilson_counts(k0, n0, self.cfg.confidence)
+        check.limit = limit
+        if n:
+            check.value = k / n
+            check.value_low, check.value_high = wilson_counts(k, n, self.cfg.confidence)
         return check
 
     def expected_miss(self, label: str, probs: np.ndarray) -> Check:
@@ -107,15 +111,10 @@ class CellChecks:
     def out_of_scope(self, in_scope: np.ndarray) -> Check:
         known = in_scope[~np.isnan(in_scope)]
         n, k = len(known), int((known == 0).sum())
-        check = self._check("", "out_of_scope_rate", n)
         n0 = max(self.ref.n_scans, 1)
         k0 = round(self.ref.out_of_scope_rate * n0)
-        check.reference = k0 / n0
-        check.reference_low, check.reference_high = wilson_counts(k0, n0, self.cfg.confidence)
-        check.limit = self.cfg.out_of_scope_limit
-        if n:
-            check.value = k / n
-            check.value_low, check.value_high = wilson_counts(k, n, self.cfg.confidence)
+        check = self._check("", "out_of_scope_rate", n)
+        check = self._rates(check, k, n, k0, n0, self.cfg.out_of_scope_limit)
         if self._enough(check, n):
             check.effect = k / n - k0 / n0
             check.p_value = float(
