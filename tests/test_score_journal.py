@@ -45,6 +45,28 @@ def test_repair_cuts_exactly_the_partial_record_and_says_how_many_bytes(tmp_path
     path.write_bytes(WHOLE + b'"/d\nx')
     assert _repair_tail(path) == 5
     assert path.read_bytes() == WHOLE
+    path.write_bytes(b"p")  # a one-byte torn header
+    assert _repair_tail(path) == 1 and path.read_bytes() == b""
+
+
+def test_repair_is_durable_before_anything_is_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "j.csv"
+    path.write_bytes(WHOLE + b"/d,")
+    synced: list[bytes] = []
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: synced.append(path.read_bytes()))
+    assert _repair_tail(path) == 3
+    assert synced == [WHOLE]
+
+
+def test_a_torn_one_byte_header_is_replaced_by_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "j.csv"
+    path.write_bytes(b"p")
+    journal = CsvJournal(path, ["path"])
+    assert journal.open() == set() and journal.repaired_bytes == 1
+    journal.close()
+    assert path.read_bytes() == b"path\n"
 
 
 def test_a_fresh_journal_holds_exactly_its_header_and_then_the_rows(tmp_path: Path) -> None:
@@ -64,14 +86,14 @@ def test_a_fresh_journal_holds_exactly_its_header_and_then_the_rows(tmp_path: Pa
 
 def test_reopening_returns_the_keys_written_and_appends_after_them(tmp_path: Path) -> None:
     path = tmp_path / "j.csv"
-    path.write_bytes(b'id,path,v\n1,/a,x\n2,/b,y\n3,/short\n4,"/c')  # a short row and a torn one
+    path.write_bytes(b'id,path,v\n1,/a,x\n3,/short\n2,/b,y\n4,"/c')  # a short row and a torn one
     journal = CsvJournal(path, ["id", "path", "v"], key="path")
     assert journal.open() == {"/a", "/b"}
     assert journal.repaired_bytes == 5
     journal.append([[5, "/d", "z"]])
     journal.close()
     journal.close()  # closing twice is harmless
-    assert path.read_bytes() == b"id,path,v\n1,/a,x\n2,/b,y\n3,/short\n5,/d,z\n"
+    assert path.read_bytes() == b"id,path,v\n1,/a,x\n3,/short\n2,/b,y\n5,/d,z\n"
     assert CsvJournal(path, ["id", "path", "v"], key="id").open() == {"1", "2", "5"}
 
 
@@ -90,7 +112,8 @@ def test_a_file_with_other_columns_is_refused_naming_the_file_and_both_layouts(t
         CsvJournal(path, ["path", "v"]).open()
     message = str(caught.value)
     assert message.startswith(f"{path}: existing file has columns ['path', 'old'], this run writes")
-    assert "['path', 'v']" in message and "delete it" in message
+    assert "['path', 'v']" in message
+    assert message.endswith("written by another model or version: choose another output or delete it")
     assert path.read_bytes() == b"path,old\n/a,1\n"
 
 
@@ -99,7 +122,10 @@ def test_rows_of_another_model_are_refused_naming_column_and_both_values(tmp_pat
     path.write_bytes(b"path,model_id,v\n/a,m1,1\n/b,m2,1\n")
     with pytest.raises(JournalMismatch, match=r"model_id='m2' but this run has model_id='m1'") as caught:
         CsvJournal(path, ["path", "model_id", "v"]).open({"model_id": "m1"})
-    assert str(caught.value).startswith(f"{path}: holds rows with")
+    assert str(caught.value) == (
+        f"{path}: holds rows with model_id='m2' but this run has model_id='m1'; "
+        "choose another output or delete it to rescore"
+    )
     path.write_bytes(b"path,model_id,v\n/a,m1,1\n/b,m1,2\n")
     assert CsvJournal(path, ["path", "model_id", "v"]).open({"model_id": "m1"}) == {"/a", "/b"}
 
@@ -115,11 +141,11 @@ def test_a_journal_that_cannot_be_created_names_the_file(tmp_path: Path) -> None
 
 def test_writing_before_open_or_after_close_is_an_error(tmp_path: Path) -> None:
     journal = CsvJournal(tmp_path / "j.csv", ["path"])
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(RuntimeError, match=r"^journal is not open$"):
         journal.append([["/a"]])
     journal.open()
     journal.close()
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(RuntimeError, match=r"^journal is not open$"):
         journal.append([["/a"]])
 
 
@@ -153,11 +179,11 @@ def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_file_names_that_are_not_utf8_are_written_as_their_bytes_and_read_back(tmp_path: Path) -> None:
-    name = os.fsdecode(b"/scans/\xff.png")
+    name, crlf = os.fsdecode(b"/scans/\xff.png"), "/scans/a\r\nb.png"  # a Windows line break kept as is
     path = tmp_path / "j.csv"
     with CsvJournal(path, ["path"]) as journal:
         journal.open()
-        journal.append([[name]])
-    assert path.read_bytes() == b"path\n/scans/\xff.png\n"
-    assert CsvJournal(path, ["path"]).open() == {name}
-    assert [r["path"] for r in read_rows(path)] == [name]
+        journal.append([[name], [crlf]])
+    assert path.read_bytes() == b'path\n/scans/\xff.png\n"/scans/a\r\nb.png"\n'
+    assert CsvJournal(path, ["path"]).open() == {name, crlf}
+    assert [r["path"] for r in read_rows(path)] == [name, crlf]
