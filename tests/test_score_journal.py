@@ -74,7 +74,7 @@ def test_a_fresh_journal_holds_exactly_its_header_and_then_the_rows(tmp_path: Pa
     old = os.umask(0o022)
     try:
         with CsvJournal(path, ["path", "v"]) as journal:
-            assert journal.open() == set()
+            assert journal.open() == set() and journal.repaired_bytes == 0
             assert path.read_bytes() == b"path,v\n"
             journal.append([["/a", 1], ["/b\nc", "=2"]])
     finally:
@@ -136,6 +136,7 @@ def test_a_journal_that_cannot_be_created_names_the_file(tmp_path: Path) -> None
     with pytest.raises(OSError) as caught:
         CsvJournal(path, ["path"]).open()
     assert caught.value.errno == errno.ENOENT and caught.value.filename == str(path)
+    assert caught.value.strerror == os.strerror(errno.ENOENT)
     assert str(path) in str(caught.value)
 
 
