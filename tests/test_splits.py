@@ -139,7 +139,7 @@ def test_a_patients_stratum_is_its_rarest_positive_label_else_negative_or_unlabe
 
     df = _patients(
         {"both": 1, "common": 2, "neg": 1, "unknown": 1, "half": 1, "tie": 1},
-        a={"both": 1, "common": "1", "neg": 0, "half": None, "tie": 0},
+        a={"both": 1, "common": "1", "neg": "uncertain", "half": None, "tie": 0},
         b={"both": 1, "common": 0, "neg": 0, "half": 0, "tie": 1},
         c={"tie": 1, "neg": 0},
     )
@@ -209,14 +209,71 @@ def test_a_tie_within_a_stratum_goes_to_the_fold_with_fewest_images_overall() ->
         assert fold["x"] != fold["y"], seed
 
 
-def test_unstratified_folds_ignore_the_labels() -> None:
-    # stratified, each label is its own stratum and both its patients open the two folds; unstratified,
-    # the two 2-image patients balance against the two 1-image ones
-    df = _patients({"a2": 2, "b2": 2, "a1": 1, "b1": 1}, a={"a2": 1, "a1": 1, "b2": 0, "b1": 0})
+def _four() -> pd.DataFrame:
+    """Two label-a patients (3 and 1 images), two negatives (2 and 2 images)."""
+    return _patients({"A3": 3, "A1": 1, "N2": 2, "M2": 2}, a={"A3": 1, "A1": 1, "N2": 0, "M2": 0})
+
+
+def test_stratified_folds_spread_each_label_unstratified_ones_balance_images() -> None:
+    # stratified: A3 and A1 open the two folds, then the negatives do (the first to the emptier fold);
+    # unstratified: largest first, 3 | 2, then 2 joins the 2 and 1 joins the 3 (4 images each)
     for seed in range(6):
-        fold = assign_folds(df, ["a"], k=2, seed=seed, stratify=False, holdout=None)
-        fold = fold.groupby("patient_id")["fold"].first()
-        assert fold["a2"] != fold["b2"] and fold["a1"] != fold["b1"], seed
+        strat = (
+            assign_folds(_four(), ["a"], k=2, seed=seed, holdout=None).groupby("patient_id")["fold"].first()
+        )
+        assert strat["A3"] != strat["A1"] and strat["N2"] != strat["M2"], seed
+        plain = assign_folds(_four(), ["a"], k=2, seed=seed, stratify=False, holdout=None)
+        plain = plain.groupby("patient_id")["fold"].first()
+        assert plain["A3"] == plain["A1"] != plain["N2"] == plain["M2"], seed
+        split = (
+            assign_splits(_four(), ["a"], val=0, test=0.5, seed=seed).groupby("patient_id")["split"].first()
+        )
+        assert split["A3"] != split["A1"] and split["N2"] != split["M2"], seed  # stratified by default
+        split = assign_splits(_four(), ["a"], val=0, test=0.5, seed=seed, stratify=False)
+        split = split.groupby("patient_id")["split"].first()
+        assert split["A3"] == split["A1"] != split["N2"] == split["M2"], seed
+
+
+def test_image_counts_follow_their_patient_whatever_the_row_order() -> None:
+    # no labels: patients in order of appearance (c, a, b), not sorted; c (3 images) alone balances a + b
+    df = _patients({"c": 3, "a": 1, "b": 2})
+    for seed in range(4):
+        fold = assign_folds(df, [], k=2, seed=seed, holdout=None).groupby("patient_id")["fold"].first()
+        assert fold["a"] == fold["b"] != fold["c"], seed
+
+
+def test_defaults_are_five_stratified_folds_seed_zero_first_fold_val() -> None:
+    df = _patients({f"p{i:02d}": 1 for i in range(20)})
+    out = assign_folds(df)
+    assert sorted(out["fold"].unique()) == [0, 1, 2, 3, 4]
+    assert out["fold"].equals(assign_folds(df, seed=0)["fold"])
+    assert not out["fold"].equals(assign_folds(df, seed=1)["fold"])  # so the default seed is pinned
+    assert out["split"].tolist() == np.where(out["fold"] == 0, "val", "train").tolist()
+    strat = assign_folds(_four(), ["a"], k=2, holdout=None).groupby("patient_id")["fold"].first()
+    assert strat["A3"] != strat["A1"]
+    splits = assign_splits(df, [], val=0.25, test=0.25)["split"]
+    assert splits.equals(assign_splits(df, [], val=0.25, test=0.25, seed=0)["split"])
+    assert not splits.equals(assign_splits(df, [], val=0.25, test=0.25, seed=1)["split"])
+
+
+def test_the_same_seed_gives_the_same_folds() -> None:
+    df = _patients({f"p{i:02d}": 1 for i in range(30)})
+    assert assign_folds(df, [], k=5, seed=7)["fold"].equals(assign_folds(df, [], k=5, seed=7)["fold"])
+
+
+def test_only_val_or_a_single_patient_without_val_and_test() -> None:
+    df = _patients({f"p{i}": 1 for i in range(4)})
+    assert assign_splits(df, [], val=0.5, test=0.0)["split"].value_counts().to_dict() == {
+        "train": 2,
+        "val": 2,
+    }
+    one = _patients({"only": 2})
+    assert assign_splits(one, [], val=0, test=0)["split"].tolist() == ["train", "train"]
+    with pytest.raises(SplitError) as caught:
+        assign_splits(one, [], val=0.1, test=0.2)
+    assert str(caught.value) == (
+        "1 patient(s) cannot be divided into 10 patient-disjoint parts; use fewer folds or larger fractions"
+    )
 
 
 def test_k_folds_at_their_limits_and_without_a_holdout() -> None:
@@ -240,10 +297,10 @@ def test_k_folds_at_their_limits_and_without_a_holdout() -> None:
 def test_split_summary_counts_images_patients_and_positives_per_split() -> None:
     from xraytriage.data.splits import split_summary
 
-    df = _patients({"a": 2, "b": 1, "c": 1}, finding={"a": "1", "b": 0, "c": 1})
-    df["split"] = ["test", "test", "train", "test"]
+    df = _patients({"a": 2, "b": 1, "c": 1}, finding={"a": "1", "b": "unsure", "c": 1})
+    df["split"] = ["train", "train", "test", "train"]
     summary = split_summary(df, ["finding", "absent"])
-    assert summary.to_dict("records") == [
-        {"split": "test", "images": 3, "patients": 2, "finding+": 3},
-        {"split": "train", "images": 1, "patients": 1, "finding+": 0},
+    assert summary.to_dict("records") == [  # in order of first appearance
+        {"split": "train", "images": 3, "patients": 2, "finding+": 3},
+        {"split": "test", "images": 1, "patients": 1, "finding+": 0},
     ]
