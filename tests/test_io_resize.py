@@ -167,6 +167,7 @@ def test_fit_shape_and_resize_native_keep_the_aspect_ratio_or_stretch() -> None:
     assert fit_shape(50, 100, 224, "letterbox") == (112, 224)
     assert fit_shape(100, 50, 224, "stretch") == (224, 224)
     assert fit_shape(1, 1000, 10) == (1, 10)  # never a zero-pixel side
+    assert fit_shape(1000, 1, 10) == (10, 1)
     assert fit_shape(3, 2, 4) == (4, 3)  # 2 * 4/3 = 2.67 rounds to 3
     out, shape = resize_native(np.ones((8, 4), dtype=np.float32), 4)
     assert shape == (4, 2) == out.shape and all(type(s) is int for s in shape)
@@ -185,5 +186,43 @@ def test_pad_to_square_centres_the_image_on_the_fill() -> None:
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(pad_to_square(image, 4)[1:3, 0:3], image)  # odd margins: top-left first
     assert pad_to_square(image, 4).sum() == image.sum()
+    assert pad_to_square(image, 3).shape == (3, 3)  # one side already fits: still padded
     square = np.ones((3, 3))
     assert pad_to_square(square, 3) is square
+
+
+def test_default_gap_keeps_whole_blocks_in_the_native_dtype_and_the_gap_is_passed_on() -> None:
+    from xraytriage.io.resize import resize_native
+
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 16)[:, ::-1].copy()
+    # ratio 8, gap 2: box 4 (whole blocks) then area, uint16; gap 3 would take box 3 and a partial block
+    for out in (resize_to(grey, (1, 1)), resize_native(grey, 1)[0]):
+        assert out.dtype == np.uint16 and out.shape == (1, 1) and out[0, 0] == round(grey.mean())
+    assert resize_native(grey, 1, reducing_gap=3.0)[0].dtype == np.float32
+
+
+@pytest.mark.parametrize(("shape", "out_shape"), [((9, 16), (3, 8)), ((16, 9), (8, 3))])
+def test_the_smaller_ratio_decides_the_box_stage(shape, out_shape) -> None:
+    # ratios 2 and 3: the smaller (2) is within the gap, so one native-dtype INTER_AREA pass
+    image = (np.arange(shape[0] * shape[1]) ** 2 % 4001).astype(np.uint16).reshape(shape)
+    out = resize_to(image, out_shape)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, cv2.resize(image, out_shape[::-1], interpolation=cv2.INTER_AREA))
+
+
+def test_a_box_of_two_with_a_partial_block_gets_exact_weights() -> None:
+    small = np.random.default_rng(7).integers(0, 4096, size=(5, 5)).astype(np.uint16)
+    image = np.kron(small, np.ones((2, 2), dtype=np.uint16))[:9, :9]  # ratio 3: box 2, 1 row/column left
+    out = resize_to(image, (3, 3))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _block_means(image, 3, 3), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "out_shape", "axis"), [((6, 4), (2, 4), 0), ((4, 6), (4, 2), 1)])
+def test_a_shrink_along_one_side_only_is_an_area_average(shape, out_shape, axis) -> None:
+    image = (np.indices(shape)[axis] ** 2).astype(np.float32)  # 0, 1, 4, 9, 16, 25 along that side
+    out = resize_to(image, out_shape)
+    means = np.array([5 / 3, 50 / 3], dtype=np.float32)  # (0+1+4)/3, (9+16+25)/3; linear would give 1, 16
+    np.testing.assert_allclose(
+        out, np.broadcast_to(means[:, None] if axis == 0 else means, out_shape), rtol=1e-6
+    )
