@@ -136,3 +136,45 @@ def test_bad_shapes_and_single_class_labels(caplog):
         caplog.messages
         == ["temperature scaling needs both classes in the validation labels; keeping T=1"] * 2
     )
+
+
+def test_integer_inputs_and_counts():
+    from xraytriage.evaluation.calibration import logit
+
+    edge = np.log(1e-7) - np.log1p(-1e-7)
+    np.testing.assert_allclose(logit(np.array([0, 1])), [edge, -edge], rtol=1e-9)  # 0/1 as integers
+    curve = reliability_curve(np.array([0, 1, 1]), np.array([-0.5, 0.3, 1.5]), n_bins=2)
+    assert curve["count"].dtype.kind == "i" and curve["count"].tolist() == [2, 1]  # out of range: clipped
+    y, p = np.array([0, 1, 1, 0, 1.0]), np.array([0.0, 0.1, 0.19, 0.55, 1.0])
+    assert expected_calibration_error(y, p, 1) == pytest.approx(abs(0.6 - 1.84 / 5), rel=1e-12)
+
+
+def test_auto_reads_zero_and_one_as_probabilities_and_anything_beyond_as_logits():
+    z = np.array([-3.0, -1.0, -0.5, 0.2, 0.5, 1.5, 2.0, 3.0])
+    y = np.array([0, 0, 1, 0, 1, 1, 0, 1.0])
+    probs = 1 / (1 + np.exp(-z))
+    for edge in (0, -1):
+        p = probs.copy()
+        p[edge] = float(edge == -1)  # an exact 0 first, an exact 1 last
+        assert (
+            fit_temperature(p, y)
+            == fit_temperature(p, y, kind="probs")
+            != fit_temperature(p, y, kind="logits")
+        )
+    inside = np.array([0.1, 0.3, 0.4, 0.9, 1.2, 1.5, 0.2, 1.9])  # all in [0, 2], some above 1: logits
+    auto = fit_temperature(inside, y)
+    assert auto == fit_temperature(inside, y, kind="logits") != fit_temperature(inside, y, kind="probs")
+    # fit_temperatures always reads logits, even ones that all lie in [0, 1]
+    low = np.array([0.1, 0.3, 0.4, 0.9, 0.2, 0.5, 0.0, 1.0])
+    assert fit_temperatures(low[:, None], y[:, None]) == [fit_temperature(low, y, kind="logits")]
+    assert fit_temperature(low, y, kind="logits") != fit_temperature(low, y)
+
+
+def test_the_fitted_temperature_is_where_the_log_loss_gradient_vanishes():
+    from scipy.optimize import brentq
+
+    z = np.array([-3.0, -1.0, -0.5, 0.2, 0.5, 1.5, 2.0, 3.0])
+    y = np.array([0, 0, 1, 0, 1, 1, 0, 1.0])
+    # d(mean log loss)/d(1/T) = mean((sigmoid(z / T) - y) * z) = 0 at the optimum
+    beta = brentq(lambda b: np.mean((1 / (1 + np.exp(-z * b)) - y) * z), 0.01, 10.0, xtol=1e-15)
+    assert fit_temperature(z, y, kind="logits") == pytest.approx(1 / beta, rel=3e-6)
