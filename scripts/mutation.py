@@ -49,7 +49,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     "src/xraytriage/io/pipeline.py": ["tests/test_io_hostile.py", "tests/test_io_dicom.py"],
     "src/xraytriage/io/resize.py": ["tests/test_io_resize.py"],
     "src/xraytriage/data/splits.py": ["tests/test_splits.py"],
-    "src/xraytriage/scoring/journal.py": ["tests/test_score_hostile.py", "tests/test_score_resume.py"],
+    "src/xraytriage/scoring/journal.py": ["tests/test_score_journal.py"],  # its unit tests: the
+    # scoring-run tests that also reach it take minutes per mutant
 }
 
 # Modules measured only in part, for now: their functions that turn stored values into pixels. The rest

@@ -93,3 +93,136 @@ def test_prereduce_factor_leaves_a_shrink_of_at_most_gap(ratio, gap):
     assert 1 <= k <= max(1, int(ratio + 1e-9))  # never turns the last stage into an enlargement
     assert k == 1 or ratio / k <= gap + 1e-9 or k == int(ratio + 1e-9)
     assert ratio > gap or k == 1  # no pre-reduction at or below the gap
+
+
+# --- absolute pixel values on small images (hand-computed area averages) ------------------------------
+
+
+def _block_means(image: np.ndarray, by: int, bx: int) -> np.ndarray:
+    h, w = image.shape
+    return image.astype(np.float64).reshape(h // by, by, w // bx, bx).mean(axis=(1, 3))
+
+
+def test_a_whole_block_shrink_is_the_exact_block_mean_in_the_native_dtype() -> None:
+    image = np.arange(64, dtype=np.float32).reshape(8, 8) ** 2
+    out = resize_to(image, (2, 2))  # ratio 4 > gap 2: a 2x box stage, then area on the 4x4 blocks
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _block_means(image, 4, 4), rtol=1e-6)
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 16)[:, ::-1].copy()
+    out = resize_to(grey, (2, 4))  # ratios 4 and 2: min 2 <= gap, one area pass
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, np.rint(_block_means(grey, 4, 2)))
+    out = resize_to(grey, (1, 1), reducing_gap=3.0)  # ratio 8: box 3, then a partial block: float32
+    assert out.dtype == np.float32 and out.shape == (1, 1)
+    assert abs(float(out[0, 0]) - grey.mean()) < 1e-3
+
+
+@pytest.mark.parametrize("shape", [(10, 10), (10, 9), (9, 10), (11, 10)])
+def test_partial_last_blocks_weigh_by_their_true_size(shape) -> None:
+    small = np.random.default_rng(5).integers(0, 1000, size=(4, 4)).astype(np.float32)
+    image = np.kron(small, np.ones((3, 3), dtype=np.float32))[: shape[0], : shape[1]]
+    h, w = shape
+    assert _prereduce_factor(min(h / 2, w / 2), 2.0) == 3  # box 3 leaves a partial row and/or column
+    out = resize_to(image, (2, 2))
+    assert out.dtype == np.float32
+    # blocks constant within the box: the two stages equal one exact area average
+    single = cv2.resize(image, (2, 2), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(out, single, rtol=1e-5)
+    if shape == (10, 10):
+        np.testing.assert_allclose(out, _block_means(image, 5, 5), rtol=1e-5)
+
+
+def test_block_weights_are_the_overlaps_over_the_output_width() -> None:
+    from xraytriage.io.resize import _block_weights
+
+    # 10 pixels in blocks of 3 ([0,3) [3,6) [6,9) [9,10)) to 2 outputs ([0,5) [5,10))
+    expected = [[3 / 5, 2 / 5, 0, 0], [0, 1 / 5, 3 / 5, 1 / 5]]
+    np.testing.assert_allclose(_block_weights(10, 3, 2).toarray(), expected, rtol=1e-6)
+    # a block ending exactly on an output edge ([0,3) [3,6) [6,9) [9,12) to [0,6) [6,12))
+    expected = [[1 / 2, 1 / 2, 0, 0], [0, 0, 1 / 2, 1 / 2]]
+    weights = _block_weights(12, 3, 2)
+    np.testing.assert_allclose(weights.toarray(), expected, rtol=1e-6)
+    assert weights.nnz == 4 and weights.dtype == np.float32
+
+
+def test_enlarging_or_same_size_or_an_unusual_dtype() -> None:
+    image = np.array([[0, 100], [200, 300]], dtype=np.uint16)
+    assert resize_to(image, (2, 2)) is image
+    big = resize_to(image, (4, 4))
+    expected = cv2.resize(image, (4, 4), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(big, expected)
+    mixed = resize_to(image, (1, 4))  # taller source, wider output: linear too
+    np.testing.assert_array_equal(mixed, cv2.resize(image, (4, 1), interpolation=cv2.INTER_LINEAR))
+    wide = np.arange(16, dtype=np.int32).reshape(4, 4)  # OpenCV cannot resize int32: float32 instead
+    out = resize_to(wide, (2, 2))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _block_means(wide, 2, 2))
+    assert resize_to(wide, (4, 4)).dtype == np.float32
+
+
+def test_fit_shape_and_resize_native_keep_the_aspect_ratio_or_stretch() -> None:
+    from xraytriage.io.resize import resize_native
+
+    assert fit_shape(100, 50, 224) == (224, 112)
+    assert fit_shape(50, 100, 224, "letterbox") == (112, 224)
+    assert fit_shape(100, 50, 224, "stretch") == (224, 224)
+    assert fit_shape(1, 1000, 10) == (1, 10)  # never a zero-pixel side
+    assert fit_shape(1000, 1, 10) == (10, 1)
+    assert fit_shape(3, 2, 4) == (4, 3)  # 2 * 4/3 = 2.67 rounds to 3
+    out, shape = resize_native(np.ones((8, 4), dtype=np.float32), 4)
+    assert shape == (4, 2) == out.shape and all(type(s) is int for s in shape)
+    out, shape = resize_native(np.ones((8, 4), dtype=np.float32), 4, "stretch")
+    assert shape == (4, 4)
+
+
+def test_pad_to_square_centres_the_image_on_the_fill() -> None:
+    from xraytriage.io.resize import pad_to_square
+
+    image = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)
+    expected = np.full((5, 5), 9, dtype=np.uint8)
+    expected[1:3, 1:4] = image
+    out = pad_to_square(image, 5, fill=9)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(pad_to_square(image, 4)[1:3, 0:3], image)  # odd margins: top-left first
+    assert pad_to_square(image, 4).sum() == image.sum()
+    assert pad_to_square(image, 3).shape == (3, 3)  # one side already fits: still padded
+    square = np.ones((3, 3))
+    assert pad_to_square(square, 3) is square
+
+
+def test_default_gap_keeps_whole_blocks_in_the_native_dtype_and_the_gap_is_passed_on() -> None:
+    from xraytriage.io.resize import resize_native
+
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 16)[:, ::-1].copy()
+    # ratio 8, gap 2: box 4 (whole blocks) then area, uint16; gap 3 would take box 3 and a partial block
+    for out in (resize_to(grey, (1, 1)), resize_native(grey, 1)[0]):
+        assert out.dtype == np.uint16 and out.shape == (1, 1) and out[0, 0] == round(grey.mean())
+    assert resize_native(grey, 1, reducing_gap=3.0)[0].dtype == np.float32
+
+
+@pytest.mark.parametrize(("shape", "out_shape"), [((9, 16), (3, 8)), ((16, 9), (8, 3))])
+def test_the_smaller_ratio_decides_the_box_stage(shape, out_shape) -> None:
+    # ratios 2 and 3: the smaller (2) is within the gap, so one native-dtype INTER_AREA pass
+    image = (np.arange(shape[0] * shape[1]) ** 2 % 4001).astype(np.uint16).reshape(shape)
+    out = resize_to(image, out_shape)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, cv2.resize(image, out_shape[::-1], interpolation=cv2.INTER_AREA))
+
+
+def test_a_box_of_two_with_a_partial_block_gets_exact_weights() -> None:
+    small = np.random.default_rng(7).integers(0, 4096, size=(5, 5)).astype(np.uint16)
+    image = np.kron(small, np.ones((2, 2), dtype=np.uint16))[:9, :9]  # ratio 3: box 2, 1 row/column left
+    out = resize_to(image, (3, 3))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _block_means(image, 3, 3), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "out_shape", "axis"), [((6, 4), (2, 4), 0), ((4, 6), (4, 2), 1)])
+def test_a_shrink_along_one_side_only_is_an_area_average(shape, out_shape, axis) -> None:
+    image = (np.indices(shape)[axis] ** 2).astype(np.float32)  # 0, 1, 4, 9, 16, 25 along that side
+    out = resize_to(image, out_shape)
+    means = np.array([5 / 3, 50 / 3], dtype=np.float32)  # (0+1+4)/3, (9+16+25)/3; linear would give 1, 16
+    np.testing.assert_allclose(
+        out, np.broadcast_to(means[:, None] if axis == 0 else means, out_shape), rtol=1e-6
+    )
