@@ -267,11 +267,12 @@ def _print_summary(
             print(shown.to_string(index=False, max_rows=40))
     if scores.is_file():
         from xraytriage.scoring.discovery import NOT_A_SCAN
-        from xraytriage.scoring.outputs import OUT_OF_SCOPE, count_error_rows
+        from xraytriage.scoring.outputs import OUT_OF_SCOPE, error_reason_counts
 
         n_scored = sum(1 for _ in scores.open()) - 1
-        n_err = count_error_rows(errors, (NOT_A_SCAN, OUT_OF_SCOPE))[0]
-        n_skipped = count_error_rows(errors, NOT_A_SCAN)[1]
+        reasons = error_reason_counts(errors)
+        n_skipped = reasons[NOT_A_SCAN]
+        n_err = sum(reasons.values()) - n_skipped - reasons[OUT_OF_SCOPE]
         print(
             f"scored {n_scored} scans; {n_err} bad files reported, {n_skipped} file(s) that are not "
             f"scans skipped{' (as intended)' if n_err else ''} (score exit code {score_code})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -30,33 +31,34 @@ ERROR_COLUMNS = ["path", "reason", "message", "scored_at"]
 OUT_OF_SCOPE = "out_of_scope"  # errors-file reason of a scan skipped under score.out_of_scope=skip
 
 
-def count_error_rows(errors: str | Path, skipped_reasons: str | Collection[str]) -> tuple[int, int]:
-    """(failures, skipped files) among the complete rows of an errors file (absent: none), read the way
-    the journals write it (file names that are not UTF-8 survive). ``skipped_reasons``: the reasons
-    that are decisions, not failures (``not_a_scan``, ``out_of_scope``)."""
+def error_reason_counts(errors: str | Path) -> Counter[str]:
+    """Rows per reason among the complete rows of an errors file (absent: none), read once, the way
+    the journals write it (file names that are not UTF-8 survive)."""
     import csv
 
     from xraytriage.scoring.journal import ENCODING_ERRORS
 
-    skipped_set = {skipped_reasons} if isinstance(skipped_reasons, str) else set(skipped_reasons)
-    failed = skipped = 0
+    counts: Counter[str] = Counter()
     try:
         with open(errors, encoding="utf-8", errors=ENCODING_ERRORS, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if not header or "reason" not in header:
-                return 0, 0
+                return counts
             where = header.index("reason")
-            for row in reader:
-                if len(row) != len(header):
-                    continue  # a torn last line of an interrupted run
-                if row[where] in skipped_set:
-                    skipped += 1
-                else:
-                    failed += 1
+            counts.update(row[where] for row in reader if len(row) == len(header))  # torn line: no row
     except FileNotFoundError:
         pass
-    return failed, skipped
+    return counts
+
+
+def count_error_rows(errors: str | Path, skipped_reasons: str | Collection[str]) -> tuple[int, int]:
+    """(failures, skipped files) in an errors file; ``skipped_reasons``: the reasons that are
+    decisions, not failures (``not_a_scan``, ``out_of_scope``)."""
+    skipped_set = {skipped_reasons} if isinstance(skipped_reasons, str) else set(skipped_reasons)
+    counts = error_reason_counts(errors)
+    skipped = sum(n for reason, n in counts.items() if reason in skipped_set)
+    return sum(counts.values()) - skipped, skipped
 
 
 def score_columns(labels: Sequence[str]) -> list[str]:

@@ -38,8 +38,8 @@ from xraytriage.scoring.outputs import (
     ERROR_COLUMNS,
     OUT_OF_SCOPE,
     aggregate_studies,
-    count_error_rows,
     display_path,
+    error_reason_counts,
     finalize_parquet,
     is_parquet,
     journal_for,
@@ -651,9 +651,10 @@ class ScoringRun:
         """Rank 0: fold a Parquet journal, count the errors file, aggregate studies."""
         if is_parquet(self.out):
             finalize_parquet(self.out, self.labels)
-        failed_rows, skipped_rows = count_error_rows(self.errors_out, (NOT_A_SCAN, OUT_OF_SCOPE))
-        self.summary.out_of_scope_total = count_error_rows(self.errors_out, OUT_OF_SCOPE)[1]
-        self.summary.skipped_total = skipped_rows - self.summary.out_of_scope_total
+        reasons = error_reason_counts(self.errors_out)
+        self.summary.out_of_scope_total = reasons[OUT_OF_SCOPE]
+        self.summary.skipped_total = reasons[NOT_A_SCAN]
+        failed_rows = sum(reasons.values()) - self.summary.skipped_total - self.summary.out_of_scope_total
         self.summary.errors_total = failed_rows + (self.summary.skipped_total if self.opts.strict else 0)
         if self.opts.studies is not None:
             scores = read_scores(self.out, self.labels)
