@@ -127,6 +127,7 @@ def end_to_end(
     cache: bool = False,
     distinct: int = 0,
     scan_size: int | None = None,
+    augment_backend: str = "albumentations",
 ) -> float:
     """images/s of the real training loop (an untimed warm-up epoch, then one timed epoch)."""
     source = scan_size or min(size * 2, 1024)
@@ -144,6 +145,7 @@ def end_to_end(
         f"train.compile={compile_model}",
         "train.histogram_every_epochs=0",
         "train.log_every_steps=1000000",
+        f"augment.backend={augment_backend}",
     ]
     if cache:
         cache_dir = data_dir / "cache"
@@ -180,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scan-size", type=int, default=None, help="side of the synthetic scans (default: 2 x size, <= 1024)"
     )
+    parser.add_argument(
+        "--augment-backend",
+        choices=["albumentations", "fast"],
+        default="albumentations",
+        help="augmentation backend of the end-to-end run (the project default: albumentations)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser
 
@@ -197,7 +205,8 @@ def main() -> None:
     print(
         f"device {name}, torch {torch.__version__}, {args.arch}, batch {batch}, {steps} timed steps; "
         f"project settings: amp={amp}, channels_last, compile={args.compile}, "
-        f"end to end from {'the cache' if args.cache else 'DICOMs decoded by'} {args.workers} workers",
+        f"end to end from {'the cache' if args.cache else 'DICOMs decoded by'} {args.workers} workers, "
+        f"augment.backend={args.augment_backend}",
         flush=True,
     )
     print(f"{'size':>5} {'measurement':<34} {'images/s':>10} {'x baseline':>10} {'TFLOP/s':>8} {'MFU':>6}")
@@ -226,6 +235,7 @@ def main() -> None:
                     cache=args.cache,
                     distinct=args.distinct,
                     scan_size=args.scan_size,
+                    augment_backend=args.augment_backend,
                 )
                 rows.append(("end-to-end from " + ("cache" if args.cache else "DICOMs"), rate))
             for label, rate in rows:

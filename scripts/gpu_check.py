@@ -201,7 +201,8 @@ def plan(work: Path, cores: int, python: str = "python3", carry: Path = CARRY) -
     py = [python, "-u"]
     tests = ["-m", "pytest", "-m", "gpu", *GPU_TEST_FILES, "-q", "-p", "no:cacheprovider"]
     train = (
-        "--sizes 224 --batch-size 256 --steps 30 --warmup 8 --compile --cache --distinct 384 --scan-size 256"
+        "--sizes 224 --batch-size 256 --steps 30 --warmup 8 --compile --cache --distinct 384 --scan-size 256 "
+        "--augment-backend fast"  # albumentations stays behind (scripts/gpu_wheels.txt): 40 MiB cap
     )
     score = (
         "--device cuda --kinds uncompressed --count 20000 --distinct 48 --marginal 4000 --batch-size 256 "

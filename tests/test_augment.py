@@ -164,11 +164,12 @@ def test_fast_pipeline_equals_albumentations_ops_applied_with_the_same_parameter
         np.testing.assert_array_equal(fast(image), got)  # __call__ = sample_params + apply
 
 
-def test_same_seed_same_output_and_different_seeds_differ() -> None:
+@pytest.mark.parametrize("backend", ["albumentations", "fast"])
+def test_same_seed_same_output_and_different_seeds_differ(backend: str) -> None:
     image = _image()
-    cfg = AugmentConfig(probability=1.0, clahe_p=0.5, hflip_p=0.5)
+    cfg = AugmentConfig(backend=backend, probability=1.0, clahe_p=0.5, hflip_p=0.5)
     a, b = aug.build_augmentation(cfg, 0), aug.build_augmentation(cfg, 99)
-    assert isinstance(a, aug.FastAugmentation)
+    assert isinstance(a, aug.FastAugmentation if backend == "fast" else A.Compose)
     outputs = []
     for seed in (1, 2, 3):
         a.set_random_seed(seed)
@@ -189,12 +190,15 @@ def test_same_seed_same_output_and_different_seeds_differ() -> None:
     np.testing.assert_array_equal(aug.apply_augmentation(a, image), aug.apply_augmentation(clone, image))
 
 
-def test_output_is_float32_in_unit_range_with_the_input_shape_and_input_untouched() -> None:
+@pytest.mark.parametrize("backend", ["albumentations", "fast"])
+def test_output_is_float32_in_unit_range_with_the_input_shape_and_input_untouched(backend: str) -> None:
     image = _image(70, 90)
     image[:5] = 1.0  # saturated and black areas: brightness, gamma and the warp push at both ends
     image[-5:] = 0.0
     before = image.copy()
-    cfg = AugmentConfig(probability=1.0, clahe_p=0.5, hflip_p=0.5, brightness=0.5, contrast=0.5)
+    cfg = AugmentConfig(
+        backend=backend, probability=1.0, clahe_p=0.5, hflip_p=0.5, brightness=0.5, contrast=0.5
+    )
     transform = aug.build_augmentation(cfg, 0)
     for seed in range(60):
         transform.set_random_seed(seed)
@@ -209,7 +213,7 @@ def test_disabled_is_none_and_zero_probability_is_identity() -> None:
     assert aug.build_augmentation(AugmentConfig(enabled=False), 0) is None
     assert aug.build_augmentation(AugmentConfig(enabled=False, backend="albumentations"), 0) is None
     assert aug.apply_augmentation(None, image) is image
-    idle = aug.build_augmentation(AugmentConfig(probability=0.0, clahe_p=0.0, hflip_p=0.0), 0)
+    idle = aug.build_augmentation(AugmentConfig(backend="fast", probability=0.0, clahe_p=0.0, hflip_p=0.0), 0)
     for seed in range(20):
         idle.set_random_seed(seed)
         assert idle.sample_params(image.shape) == aug.FastParams()
@@ -271,9 +275,9 @@ def test_parameter_draws_respect_ranges_and_probabilities() -> None:
     assert abs(both - 0.64) < 0.04
 
 
-def test_albumentations_backend_still_works_and_is_seeded() -> None:
+def test_the_default_backend_is_the_albumentations_pipeline() -> None:
     image = _image()
-    cfg = AugmentConfig(backend="albumentations", probability=1.0, clahe_p=0.5, hflip_p=0.5)
+    cfg = AugmentConfig(probability=1.0, clahe_p=0.5, hflip_p=0.5)
     transform = aug.build_augmentation(cfg, 0)
     assert isinstance(transform, A.Compose)
     names = [type(t).__name__ for t in transform.transforms]

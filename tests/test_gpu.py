@@ -68,8 +68,12 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def gpu_config(manifest: Path, *extra: str):
-    """test_training's tiny run (ResNet-18, batch 8, two epochs), at 64 px on the device under test."""
+    """test_training's tiny run (ResNet-18, batch 8, two epochs), at 64 px on the device under test.
+
+    The fused augmentation backend: the device image has no albumentations (scripts/gpu_wheels.txt).
+    """
     device = [f"train.device={DEVICE}", "preprocess.image_size=64", "train.histogram_every_epochs=0"]
+    device.append("augment.backend=fast")
     return tiny_config(manifest, *device, *extra)
 
 
@@ -291,6 +295,7 @@ def test_single_process_ddp_run_trains_through_the_process_group(manifest: Path,
         "train.batch_size=8",
         f"train.device={DEVICE}",
         "train.histogram_every_epochs=0",
+        "augment.backend=fast",  # as gpu_config
     ]
     command = [*launcher, f"--master_port={_free_port()}", "-m", "xraytriage", "train"]
     proc = subprocess.run(

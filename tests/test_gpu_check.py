@@ -230,3 +230,12 @@ def test_junit_results_name_the_failing_tests(tmp_path: Path) -> None:
     assert summary["line"] == "1 passed, 1 failed, 1 skipped"
     assert summary["problems"][0] == {"test": "test_b", "kind": "failure", "message": "assert 2 == 1"}
     assert check["junit_summary"](tmp_path / "missing.xml") == {}
+
+
+def test_device_training_uses_an_augmentation_backend_the_device_image_has(tmp_path: Path) -> None:
+    """albumentations (the default backend) is left out of the carried wheels for size, so the check's
+    training benchmark must ask for the fused backend, or bench_train dies on its import."""
+    assert "albumentations" in WheelSet.load().left_out
+    train = next(s for s in check["plan"](tmp_path, 16) if s.name == "bench_train")
+    flag = train.argv.index("--augment-backend")
+    assert train.argv[flag + 1] == "fast"

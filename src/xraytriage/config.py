@@ -142,8 +142,10 @@ class ModelConfig(_Section):
 
 class AugmentConfig(_Section):
     enabled: bool = True
-    backend: Literal["fast", "albumentations"] = Field(
-        "fast", description="fast: fused OpenCV ops; albumentations: the reference Compose pipeline"
+    backend: Literal["albumentations", "fast"] = Field(
+        "albumentations",
+        description="albumentations: the Compose pipeline (default); fast: the same ops fused with OpenCV, "
+        "about 3x the samples/s per worker, tested op by op against it",
     )
     affine_degrees: float = Field(7.0, ge=0.0, le=45.0)
     affine_scale: float = Field(0.08, ge=0.0, le=0.5)

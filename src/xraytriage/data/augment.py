@@ -7,13 +7,15 @@ because laterality markers and situs are meaningful.
 
 Two backends (``augment.backend``):
 
-* ``fast`` (default): the same operations with the same parameter distributions and pixel semantics
-  as the albumentations pipeline, but rotation/scale/translation (and the flip) are one affine matrix
-  and one ``cv2.warpAffine``, brightness/contrast is one fused multiply-add, gamma is ``cv2.pow``
-  (``np.power`` on float32 is ~5x slower) and the image is clipped once: about 3x the samples/s of
-  the reference per worker at 224 px from the cache. ``tests/test_augment.py`` checks every op against
+* ``albumentations`` (default): the ``A.Compose`` pipeline of the project's declared augmentation
+  library.
+* ``fast`` (opt-in): the same operations with the same parameter distributions and pixel semantics,
+  but rotation/scale/translation (and the flip) are one affine matrix and one ``cv2.warpAffine``,
+  brightness/contrast is one fused multiply-add, gamma is ``cv2.pow`` (``np.power`` on float32 is ~5x
+  slower) and the image is clipped once: about 3x the samples/s of albumentations per worker at 224 px
+  from the cache (docs/benchmarks.md). For when augmentation bounds the epoch, or where albumentations
+  is not installed (the GPU check's device image). ``tests/test_augment.py`` checks every op against
   its albumentations counterpart.
-* ``albumentations``: the reference ``A.Compose`` pipeline.
 
 Both are seeded per sample through ``set_random_seed`` (see ``ScanDataset``), so augmentations are
 identical whatever the number of DataLoader workers.
@@ -246,10 +248,10 @@ class FastAugmentation:
 
 
 def build_albumentations(cfg: AugmentConfig, seed: int) -> A.Compose:
-    """The reference pipeline (``augment.backend: albumentations``).
+    """The default pipeline (``augment.backend: albumentations``).
 
-    Imported here, not at module level: the default fast backend needs no albumentations, so a machine
-    without it (the GPU check's device image) still trains.
+    Imported here, not at module level: the fast backend needs no albumentations, so a machine without
+    it (the GPU check's device image) still trains with ``augment.backend: fast``.
     """
     import albumentations as A
 
