@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python >= 3.10, no GPU needed):
 #   make demo   installs into .venv and runs the end-to-end demo on built-in synthetic DICOMs
-#   make test   installs into .venv (with the dev extra) and runs lint + the whole test suite
+#   make test   installs into .venv (with the dev extra) and runs lint, the format check and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -25,6 +25,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check src tests scripts notebooks
+	$(BIN)/ruff format --check src tests scripts notebooks
 
 test-debs:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

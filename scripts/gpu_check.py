@@ -16,7 +16,7 @@ that fails or runs out of time is recorded and the next one starts, so the repor
     install      the carried wheels into a private folder with pip --no-deps --target (the image's torch
                  and torchvision are never touched); the carried radiographs into pydicom's data cache;
                  then an import check. The project itself runs from src/ (PYTHONPATH).
-    gpu_tests    pytest -m gpu tests/test_gpu.py tests/test_scope.py
+    gpu_tests    pytest -m gpu tests/training/test_gpu.py tests/scope/test_scope.py
     bench_train  ResNet-50 at 224 px, bf16, channels_last, torch.compile, end to end from the decode-once
                  cache with one DataLoader worker per core but one
     bench_score  batch scoring of uncompressed 2048 x 2500 DICOMs on the GPU, and where the bound is
@@ -192,7 +192,7 @@ class Report:
 
 
 # Every test file holding @pytest.mark.gpu tests (tests/test_gpu_check.py checks none is left out).
-GPU_TEST_FILES = ("tests/test_gpu.py", "tests/test_scope.py")
+GPU_TEST_FILES = ("tests/training/test_gpu.py", "tests/scope/test_scope.py")
 
 
 def plan(work: Path, cores: int, python: str = "python3", carry: Path = CARRY) -> list[Step]:

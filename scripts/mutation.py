@@ -28,28 +28,40 @@ EQUIVALENT_FILE = ROOT / "tests" / "mutation" / "equivalent.txt"
 # The clinical core (the numbers a clinician acts on, and the pixels and patients behind them) and the
 # tests that exercise each module. html.py and plots.py only render results: out of scope.
 MODULE_TESTS: dict[str, list[str]] = {
-    "src/xraytriage/evaluation/fairness.py": ["tests/test_fairness.py"],
-    "src/xraytriage/evaluation/bootstrap.py": ["tests/test_eval_bootstrap.py"],
-    "src/xraytriage/io/dicom.py": [  # add tests/test_io_hostile.py when the whole file is measured
-        "tests/test_io_dicom_lut.py",
-        "tests/test_io_dicom.py",
-        "tests/test_io_reference.py",
+    "src/xraytriage/evaluation/fairness.py": ["tests/evaluation/test_fairness.py"],
+    "src/xraytriage/evaluation/bootstrap.py": ["tests/evaluation/test_eval_bootstrap.py"],
+    "src/xraytriage/io/dicom.py": [  # add tests/io/test_io_hostile.py when the whole file is measured
+        "tests/io/test_io_dicom_lut.py",
+        "tests/io/test_io_dicom.py",
+        "tests/io/test_io_reference.py",
     ],
-    "src/xraytriage/evaluation/intervals.py": ["tests/test_eval_intervals.py"],
-    "src/xraytriage/evaluation/rates.py": ["tests/test_eval_intervals.py", "tests/test_fairness.py"],
-    "src/xraytriage/evaluation/subgroups.py": ["tests/test_fairness.py"],
-    "src/xraytriage/evaluation/thresholds.py": ["tests/test_eval_thresholds.py"],
-    "src/xraytriage/evaluation/metrics.py": ["tests/test_metrics.py", "tests/test_eval_thresholds.py"],
-    "src/xraytriage/evaluation/calibration.py": ["tests/test_eval_calibration.py", "tests/test_metrics.py"],
-    "src/xraytriage/evaluation/simulation.py": ["tests/test_eval_statistics.py"],
-    "src/xraytriage/evaluation/audit.py": ["tests/test_audit.py"],
-    "src/xraytriage/evaluation/identifiers.py": ["tests/test_privacy_integrity.py"],
-    "src/xraytriage/evaluation/results.py": ["tests/test_fairness.py", "tests/test_eval_report.py"],
-    "src/xraytriage/evaluation/report.py": ["tests/test_eval_report.py"],
-    "src/xraytriage/io/pipeline.py": ["tests/test_io_hostile.py", "tests/test_io_dicom.py"],
-    "src/xraytriage/io/resize.py": ["tests/test_io_resize.py"],
-    "src/xraytriage/data/splits.py": ["tests/test_splits.py"],
-    "src/xraytriage/scoring/journal.py": ["tests/test_score_journal.py"],  # its unit tests: the
+    "src/xraytriage/evaluation/intervals.py": ["tests/evaluation/test_eval_intervals.py"],
+    "src/xraytriage/evaluation/rates.py": [
+        "tests/evaluation/test_eval_intervals.py",
+        "tests/evaluation/test_fairness.py",
+    ],
+    "src/xraytriage/evaluation/subgroups.py": ["tests/evaluation/test_fairness.py"],
+    "src/xraytriage/evaluation/thresholds.py": ["tests/evaluation/test_eval_thresholds.py"],
+    "src/xraytriage/evaluation/metrics.py": [
+        "tests/evaluation/test_metrics.py",
+        "tests/evaluation/test_eval_thresholds.py",
+    ],
+    "src/xraytriage/evaluation/calibration.py": [
+        "tests/evaluation/test_eval_calibration.py",
+        "tests/evaluation/test_metrics.py",
+    ],
+    "src/xraytriage/evaluation/simulation.py": ["tests/evaluation/test_eval_statistics.py"],
+    "src/xraytriage/evaluation/audit.py": ["tests/data/test_audit.py"],
+    "src/xraytriage/evaluation/identifiers.py": ["tests/scoring/test_privacy_integrity.py"],
+    "src/xraytriage/evaluation/results.py": [
+        "tests/evaluation/test_fairness.py",
+        "tests/evaluation/test_eval_report.py",
+    ],
+    "src/xraytriage/evaluation/report.py": ["tests/evaluation/test_eval_report.py"],
+    "src/xraytriage/io/pipeline.py": ["tests/io/test_io_hostile.py", "tests/io/test_io_dicom.py"],
+    "src/xraytriage/io/resize.py": ["tests/io/test_io_resize.py"],
+    "src/xraytriage/data/splits.py": ["tests/data/test_splits.py"],
+    "src/xraytriage/scoring/journal.py": ["tests/scoring/test_score_journal.py"],  # its unit tests: the
     # scoring-run tests that also reach it take minutes per mutant
 }
 

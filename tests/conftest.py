@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XRAYTRIAGE_SHARED", ROOT.parent / "shared"))
 
@@ -75,3 +77,10 @@ def pydicom_test_file():
         return str(path)
 
     return _get
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic patients at 64 px: the data of the tiny training run (support.training.tiny_config)."""
+    out = tmp_path_factory.mktemp("tiny")
+    return generate_dataset(out, SyntheticSpec(n_patients=24, size=64, seed=3), progress=False)

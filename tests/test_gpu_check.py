@@ -52,8 +52,8 @@ def test_dry_run_passes_on_the_repository_as_it_is() -> None:
 
 def test_the_gpu_step_runs_every_file_that_holds_gpu_tests() -> None:
     marked = {
-        f"tests/{path.name}"
-        for path in (ROOT / "tests").glob("test_*.py")
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "tests").rglob("test_*.py")
         if path.name != Path(__file__).name and "pytest.mark.gpu" in path.read_text(encoding="utf-8")
     }
     assert marked == set(check["GPU_TEST_FILES"])

@@ -14,7 +14,7 @@ Two backends (``augment.backend``):
   brightness/contrast is one fused multiply-add, gamma is ``cv2.pow`` (``np.power`` on float32 is ~5x
   slower) and the image is clipped once: about 3x the samples/s of albumentations per worker at 224 px
   from the cache (docs/benchmarks.md). For when augmentation bounds the epoch, or where albumentations
-  is not installed (the GPU check's device image). ``tests/test_augment.py`` checks every op against
+  is not installed (the GPU check's device image). ``tests/data/test_augment.py`` checks every op against
   its albumentations counterpart.
 
 Both are seeded per sample through ``set_random_seed`` (see ``ScanDataset``), so augmentations are
@@ -51,7 +51,7 @@ POW_FLOOR = 1e-30
 
 
 # ----------------------------------------------------------------------------- single operations
-# Each function reproduces one albumentations op for fixed parameters (tests/test_augment.py).
+# Each function reproduces one albumentations op for fixed parameters (tests/data/test_augment.py).
 
 
 def affine_matrix(

@@ -16,7 +16,7 @@ zero width.
   with Korn & Graubard's degrees-of-freedom correction (conservative by construction).
 
 References are listed in docs/evaluation.md; the coverage of each interval is measured by
-``scripts/bench_statistics.py`` and, in a small version, by tests/test_eval_statistics.py.
+``scripts/bench_statistics.py`` and, in a small version, by tests/evaluation/test_eval_statistics.py.
 """
 
 from __future__ import annotations

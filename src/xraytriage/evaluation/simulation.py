@@ -7,7 +7,7 @@ noise, with correlation ``rho`` between scans of one patient (variance 1 in tota
 sensitivity is exactly ``sensitivity``; sensitivity 1.0 uses ``|effect + noise|`` (never missed).
 Negatives score ``-1 + effect + noise`` (true specificity ``Phi(1)``). Probabilities are
 ``sigmoid(score)``. Used by ``scripts/bench_statistics.py`` (the full tables) and by
-tests/test_eval_statistics.py (a small, fast version that guards the guarantees).
+tests/evaluation/test_eval_statistics.py (a small, fast version that guards the guarantees).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ with the source size (RG3, 1760 px uint16 -> 512: ~6 ms on one core). So a shrin
 ``reducing_gap`` is an exact integer box average (fast path, native dtype) with the smallest factor ``k``
 that leaves at most ``reducing_gap`` to go, then area weights for the rest on a ``k``-times smaller image.
 Both stages are area averages, so the result stays alias-free and close to one INTER_AREA resize
-(tests/test_io_resize.py). Output is the native dtype, or float32 where a partial block needed exact weights.
+(tests/io/test_io_resize.py). Output is the native dtype, or float32 where a partial block needed exact
+weights.
 """
 
 from __future__ import annotations

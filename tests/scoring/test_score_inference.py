@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_score import make_bundle, read_csv_rows, run_score, write_pngs
+from support.scoring import make_bundle, read_csv_rows, run_score, write_pngs
 from xraytriage.training.predict import iter_logits
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_score import make_bundle, read_csv_rows, run_score
+from support.scoring import make_bundle, read_csv_rows, run_score
 from xraytriage.config import ConfigError, ModelConfig, PreprocessConfig, ScopeConfig, load_config
 from xraytriage.data.manifest import read_manifest
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
@@ -146,7 +146,7 @@ def test_a_model_trained_on_secondary_captures_is_validated_on_them() -> None:
 
 def test_real_public_dicoms_state_they_are_secondary_captures() -> None:
     """RSNA, SIIM and NIH's public DICOMs are Secondary Captures: the rule must see it."""
-    samples = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom_samples"
+    samples = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom_samples"
     files = sorted(samples.glob("*.dcm"))
     if not files:
         pytest.skip("../shared/data/dicom_samples is absent")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_score import make_bundle, read_csv_rows, run_score, write_pngs
+from support.scoring import make_bundle, read_csv_rows, run_score, write_pngs
 from xraytriage.config import ConfigError, load_config
 from xraytriage.models import load_bundle
 from xraytriage.scoring import ScoreOptions, score

@@ -3,7 +3,7 @@
 RG1 is 1955x1841 (levels 978, 489, 245 px on the long side), RG3 1760x1760 (880, 440, 220). Accepting a
 level below the target means upsampling it a little (INTER_LINEAR), which loses some fine detail.
 Tolerance against a full decode + area resize: the one the reduced decode already meets at fraction 1.0
-(tests/test_io_dicom.py): mean < 0.01 and 99th percentile < 0.07 on the [0, 1] display scale.
+(tests/io/test_io_dicom.py): mean < 0.01 and 99th percentile < 0.07 on the [0, 1] display scale.
 """
 
 from __future__ import annotations

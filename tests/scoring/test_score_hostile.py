@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_score import make_bundle, read_csv_rows, run_score, write_dicom, write_pngs
+from support.scoring import make_bundle, read_csv_rows, run_score, write_dicom, write_pngs
 from xraytriage.scoring.dataset import ScanDataset
 from xraytriage.scoring.journal import CsvJournal
 

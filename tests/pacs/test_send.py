@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from orthanc_server import free_port
+from support.orthanc import free_port
 from xraytriage import cli
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.pacs.send import (

@@ -1,6 +1,6 @@
 """Stored values -> modality values -> VOI -> grey, checked in absolute values on hand-built datasets.
 
-Why not only the reference comparison (tests/test_io_reference.py): it normalises min-max before
+Why not only the reference comparison (tests/io/test_io_reference.py): it normalises min-max before
 comparing, which hides any linear error (a slope ignored, an intercept added twice). Here every output
 is the number the DICOM standard (PS3.3 C.11) gives for a known slope, intercept, LUT or window."""
 

@@ -154,7 +154,7 @@ def test_the_worker_memory_cap_turns_a_huge_allocation_into_memory_error() -> No
 
 @pytest.mark.timeout(180)
 def test_a_scan_past_the_worker_memory_cap_fails_as_too_large(tmp_path: Path) -> None:
-    from test_score import make_bundle, read_csv_rows, run_score
+    from support.scoring import make_bundle, read_csv_rows, run_score
 
     bundle = make_bundle(tmp_path / "m.pt")
     folder = tmp_path / "in"

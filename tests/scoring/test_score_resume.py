@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from test_score import make_bundle, run_score, write_pngs
+from support.scoring import make_bundle, run_score, write_pngs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rows(path: Path) -> list[list[str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_training import tiny_config
+from support.training import tiny_config
 from xraytriage.cli import build_parser, main
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.utils import progress

@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from orthanc_server import (
+from support.orthanc import (
     Orthanc,
     dicomweb_plugin,
     make_certificates,
@@ -42,7 +42,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 @pytest.fixture(scope="module")
 def scored(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Demo scans (and the scope variants) pushed to Orthanc over REST, then scored locally."""
-    from test_score import make_bundle
+    from support.scoring import make_bundle
 
     root = tmp_path_factory.mktemp("pacs_round_trip")
     generate_dataset(root / "scans", SyntheticSpec(n_patients=4, size=48, seed=11), progress=False)

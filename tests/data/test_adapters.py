@@ -7,7 +7,6 @@ MIMIC-CXR-JPG and covid-chestxray tables are not in shared: they are synthetic r
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import os
@@ -17,88 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from xraytriage.commands import prepare
+from support.adapters import PUBLIC, chexpert_root, load, nih_root, run_prepare, tiny_dicom, tiny_image
 from xraytriage.data.adapters._common import snake
 from xraytriage.data.manifest import patient_leakage, read_manifest
-
-PUBLIC = "public_metadata"
-
-
-# ----------------------------------------------------------------------------------------- helpers
-def tiny_image(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(path)
-
-
-def tiny_dicom(path: Path, **tags: object) -> None:
-    """An 8x8 MONOCHROME2 DICOM with the given header attributes (PatientSex='F', PatientAge='058Y', ...).
-
-    RSNA's real headers carry ages like '58' (not DICOM's '058Y'); pydicom warns when writing them.
-    """
-    import warnings
-
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = str(tags.get("SOPInstanceUID", generate_uid()))
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.Modality = "CR"
-    ds.Rows = ds.Columns = 8
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = bytes(64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for key, value in tags.items():
-            if value is not None and not (isinstance(value, float) and np.isnan(value)):
-                setattr(ds, key, value)
-        ds.save_as(path, enforce_file_format=True)
-
-
-def run_prepare(source: str, root: Path, out: Path, **kwargs: object) -> int:
-    defaults: dict[str, object] = dict(
-        source=source,
-        root=root,
-        out=out,
-        uncertain="ignore",
-        labeler="chexpert",
-        patients=None,
-        vote="any",
-        demographics=None,
-        patient_regex=None,
-        positive=None,
-        no_headers=False,
-        keep_split=False,
-        views=None,
-        drop_missing=False,
-        absolute_paths=False,
-        key_file=None,
-        val=0.1,
-        test=0.2,
-        seed=0,
-        folds=0,
-        val_fold=0,
-        no_stratify=False,
-    )
-    defaults.update(kwargs)
-    return prepare.run(argparse.Namespace(**defaults))
-
-
-def load(out: Path, labels: list[str]) -> pd.DataFrame:
-    df = read_manifest(out, labels=labels, check_files=True)  # what training does
-    assert patient_leakage(df) == {}
-    assert set(df["split"]) <= {"train", "val", "test"}
-    assert set(df["sex"]) <= {"F", "M", "unknown"}
-    return df
 
 
 # ---------------------------------------------------------------------------------------------- NIH
@@ -107,17 +28,8 @@ def nih_rows(shared_data: Path) -> pd.DataFrame:
     return pd.read_csv(shared_data / PUBLIC / "Data_Entry_2017_v2020.csv.gz", nrows=400, dtype=str)
 
 
-def _nih_root(tmp_path: Path, rows: pd.DataFrame) -> Path:
-    root = tmp_path / "ChestX-ray14"
-    root.mkdir()
-    rows.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
-    for i, name in enumerate(rows["Image Index"]):  # Kaggle layout: images_001/images/, images_002/images/
-        tiny_image(root / f"images_{1 + i // 250:03d}" / "images" / name)
-    return root
-
-
 def test_nih_multilabel_demographics_and_split(tmp_path: Path, nih_rows: pd.DataFrame) -> None:
-    root = _nih_root(tmp_path, nih_rows)
+    root = nih_root(tmp_path, nih_rows)
     out = tmp_path / "nih.csv"
     assert run_prepare("nih-cxr14", root, out) == 0
     df = load(out, ["cardiomegaly", "effusion", "pleural_thickening", "no_finding", "finding"])
@@ -143,7 +55,7 @@ def test_nih_multilabel_demographics_and_split(tmp_path: Path, nih_rows: pd.Data
 def test_nih_missing_images_are_listed_then_dropped(
     tmp_path: Path, nih_rows: pd.DataFrame, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = _nih_root(tmp_path, nih_rows.head(60))
+    root = nih_root(tmp_path, nih_rows.head(60))
     gone = sorted(root.rglob("*.png"))[:3]
     for p in gone:
         p.unlink()
@@ -157,7 +69,7 @@ def test_nih_missing_images_are_listed_then_dropped(
 
 
 def test_nih_official_lists_kept_with_val_carved_by_patient(tmp_path: Path, nih_rows: pd.DataFrame) -> None:
-    root = _nih_root(tmp_path, nih_rows)
+    root = nih_root(tmp_path, nih_rows)
     patients = nih_rows["Patient ID"].drop_duplicates()
     test_patients = set(patients.iloc[::4])  # NIH's official lists are patient-disjoint
     is_test = nih_rows["Patient ID"].isin(test_patients)
@@ -223,26 +135,13 @@ def chexpert_rows(shared_data: Path) -> pd.DataFrame:
     return pd.read_csv(shared_data / PUBLIC / "chexpert_train.csv.gz", nrows=300)
 
 
-def _chexpert_root(tmp_path: Path, rows: pd.DataFrame) -> Path:
-    parent = tmp_path / "download"
-    root = parent / "CheXpert-v1.0-small"
-    root.mkdir(parents=True)
-    rows.to_csv(root / "train.csv", index=False)
-    valid = rows.tail(20).copy()
-    valid["Path"] = valid["Path"].str.replace("/train/", "/valid/").str.replace("patient", "patient9")
-    valid.to_csv(root / "valid.csv", index=False)
-    for p in [*rows["Path"], *valid["Path"]]:
-        tiny_image(parent / p)  # Path starts with 'CheXpert-v1.0-small/'
-    return root
-
-
 @pytest.mark.parametrize(
     ("policy", "expected"), [("ignore", np.nan), ("zeros", 0.0), ("ones", 1.0), ("keep", -1.0)]
 )
 def test_chexpert_uncertain_policy(
     tmp_path: Path, chexpert_rows: pd.DataFrame, policy: str, expected: float
 ) -> None:
-    root = _chexpert_root(tmp_path, chexpert_rows)
+    root = chexpert_root(tmp_path, chexpert_rows)
     out = tmp_path / "chexpert.csv"
     assert run_prepare("chexpert", root, out, uncertain=policy, keep_split=True) == 0
     df = load(out, ["cardiomegaly", "pleural_effusion", "no_finding", "support_devices", "finding"])
@@ -267,7 +166,7 @@ def test_chexpert_uncertain_policy(
 
 
 def test_chexpert_resplit_and_view_filter(tmp_path: Path, chexpert_rows: pd.DataFrame) -> None:
-    root = _chexpert_root(tmp_path, chexpert_rows)
+    root = chexpert_root(tmp_path, chexpert_rows)
     out = tmp_path / "frontal.csv"
     assert run_prepare("chexpert", root, out, views="AP,PA", folds=3) == 0
     df = load(out, ["finding"])
@@ -717,7 +616,7 @@ def test_folder_dicom_tags_from_real_files(shared_data: Path, tmp_path: Path) ->
 def test_adapter_manifest_is_a_valid_training_config(tmp_path: Path, nih_rows: pd.DataFrame) -> None:
     from xraytriage.config import load_config
 
-    root = _nih_root(tmp_path, nih_rows.head(120))
+    root = nih_root(tmp_path, nih_rows.head(120))
     out = tmp_path / "m" / "manifest.csv"
     assert run_prepare("nih-cxr14", root, out) == 0
     cfg = load_config(None, [f"data.manifest={out}", "data.labels=[finding, effusion]"])
@@ -731,7 +630,7 @@ def test_train_runs_from_an_adapter_manifest_without_edits(tmp_path: Path, nih_r
     pytest.importorskip("torch")
     from xraytriage.cli import main
 
-    root = _nih_root(tmp_path, nih_rows.head(160))
+    root = nih_root(tmp_path, nih_rows.head(160))
     out = tmp_path / "manifest.csv"
     assert run_prepare("nih-cxr14", root, out) == 0
     config = tmp_path / "tiny.yaml"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_adapters import load, run_prepare, tiny_image
+from support.adapters import load, run_prepare, tiny_image
 from xraytriage.commands.prepare import duplicates_report_path
 from xraytriage.data.duplicates import merge_duplicate_files
 from xraytriage.data.views import view_matches
@@ -130,10 +130,10 @@ def test_view_vocabularies() -> None:
 
 
 def test_chexpert_frontal_alias(shared_data: Path, tmp_path: Path) -> None:
-    from test_adapters import _chexpert_root
+    from support.adapters import chexpert_root
 
     rows = pd.read_csv(shared_data / "public_metadata" / "chexpert_train.csv.gz", nrows=120)
-    root = _chexpert_root(tmp_path, rows)
+    root = chexpert_root(tmp_path, rows)
     out = tmp_path / "frontal.csv"
     assert run_prepare("chexpert", root, out, views="frontal", keep_split=True) == 0
     df = load(out, ["finding"])
@@ -161,14 +161,14 @@ def test_nih_table_with_a_repeated_row_and_a_file_under_two_patients(
 ) -> None:
     """The same class of quirk in another adapter: the real NIH table with one row repeated verbatim
     and one image re-listed under another patient's ID."""
-    from test_adapters import _nih_root
+    from support.adapters import nih_root
 
     rows = pd.read_csv(shared_data / "public_metadata" / "Data_Entry_2017_v2020.csv.gz", nrows=120, dtype=str)
     moved = rows.iloc[[5]].copy()
     other = rows["Patient ID"].iloc[60]
     assert other != moved["Patient ID"].iloc[0]
     moved["Patient ID"] = other
-    root = _nih_root(tmp_path, pd.concat([rows, rows.iloc[[3]], moved], ignore_index=True))
+    root = nih_root(tmp_path, pd.concat([rows, rows.iloc[[3]], moved], ignore_index=True))
     out = tmp_path / "nih.csv"
     assert run_prepare("nih-cxr14", root, out, val=0.1, test=0.2) == 0
     df = load(out, ["finding"])

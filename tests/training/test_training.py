@@ -11,41 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
+from support.training import tiny_config
 from xraytriage.config import load_config
 from xraytriage.data.manifest import ManifestError
-from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.evaluation.metrics import binary_metrics
 from xraytriage.models import load_bundle
 from xraytriage.models.bundle import logits_to_probabilities
 from xraytriage.training import engine
 from xraytriage.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    return generate_dataset(out, SyntheticSpec(n_patients=24, size=64, seed=3), progress=False)
-
-
-def tiny_config(manifest: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"data.manifest={manifest}",
-            "data.num_workers=0",
-            "model.arch=resnet18",
-            "model.task=binary",
-            "data.labels=[finding]",
-            "preprocess.image_size=32",
-            "train.batch_size=8",
-            "train.epochs=2",
-            "train.log_every_steps=1",
-            "train.histogram_every_epochs=1",
-            "evaluation.bootstrap_iterations=20",
-            "evaluation.min_group_size=1",
-            *extra,
-        ],
-    )
 
 
 def test_training_writes_run_directory_and_tensorboard(tiny_manifest: Path, tmp_path: Path) -> None:

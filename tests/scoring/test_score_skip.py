@@ -15,7 +15,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from test_score import make_bundle, read_csv_rows, run_score, write_dicom, write_pngs
+from support.scoring import make_bundle, read_csv_rows, run_score, write_dicom, write_pngs
 from xraytriage.scoring.discovery import NOT_A_SCAN, non_scan_kind
 
 

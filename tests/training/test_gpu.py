@@ -2,10 +2,11 @@
 torch.compile for training and scoring, channels_last, NCCL DDP, nvImageCodec decoding, GPU vs CPU scoring,
 flat GPU memory.
 
-Marked ``gpu`` and skipped without CUDA, so CI (no GPU) never depends on them; scripts/gpu_check.py runs
-them on the device machine (``pytest -m gpu tests/test_gpu.py``). Between leases their logic can be
-rehearsed on the CPU with ``XRAYTRIAGE_GPU_TESTS_ON=cpu pytest -m gpu tests/test_gpu.py``: the tests that
-only mean something on CUDA (autocast dtypes, loss scaling, NCCL, nvImageCodec, device memory) still skip.
+Marked ``gpu`` and skipped without CUDA, so CI (no GPU) never depends on them; scripts/gpu_check.py
+runs them on the device machine (``pytest -m gpu tests/training/test_gpu.py``). Between leases their
+logic can be rehearsed on the CPU with ``XRAYTRIAGE_GPU_TESTS_ON=cpu pytest -m gpu
+tests/training/test_gpu.py``: the tests that only mean something on CUDA (autocast dtypes, loss
+scaling, NCCL, nvImageCodec, device memory) still skip.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ import numpy as np
 import pytest
 import torch
 
-from test_training import tiny_config
+from support.training import tiny_config
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.models.factory import head_parameters
 from xraytriage.scoring import ScoreOptions, score
 from xraytriage.training import engine
 from xraytriage.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEVICE = os.environ.get("XRAYTRIAGE_GPU_TESTS_ON", "cuda")
 ON_CUDA = DEVICE == "cuda" and torch.cuda.is_available()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training import tiny_config, tiny_manifest  # noqa: F401  (module fixture)
+from support.training import tiny_config
 from xraytriage.config import ConfigError
 from xraytriage.training import engine
 from xraytriage.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -20,7 +20,7 @@ from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def trained(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     engine.train(tiny_config(tiny_manifest, "train.epochs=1"), run)
     return run
@@ -34,7 +34,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 def test_a_refused_train_leaves_the_run_directory_as_it_was(
     trained: Path,
-    tiny_manifest: Path,  # noqa: F811
+    tiny_manifest: Path,
     tmp_path: Path,
 ) -> None:
     run = _copy(trained, tmp_path)
@@ -46,7 +46,7 @@ def test_a_refused_train_leaves_the_run_directory_as_it_was(
 
 def test_a_resume_with_other_data_preprocess_or_model_settings_is_refused(
     trained: Path,
-    tiny_manifest: Path,  # noqa: F811
+    tiny_manifest: Path,
     tmp_path: Path,
 ) -> None:
     run = _copy(trained, tmp_path)
@@ -69,7 +69,7 @@ def test_a_resume_with_other_data_preprocess_or_model_settings_is_refused(
 
 
 def test_a_second_train_in_a_directory_in_use_is_refused(
-    tiny_manifest: Path,  # noqa: F811
+    tiny_manifest: Path,
     tmp_path: Path,
 ) -> None:
     run = tmp_path / "run"
@@ -114,7 +114,7 @@ def test_a_full_disk_while_checkpointing_is_an_io_error_naming_the_checkpoint(
 
 
 def test_train_command_reports_a_full_disk_in_one_line_with_exit_74(
-    tiny_manifest: Path,  # noqa: F811
+    tiny_manifest: Path,
     tmp_path: Path,
     full_disk_for_checkpoints: None,
     capfd: pytest.CaptureFixture[str],

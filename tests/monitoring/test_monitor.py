@@ -251,7 +251,7 @@ def test_monitor_config_keys_are_validated() -> None:
 @pytest.fixture
 def bundle_with_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A real saved bundle; its validation reference set the way the scope record stores it."""
-    from test_score import make_bundle
+    from support.scoring import make_bundle
     from xraytriage.models import bundle as bundle_module
 
     path = make_bundle(tmp_path / "model.pt", threshold=0.2)
@@ -337,7 +337,7 @@ def test_cbpe_interval_never_zero_width_when_nothing_is_flagged() -> None:
 
 
 def test_shipped_monitor_config_states_the_defaults() -> None:
-    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "monitor.yaml").monitor
+    shipped = load_config(Path(__file__).resolve().parents[2] / "configs" / "monitor.yaml").monitor
     assert shipped == MonitorConfig()
 
 

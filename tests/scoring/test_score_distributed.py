@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from test_score import make_bundle, read_csv_rows, run_score, write_pngs
+from support.scoring import make_bundle, read_csv_rows, run_score, write_pngs
 from xraytriage.scoring import distributed as dist_utils
 from xraytriage.scoring.discovery import shard_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _broken_folder(root: Path, n_good: int, n_bad: int) -> tuple[list[Path], list[Path]]:

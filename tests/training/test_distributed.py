@@ -39,7 +39,7 @@ def torchrun_train(
         text=True,
         timeout=300,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
 
 

@@ -280,7 +280,7 @@ def test_offline_weights_stop_training_with_one_line_and_exit_2(
     manifest = generate_dataset(
         offline_home / "data", SyntheticSpec(n_patients=16, size=32, seed=1), progress=False
     )
-    argv = ["train", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml")]
+    argv = ["train", "--config", str(Path(__file__).parents[2] / "configs" / "demo.yaml")]
     argv += ["--out", str(offline_home / "run"), f"data.manifest={manifest}", f"model.weights={weights}"]
     argv += ["model.arch=resnet50", "data.num_workers=0", "preprocess.image_size=32"]
     assert main(argv) == 2

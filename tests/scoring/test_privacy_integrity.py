@@ -16,7 +16,7 @@ import pydicom
 import pytest
 import torch
 
-from test_score import make_bundle, run_score, write_pngs
+from support.scoring import make_bundle, run_score, write_pngs
 from xraytriage.config import ConfigError, EvaluationConfig, PreprocessConfig, load_config
 from xraytriage.data.pseudonyms import KeyFileError, load_site_key
 

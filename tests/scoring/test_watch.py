@@ -16,11 +16,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from orthanc_server import Orthanc, orthanc_binary, start_orthanc
+from support.orthanc import Orthanc, orthanc_binary, start_orthanc
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.scoring.watch import Inbox, SentJournal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clock:
@@ -86,7 +86,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_score import make_bundle
+    from support.scoring import make_bundle
 
     return make_bundle(tmp_path_factory.mktemp("watch_bundle") / "model.pt")
 
