@@ -4,7 +4,9 @@ finishes the batch in flight; results sent to a real Orthanc as they are made (w
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,8 +19,10 @@ import pydicom
 import pytest
 
 from support.orthanc import Orthanc, orthanc_binary, start_orthanc
+from xraytriage.commands import score as score_cmd
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.scoring.watch import Inbox, SentJournal
+from xraytriage.utils import progress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,6 +133,29 @@ def _wait(condition, timeout: float = 120.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_watching_from_a_terminal_shows_a_bar_that_counts_the_scored_scans(
+    scans: list[Path], bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for scan in scans[:3]:
+        shutil.copyfile(scan, inbox / scan.name)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(progress, "_enabled", True)
+    extra = ["--watch", "--workers", "0", "--settle", "0", "--poll", "0.05", "--idle-exit", "0.5"]
+    argv = [str(inbox), "--model", str(bundle), "--out", str(tmp_path / "s.csv"), *extra]
+    assert score_cmd.main(argv) == 0
+    assert len(_rows(tmp_path / "s.csv")) == 3
+    counts = re.findall(r"watching inbox: (\d+)scan", terminal.getvalue())
+    assert counts and counts[-1] == "3", terminal.getvalue()
 
 
 @pytest.mark.slow

@@ -115,9 +115,23 @@ class WatchRun(ScoringRun):
         self.batches = 0
 
     def _score_all(self) -> None:
+        """Score the inbox until stopped, with a bar counting scans (an inbox has no total to show)."""
         from tqdm import tqdm
 
-        self.bar = tqdm(disable=True)
+        from xraytriage.utils.progress import show_progress
+
+        self.bar = tqdm(
+            desc=f"watching {Path(self.opts.input).name}",
+            unit="scan",
+            disable=not (show_progress(self.opts.progress) and self.ctx.is_main),
+            dynamic_ncols=True,
+        )
+        try:
+            self._watch_inbox()
+        finally:
+            self.bar.close()
+
+    def _watch_inbox(self) -> None:
         inbox = Inbox(Path(self.opts.input), self.watch.settle_s)
         if self.sender is not None and self.opts.dicom_out is not None:
             self.sent = SentJournal(Path(self.opts.dicom_out))
