@@ -15,8 +15,8 @@ import pytest
 from xraytriage.data.manifest import read_manifest
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.evaluation.metrics import binary_metrics
+from xraytriage.inference import predict_manifest
 from xraytriage.models import load_bundle
-from xraytriage.training.predict import predict_manifest
 
 
 def torchrun_train(

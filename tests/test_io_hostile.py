@@ -17,8 +17,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from xraytriage.config import PreprocessConfig
+from xraytriage.data.workers import cap_memory
 from xraytriage.io import UnreadableImage, load_image
-from xraytriage.scoring.dataset import cap_memory
 
 
 def _reason(path: Path, cfg: PreprocessConfig | None = None) -> UnreadableImage:

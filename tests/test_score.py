@@ -343,16 +343,16 @@ def test_a_decoder_crash_is_isolated_to_its_file(
 ) -> None:
     import signal
 
-    from xraytriage.scoring.dataset import ScanDataset
+    from xraytriage.scoring.dataset import StreamedScans
 
-    real = ScanDataset.__getitem__
+    real = StreamedScans.__getitem__
 
     def segfaulting(self, path):  # a native decoder dying on one file
         if Path(path).name == "img0003.png":
             os.kill(os.getpid(), signal.SIGSEGV)
         return real(self, path)
 
-    monkeypatch.setattr(ScanDataset, "__getitem__", segfaulting)  # inherited by the forked workers
+    monkeypatch.setattr(StreamedScans, "__getitem__", segfaulting)  # inherited by the forked workers
     pngs = write_pngs(tmp_path / "in", 8)
     out = tmp_path / "s.csv"
     assert run_score(tmp_path / "in", bundle, out, "--workers", "2", "--batch-size", "2") == 1

@@ -59,7 +59,7 @@ def test_training_writes_run_directory_and_tensorboard(tiny_manifest: Path, tmp_
     assert len(result.history) == 2
     # the validated scope: the validation reference holds the calibrated probabilities the threshold
     # was chosen on (what inference gives on the validation scans), one OOD distance per scan
-    from xraytriage.training.predict import predict_manifest
+    from xraytriage.inference import predict_manifest
 
     reference = bundle.scope["validation"]
     val = pd.read_csv(tiny_manifest)
@@ -161,15 +161,16 @@ def test_patient_leakage_blocks_training(tiny_manifest: Path, tmp_path: Path) ->
 def test_augmentation_is_identical_whatever_the_worker_count(tiny_manifest: Path) -> None:
     from torch.utils.data import DataLoader
 
-    from xraytriage.data.augment import build_augmentation, seed_worker
-    from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip
+    from xraytriage.data.augment import build_augmentation
+    from xraytriage.data.dataset import EpochTaggedSampler, ManifestScans, collate_scans
     from xraytriage.data.manifest import read_manifest
+    from xraytriage.data.workers import WorkerInit
 
     cfg = tiny_config(tiny_manifest, "augment.probability=1.0")
     frame = read_manifest(tiny_manifest, labels=["finding"]).head(8)
 
     def batch_for(workers: int, epoch: int) -> torch.Tensor:
-        ds = ScanDataset(
+        ds = ManifestScans(
             frame, ["finding"], cfg.preprocess, 1, build_augmentation(cfg.augment, 0), augment_seed=5
         )
         sampler = EpochTaggedSampler(torch.utils.data.SequentialSampler(ds))
@@ -179,10 +180,10 @@ def test_augmentation_is_identical_whatever_the_worker_count(tiny_manifest: Path
             batch_size=8,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=collate_skip,
-            worker_init_fn=seed_worker,
+            collate_fn=collate_scans,
+            worker_init_fn=WorkerInit(),
         )
-        return next(iter(loader))["image"]
+        return next(iter(loader)).image
 
     zero, two = batch_for(0, 0), batch_for(2, 0)
     assert torch.equal(zero, two)

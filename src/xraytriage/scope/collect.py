@@ -63,25 +63,27 @@ class FeaturePass:
 
     def __call__(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(features n x d float32, positions in ``frame`` of the rows they belong to)."""
-        from xraytriage.data.dataset import ScanDataset, collate_skip
+        from xraytriage.data.dataset import ManifestScans, collate_scans
+        from xraytriage.data.workers import WorkerInit
+        from xraytriage.inference import iter_logits
         from xraytriage.models.features import LogitsAndFeatures
-        from xraytriage.training.predict import iter_logits
         from xraytriage.utils.runtime import worker_start_method
 
-        dataset = ScanDataset(frame, [], self.preprocess, self.in_channels, None, self.image_source)
+        dataset = ManifestScans(frame, [], self.preprocess, self.in_channels, None, self.image_source)
         loader = DataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.workers,
-            collate_fn=collate_skip,
+            collate_fn=collate_scans,
+            worker_init_fn=WorkerInit() if self.workers > 0 else None,
             **worker_start_method(self.preprocess.gpu_decode, self.workers),
         )
         net = LogitsAndFeatures(self.model).eval()
         parts, positions = [], []
-        for out in iter_logits(net, loader, self.device, lambda b: b["image"], self.amp_dtype, False, True):
+        for out in iter_logits(net, loader, self.device, self.amp_dtype, False, True):
             if out.features is not None:
                 parts.append(out.features.cpu())
-                positions.append(out.batch["index"])
+                positions.append(out.batch.index)
         if not parts:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
         return torch.cat(parts).numpy(), torch.cat(positions).numpy()

@@ -28,6 +28,7 @@ from xraytriage.columns import prob_column
 from xraytriage.config import Config, ConfigError, DataConfig, ModelConfig, PreprocessConfig, save_config
 from xraytriage.data.dataset import label_matrix
 from xraytriage.evaluation.audit import audit_manifest
+from xraytriage.inference import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.models.bundle import save_bundle
 from xraytriage.models.factory import build_model, head_parameters
 from xraytriage.models.pretrained import adopt_expected_input, expected_input
@@ -42,7 +43,6 @@ from xraytriage.training.checkpoint import (
 from xraytriage.training.epoch_log import EpochLogger, Throughput
 from xraytriage.training.loaders import create_loaders
 from xraytriage.training.losses import masked_bce, multiclass_ce
-from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.training.schedule import warmup_cosine
 from xraytriage.utils.atomic import atomic_write_text
 from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
@@ -342,12 +342,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         global_step = self.scheduler.last_epoch
         for batch in bar:
-            if batch["image"] is None:
+            if batch.image is None:
                 continue
-            images = batch["image"].to(self.device, non_blocking=True, memory_format=memory_format)
-            targets = batch["target"].to(self.device, non_blocking=True)
+            images = batch.image.to(self.device, non_blocking=True, memory_format=memory_format)
+            targets = batch.target.to(self.device, non_blocking=True)
             if epoch == 0 and micro == 0:
-                self.epoch_log.augmented_batch(batch["image"], epoch)
+                self.epoch_log.augmented_batch(batch.image, epoch)
             with autocast_for(self.device, self.amp_dtype):
                 logits = self.net(images)
             loss = self._loss(logits, targets)
