@@ -191,6 +191,40 @@ def test_augmentation_is_identical_whatever_the_worker_count(tiny_manifest: Path
     assert not torch.equal(zero[0], zero[1])
 
 
+def test_an_unreadable_manifest_scan_travels_as_a_failure_in_its_batch(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """A row whose file is not an image never raises: it becomes the one failure type, with its path,
+    reason and manifest position, next to the decoded scans of its batch (the same with 2 workers)."""
+    from torch.utils.data import DataLoader
+
+    from xraytriage.data.dataset import ManifestScans, ScanFailure, collate_scans, label_matrix
+    from xraytriage.data.manifest import read_manifest
+    from xraytriage.data.workers import WorkerInit
+    from xraytriage.io import REASONS
+
+    cfg = tiny_config(tiny_manifest)
+    frame = read_manifest(tiny_manifest, labels=["finding"]).head(6).copy()
+    bad = tmp_path / "notes.png"
+    bad.write_text("not pixels")
+    frame.loc[frame.index[2], "path"] = str(bad)
+    dataset = ManifestScans(frame, ["finding"], cfg.preprocess, 1)
+    for workers in (0, 2):
+        loader = DataLoader(
+            dataset, batch_size=4, num_workers=workers, collate_fn=collate_scans, worker_init_fn=WorkerInit()
+        )
+        first, second = list(loader)
+        assert first.index.tolist() == [0, 1, 3] and second.index.tolist() == [4, 5]
+        sig = "unrecognised file signature"
+        message = f"{REASONS['not_an_image']} ({sig})"
+        assert first.failures == [ScanFailure(str(bad), "not_an_image", message, index=2, detail=sig)]
+        assert second.failures == []
+        assert first.paths == [frame["path"].iloc[i] for i in (0, 1, 3)]
+        assert first.image.shape == (3, 1, 32, 32) and first.image.dtype == torch.float32
+        expected = torch.from_numpy(label_matrix(frame.iloc[[0, 1, 3]], ["finding"]))
+        assert torch.equal(first.target, expected)
+
+
 def test_frozen_warmup_trains_only_the_head(tiny_manifest: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_manifest, "train.epochs=1", "train.freeze_epochs=1", "augment.enabled=false")
     trainer = engine.Trainer(cfg, tmp_path / "run")
