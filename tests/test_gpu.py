@@ -234,8 +234,8 @@ def test_compiled_training_compiles_once(
     graphs_after_validation: list[int] = []
     original_validate = engine.Trainer._validate
 
-    def counting_validate(self: engine.Trainer, epoch: int):
-        out = original_validate(self, epoch)
+    def counting_validate(self: engine.Trainer, epoch: int, *features):
+        out = original_validate(self, epoch, *features)
         graphs_after_validation.append(counters["stats"]["unique_graphs"])
         return out
 
@@ -256,8 +256,8 @@ def test_gpu_memory_does_not_grow_across_epochs(
     allocated, peaks = [], []
     original_validate = engine.Trainer._validate
 
-    def measuring_validate(self: engine.Trainer, epoch: int):
-        out = original_validate(self, epoch)
+    def measuring_validate(self: engine.Trainer, epoch: int, *features):
+        out = original_validate(self, epoch, *features)
         torch.cuda.synchronize()
         allocated.append(torch.cuda.memory_allocated())
         peaks.append(torch.cuda.max_memory_allocated())

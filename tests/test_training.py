@@ -225,6 +225,34 @@ def test_an_unreadable_manifest_scan_travels_as_a_failure_in_its_batch(
         assert torch.equal(first.target, expected)
 
 
+def test_the_scope_takes_the_validation_features_from_the_final_validation_pass(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One inference pass over the validation scans at the end of training: the feature pass runs
+    over the training scans only, and the recorded OOD distances are those a separate pass gives."""
+    from xraytriage.scope.collect import FeaturePass, ScopeRecorder
+
+    passes: list[int] = []
+    real = FeaturePass.__call__
+
+    def counting(self: FeaturePass, frame: pd.DataFrame):
+        passes.append(len(frame))
+        return real(self, frame)
+
+    monkeypatch.setattr(FeaturePass, "__call__", counting)
+    cfg = tiny_config(tiny_manifest, "train.epochs=1")
+    trainer = engine.Trainer(cfg, tmp_path / "run")
+    trainer.fit()
+    assert passes == [len(trainer.train_frame)]
+    bundle = load_bundle(tmp_path / "run" / "model.pt")
+    separate = FeaturePass(bundle.model, cfg.preprocess, 1, torch.device("cpu"))
+    _, distances = ScopeRecorder(cfg.scope, separate, cfg.seed).reference(
+        trainer.train_frame, trainer.val_frame
+    )
+    assert len(distances) == len(trainer.val_frame) == len(bundle.scope["validation"]["ood_scores"])
+    np.testing.assert_allclose(bundle.scope["validation"]["ood_scores"], distances, rtol=1e-4)
+
+
 def test_frozen_warmup_trains_only_the_head(tiny_manifest: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_manifest, "train.epochs=1", "train.freeze_epochs=1", "augment.enabled=false")
     trainer = engine.Trainer(cfg, tmp_path / "run")

@@ -98,15 +98,21 @@ class ScopeRecorder:
         self.seed = seed
 
     def record(
-        self, train: pd.DataFrame, val: pd.DataFrame, val_probabilities: dict[str, Sequence[float]]
+        self,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        val_probabilities: dict[str, Sequence[float]],
+        val_features: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ValidatedScope:
-        """``val_probabilities``: the calibrated validation probabilities the thresholds were chosen on."""
+        """``val_probabilities``: the calibrated validation probabilities the thresholds were chosen on;
+        ``val_features``: (features, positions in ``val``) when the caller's validation pass already
+        collected them (training's final validation), else the feature pass runs over ``val``."""
         train_facts = self.population(train)
         val_facts = self.population(val)
         val_scores = np.full(len(val), np.nan)
         ood = None
         if self.cfg.enabled and self.cfg.ood:
-            ood, val_scores = self.reference(train, val)
+            ood, val_scores = self.reference(train, val, val_features)
         scope = record_scope(train_facts + val_facts, self.cfg, ood)
         if not self.cfg.enabled:
             scope = ValidatedScope(n_scans=scope.n_scans)
@@ -125,7 +131,10 @@ class ScopeRecorder:
         return population_values(frame, headers)
 
     def reference(
-        self, train: pd.DataFrame, val: pd.DataFrame
+        self,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        val_features: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[MahalanobisReference | None, np.ndarray]:
         """The Mahalanobis reference of the training features, thresholded on the validation ones;
         also each validation row's distance (NaN where it did not decode)."""
@@ -133,17 +142,18 @@ class ScopeRecorder:
         if len(train) > self.cfg.reference_max_scans:
             sample = train.sample(n=self.cfg.reference_max_scans, random_state=self.seed)
         train_features, _ = self.features(sample.reset_index(drop=True))
-        val_features, positions = self.features(val.reset_index(drop=True))
+        val_rows = val_features if val_features is not None else self.features(val.reset_index(drop=True))
+        features, positions = val_rows  # features n x d, their rows' positions in ``val``
         distances = np.full(len(val), np.nan)
         try:
-            ood = MahalanobisReference.fit(train_features, val_features, self.cfg.ood_quantile)
+            ood = MahalanobisReference.fit(train_features, features, self.cfg.ood_quantile)
         except OodUnavailable as exc:
             log.warning("no image-based scope check in this bundle: %s", exc)
             return None, distances
         if self.cfg.ood_threshold is not None:
             ood.threshold = float(self.cfg.ood_threshold)
         if len(positions):
-            distances[positions] = ood.distances(val_features)
+            distances[positions] = ood.distances(features)
         log.info(
             "OOD reference: %d training scans, Ledoit-Wolf shrinkage %.3f, threshold %.2f (validation q%g)",
             ood.n_train,
