@@ -1,9 +1,10 @@
 """Recording the validated scope at the end of training: headers of every training and validation
 scan, features of the validation scans and of (a sample of) the training scans, then the scope.
 
-The feature pass runs the chosen model once more over those scans without augmentation (the
-preprocessing cache, when configured, makes it a forward pass only); headers are read without the
-pixel data.
+The feature pass runs the chosen model once more over the training scans without augmentation (the
+preprocessing cache, when configured, makes it a forward pass only); the validation scans' features
+come from training's final validation pass when it ran the eager model (else a feature pass runs over
+them too); headers are read without the pixel data.
 """
 
 from __future__ import annotations
