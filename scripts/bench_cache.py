@@ -2,7 +2,7 @@
 """Preprocessing cache and augmentation backends: decode path vs cache path, on the same scans, in one run.
 
 Prints, for each image size,
-  1. images/s per worker (one process, one thread) of ``ScanDataset`` samples after augmentation and
+  1. images/s per worker (one process, one thread) of ``ManifestScans`` samples after augmentation and
      tensor conversion, for each augmentation backend (fast, albumentations), decoding each scan
      (``load_image``) vs reading it from the cache;
   2. the raw cache read (lookup + CRC + dequantise, no augmentation) with the CRC checked on every
@@ -39,10 +39,11 @@ from torch.utils.data import DataLoader
 from xraytriage.config import AugmentConfig, PreprocessConfig
 from xraytriage.data import augment as aug
 from xraytriage.data.cache import CacheSource, build_cache, dequantise, open_matching_cache
-from xraytriage.data.dataset import ScanDataset, _mix, collate_skip
+from xraytriage.data.dataset import ManifestScans, _mix, collate_scans
 from xraytriage.data.manifest import read_manifest
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.data.tensors import image_to_tensor
+from xraytriage.data.workers import WorkerInit
 
 BACKENDS = ("fast", "albumentations")
 
@@ -64,8 +65,8 @@ def rate(step: Callable[[int], object], n: int, min_seconds: float, repeats: int
     return best
 
 
-def per_worker(dataset: ScanDataset, min_seconds: float, repeats: int) -> float:
-    """Samples/s of ``ScanDataset.__getitem__`` in this process, one thread.
+def per_worker(dataset: ManifestScans, min_seconds: float, repeats: int) -> float:
+    """Samples/s of ``ManifestScans.__getitem__`` in this process, one thread.
 
     Sample k is scan k % n in epoch 1 + k // n: every pass over the scans draws new augmentations (the
     same sequence for every backend and run), so the op firing rates approach their probabilities
@@ -76,7 +77,7 @@ def per_worker(dataset: ScanDataset, min_seconds: float, repeats: int) -> float:
 
 
 def stage_table(
-    dataset: ScanDataset, source: CacheSource, pp: PreprocessConfig, cfg: AugmentConfig, rounds: int
+    dataset: ManifestScans, source: CacheSource, pp: PreprocessConfig, cfg: AugmentConfig, rounds: int
 ) -> list[tuple[str, float, float]]:
     """(stage, us when it runs, us amortised per sample) for a cache-hit sample, fast backend.
 
@@ -99,7 +100,7 @@ def stage_table(
     )
     transform = aug.FastAugmentation(cfg, 0)
     epochs = range(1, 1 + max(400 // n, 1))
-    draws = []  # exactly the augmentations of the "whole" stage: epochs x scans, as ScanDataset seeds them
+    draws = []  # exactly the augmentations of the "whole" stage: epochs x scans, as ManifestScans seeds them
     for epoch in epochs:
         for i in range(n):
             transform.set_random_seed(_mix(dataset.augment_seed, epoch, i))
@@ -190,14 +191,14 @@ def raw_reads(source: CacheSource, paths: list[str], min_seconds: float, repeats
     return rate(lambda k: source(k % n, paths[k % n]), n, min_seconds, repeats)
 
 
-def epoch_seconds(dataset: ScanDataset, workers: int, batch_size: int) -> float:
+def epoch_seconds(dataset: ManifestScans, workers: int, batch_size: int) -> float:
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
         num_workers=workers,
-        collate_fn=collate_skip,
-        worker_init_fn=aug.seed_worker,
+        collate_fn=collate_scans,
+        worker_init_fn=WorkerInit(),
     )
     start = time.perf_counter()
     for _ in loader:
@@ -267,9 +268,9 @@ def main() -> None:
             for backend in BACKENDS:
                 transform = aug.build_augmentation(cfgs[backend], seed=0)
                 for path_kind, src in (("decode", None), ("cache", source)):
-                    ds = ScanDataset(frame, ["finding"], pp, 1, transform, src, augment_seed=0)
+                    ds = ManifestScans(frame, ["finding"], pp, 1, transform, src, augment_seed=0)
                     per[backend, path_kind] = per_worker(ds, *measure)
-            plain = ScanDataset(frame, ["finding"], pp, 1, None, source)
+            plain = ManifestScans(frame, ["finding"], pp, 1, None, source)
             per["none", "cache"] = per_worker(plain, *measure)
             reads = {
                 mode: raw_reads(CacheSource(source.store, source.index, pp, mode), paths, *measure)
@@ -291,7 +292,7 @@ def main() -> None:
                 f"once per record (default, steady state) {reads['once']:.0f}, never {reads['off']:.0f}"
             )
             rows = stage_table(
-                ScanDataset(frame, ["finding"], pp, 1, aug.build_augmentation(cfgs["fast"], 0), source),
+                ManifestScans(frame, ["finding"], pp, 1, aug.build_augmentation(cfgs["fast"], 0), source),
                 source,
                 pp,
                 cfgs["fast"],
@@ -316,7 +317,7 @@ def main() -> None:
                 for backend in args.epoch_backends:
                     transform = aug.build_augmentation(cfgs[backend], seed=0)
                     for path_kind, src in (("decode", None), ("cache", source)):
-                        ds = ScanDataset(epoch_frame, ["finding"], pp, 1, transform, src)
+                        ds = ManifestScans(epoch_frame, ["finding"], pp, 1, transform, src)
                         epochs[backend, path_kind] = epoch_seconds(ds, args.workers, args.batch_size)
                     d, c = epochs[backend, "decode"], epochs[backend, "cache"]
                     print(

@@ -173,12 +173,12 @@ def _sensitivity_line(name: str, frame: pd.DataFrame, threshold: float, est) -> 
 
 def new_scanner(patients: int, epochs: int, seed: int) -> dict[str, object]:
     from xraytriage.config import MonitorConfig
+    from xraytriage.inference import predict_manifest
     from xraytriage.models.bundle import load_bundle
     from xraytriage.monitoring.compare import monitor_scores
     from xraytriage.monitoring.deployed import DeployedScores
     from xraytriage.monitoring.performance import expected_miss_rate
     from xraytriage.monitoring.reference import ValidationReference
-    from xraytriage.training.predict import predict_manifest
 
     work = Path(tempfile.mkdtemp(prefix="bench_monitor_"))
     started = time.perf_counter()

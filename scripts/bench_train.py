@@ -29,10 +29,10 @@ import torch
 
 from xraytriage.config import ModelConfig, load_config
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
+from xraytriage.inference import autocast_for
 from xraytriage.models import build_model
 from xraytriage.training.engine import Trainer
 from xraytriage.training.losses import masked_bce
-from xraytriage.training.predict import autocast_for
 from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device
 
 GFLOP_PER_TRAIN_IMAGE_224 = 24.7

@@ -16,7 +16,7 @@ from xraytriage.commands import cache as cache_cmd
 from xraytriage.config import AugmentConfig, PreprocessConfig
 from xraytriage.data import cache
 from xraytriage.data.augment import build_augmentation
-from xraytriage.data.dataset import ScanDataset
+from xraytriage.data.dataset import ManifestScans
 from xraytriage.data.manifest import read_manifest
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.io import UnreadableImage, load_image
@@ -56,13 +56,11 @@ def test_training_samples_identical_with_and_without_float32_cache(dataset, tmp_
     assert source is not None and len(source) == len(paths)
     frame = read_manifest(manifest, leakage="ignore")
     aug = AugmentConfig(probability=1.0, clahe_p=0.0)
-    plain = ScanDataset(frame, ["finding"], PP, 1, build_augmentation(aug, 0), None, augment_seed=3)
-    cached = ScanDataset(frame, ["finding"], PP, 1, build_augmentation(aug, 0), source, augment_seed=3)
+    plain = ManifestScans(frame, ["finding"], PP, 1, build_augmentation(aug, 0), None, augment_seed=3)
+    cached = ManifestScans(frame, ["finding"], PP, 1, build_augmentation(aug, 0), source, augment_seed=3)
     for item in [0, 5, (2 << 32) | 5, len(paths) - 1]:  # (epoch 2, scan 5) too
         a, b = plain[item], cached[item]
-        assert torch.equal(a["image"], b["image"]) and torch.allclose(
-            a["target"], b["target"], equal_nan=True
-        )
+        assert torch.equal(a.image, b.image) and torch.allclose(a.target, b.target, equal_nan=True)
 
 
 def test_quantised_cache_is_within_half_a_step(dataset, tmp_path: Path) -> None:

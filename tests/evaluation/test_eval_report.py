@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from xraytriage.config import EvaluationConfig
+from xraytriage.data.dataset import ScanFailure
 from xraytriage.evaluation.report import (
     OUTPUT_FILES,
     SUBGROUP_COLUMNS,
@@ -297,7 +298,7 @@ def test_missing_probability_column_is_a_clear_error():
 @pytest.fixture
 def cli_env(tmp_path, monkeypatch):
     import xraytriage.models
-    import xraytriage.training.predict as predict_mod
+    from xraytriage import inference
 
     frames = [_predictions(200, s, i, weaker_in_women=0.35) for i, s in enumerate(["train", "val", "test"])]
     manifest = pd.concat(frames, ignore_index=True).drop(columns=["prob_finding"])
@@ -323,10 +324,12 @@ def cli_env(tmp_path, monkeypatch):
         rng = np.random.default_rng(len(df))
         weak = 0.35 * ((out["sex"] == "F") & (out["finding"] == 1)).to_numpy()
         out["prob_finding"] = np.clip(0.45 * (out["finding"] == 1) + rng.random(len(out)) * 0.55 - weak, 0, 1)
-        out.attrs["failed"] = [(df["path"].iloc[0], "unreadable")]
+        out.attrs["failed"] = [
+            ScanFailure(df["path"].iloc[0], "corrupt_header", "the header cannot be parsed")
+        ]
         return out.reset_index(drop=True)
 
-    monkeypatch.setattr(predict_mod, "predict_manifest", fake_predict)
+    monkeypatch.setattr(inference, "predict_manifest", fake_predict)
     return tmp_path, calls, bundle
 
 

@@ -17,8 +17,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from xraytriage.config import PreprocessConfig
+from xraytriage.data.workers import cap_memory
 from xraytriage.io import UnreadableImage, load_image
-from xraytriage.scoring.dataset import cap_memory
 
 
 def _reason(path: Path, cfg: PreprocessConfig | None = None) -> UnreadableImage:
@@ -167,6 +167,8 @@ def test_a_scan_past_the_worker_memory_cap_fails_as_too_large(tmp_path: Path) ->
     assert [Path(r["path"]).name for r in read_csv_rows(out)] == ["small.png"]
     errors = read_csv_rows(tmp_path / "s.errors.csv")
     assert [(Path(e["path"]).name, e["reason"]) for e in errors] == [("big.png", "too_large")]
+    # the worker ended itself and left a death note: the reason names the cap, not a decoder error
+    assert errors[0]["message"].startswith("decoding needed more than the worker memory cap (24 MiB")
     image, _ = load_image(folder / "big.png", PreprocessConfig(image_size=32))  # uncapped, it decodes
     assert image.shape == (32, 32)
 

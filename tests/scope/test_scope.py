@@ -543,7 +543,7 @@ def test_evaluate_reports_in_and_out_of_scope_scans_apart(tmp_path: Path, capsys
 def test_evaluate_on_a_bundle_checks_the_scope_too(
     tmp_path: Path, scoped_bundle: Path, demo_data: Path
 ) -> None:
-    from xraytriage.training.predict import predict_manifest
+    from xraytriage.inference import predict_manifest
 
     bundle = load_bundle(scoped_bundle)
     frame = read_manifest(demo_data, labels=["finding"])

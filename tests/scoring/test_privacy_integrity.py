@@ -179,7 +179,7 @@ def test_identifier_subgroups_are_refused_by_name_and_by_content(tmp_path: Path)
 
 
 def test_evaluate_refuses_an_identifier_subgroup_before_inference(tmp_path: Path, monkeypatch) -> None:
-    import xraytriage.training.predict as predict_mod
+    from xraytriage import inference
     from xraytriage.cli import main
 
     frame = _predictions(60).drop(columns=["prob_finding"])
@@ -190,7 +190,7 @@ def test_evaluate_refuses_an_identifier_subgroup_before_inference(tmp_path: Path
     def never(*args, **kwargs):
         raise AssertionError("inference ran")
 
-    monkeypatch.setattr(predict_mod, "predict_manifest", never)
+    monkeypatch.setattr(inference, "predict_manifest", never)
     argv = [
         "evaluate",
         "--model",

@@ -151,6 +151,28 @@ def test_probabilities_use_the_training_preprocessing(
         assert got[str(p)] == pytest.approx(expected, abs=1e-4)  # CPU folds BatchNorm: ~1e-5
 
 
+def test_streamed_scans_fulfil_the_one_dataset_contract(tmp_path: Path, pydicom_test_file) -> None:
+    """Scoring's dataset gives the same batch type as training's: decoded scans with their UIDs and
+    header facts, failures alongside; a text file is ``not_a_scan`` unless strict."""
+    from xraytriage.config import PreprocessConfig
+    from xraytriage.data.dataset import ScanFailure, collate_scans
+    from xraytriage.io import REASONS
+    from xraytriage.scoring.dataset import StreamedScans
+
+    dcm = write_dicom(pydicom_test_file("CT_small.dcm"), tmp_path / "ct.dcm", "1.2.3", "1.2.3.9")
+    text = tmp_path / "readme.txt"
+    text.write_text("not a scan")
+    pp = PreprocessConfig(image_size=32)
+    batch = collate_scans([StreamedScans(pp, 3)[p] for p in (str(text), str(dcm))])
+    assert batch.paths == [str(dcm)] and batch.image.shape == (1, 3, 32, 32) and batch.target is None
+    assert (batch.sop_uids, batch.study_uids, batch.index.tolist()) == (["1.2.3.9"], ["1.2.3"], [-1])
+    assert batch.facts[0].modality == "CT"
+    assert batch.failures == [ScanFailure(str(text), "not_a_scan", "skipped: text, not a scan")]
+    strict = StreamedScans(pp, 3, skip_non_scans=False)[str(text)]
+    sig = "unrecognised file signature"
+    assert strict == ScanFailure(str(text), "not_an_image", f"{REASONS['not_an_image']} ({sig})", detail=sig)
+
+
 def test_multilabel_bundle_gets_a_probability_and_flag_per_class(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "ml.pt", labels=["effusion", "pneumothorax"], threshold=0.0)
     write_pngs(tmp_path / "in", 2)
@@ -298,16 +320,16 @@ def test_a_decoder_crash_is_isolated_to_its_file(
 ) -> None:
     import signal
 
-    from xraytriage.scoring.dataset import ScanDataset
+    from xraytriage.scoring.dataset import StreamedScans
 
-    real = ScanDataset.__getitem__
+    real = StreamedScans.__getitem__
 
     def segfaulting(self, path):  # a native decoder dying on one file
         if Path(path).name == "img0003.png":
             os.kill(os.getpid(), signal.SIGSEGV)
         return real(self, path)
 
-    monkeypatch.setattr(ScanDataset, "__getitem__", segfaulting)  # inherited by the forked workers
+    monkeypatch.setattr(StreamedScans, "__getitem__", segfaulting)  # inherited by the forked workers
     pngs = write_pngs(tmp_path / "in", 8)
     out = tmp_path / "s.csv"
     assert run_score(tmp_path / "in", bundle, out, "--workers", "2", "--batch-size", "2") == 1

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from support.scoring import make_bundle, read_csv_rows, run_score, write_dicom, write_pngs
-from xraytriage.scoring.dataset import ScanDataset
+from xraytriage.scoring.dataset import StreamedScans
 from xraytriage.scoring.journal import CsvJournal
 
 CPU = torch.device("cpu")
@@ -27,7 +27,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _segfault_on(monkeypatch: pytest.MonkeyPatch, name: str, wait_for: Path | None = None) -> None:
     """A native decoder dying on one file (inherited by the forked workers)."""
-    real = ScanDataset.__getitem__
+    real = StreamedScans.__getitem__
 
     def segfaulting(self, path):
         if Path(path).name == name:
@@ -37,7 +37,7 @@ def _segfault_on(monkeypatch: pytest.MonkeyPatch, name: str, wait_for: Path | No
             os.kill(os.getpid(), signal.SIGSEGV)
         return real(self, path)
 
-    monkeypatch.setattr(ScanDataset, "__getitem__", segfaulting)
+    monkeypatch.setattr(StreamedScans, "__getitem__", segfaulting)
 
 
 def _paths(rows: list[dict[str, str]]) -> list[str]:
@@ -130,14 +130,14 @@ def test_the_engine_never_falls_back_because_a_decoding_worker_died(
 def test_a_file_that_decodes_forever_is_recorded_as_timeout(
     tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_load = ScanDataset._load
+    real_load = StreamedScans._load
 
     def stalling(self, path):
         if Path(path).name == "img0002.png":
             time.sleep(3600)  # a pathological file stalls the decoder
         return real_load(self, path)
 
-    monkeypatch.setattr(ScanDataset, "_load", stalling)
+    monkeypatch.setattr(StreamedScans, "_load", stalling)
     pngs = write_pngs(tmp_path / "in", 6)
     out = tmp_path / "s.csv"
     started = time.monotonic()

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from support.scoring import make_bundle, read_csv_rows, run_score, write_pngs
-from xraytriage.training.predict import iter_logits
+from xraytriage.data.dataset import ScanBatch
+from xraytriage.inference import iter_logits
 
 
 def _tiny_net() -> nn.Module:
@@ -25,15 +26,13 @@ def _tiny_net() -> nn.Module:
 def test_iter_logits_streams_pads_and_leaves_autograd_to_the_caller() -> None:
     net = _tiny_net()
     xs = [torch.randn(3, 3, 8, 8), None, torch.randn(1, 3, 8, 8)]
-    batches = [{"image": x, "tag": i} for i, x in enumerate(xs)]
+    batches = [ScanBatch(x, None, None, paths=[f"batch{i}"]) for i, x in enumerate(xs)]
     seen = []
-    for out in iter_logits(
-        net, batches, torch.device("cpu"), lambda b: b["image"], inference_mode=True, pad_to=4
-    ):
+    for out in iter_logits(net, batches, torch.device("cpu"), inference_mode=True, pad_to=4):
         # Between batches the caller is outside no_grad/inference_mode (Grad-CAM needs autograd).
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        seen.append(out.batch["tag"])
-        x = out.batch["image"]
+        seen.append(out.batch.paths[0])
+        x = out.batch.image
         if x is None:
             assert out.inputs is None and out.logits is None
             continue
@@ -42,7 +41,7 @@ def test_iter_logits_streams_pads_and_leaves_autograd_to_the_caller() -> None:
         with torch.no_grad():
             expected = net(x)
         torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
-    assert seen == [0, 1, 2]  # one yield per batch, in order, the empty one included
+    assert seen == ["batch0", "batch1", "batch2"]  # one yield per batch, in order, the empty one included
 
 
 def test_compiled_scoring_matches_eager_and_compiles_once(

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from xraytriage.config import ScopeConfig
 from xraytriage.data.manifest import read_manifest
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.evaluation.metrics import binary_metrics
+from xraytriage.inference import predict_manifest
 from xraytriage.models import load_bundle
-from xraytriage.training.predict import predict_manifest
+from xraytriage.scope.collect import FeaturePass, ScopeRecorder
 
 
 def torchrun_train(
@@ -71,6 +74,13 @@ def test_two_process_ddp_training_matches_single_process_evaluation(tmp_path: Pa
     # The operating threshold is one of the validation scores (target-sensitivity policy): the gathered
     # predictions are the single-process ones, up to float noise from different batch sizes.
     assert np.min(np.abs(p - bundle.thresholds["finding"])) < 1e-5
+    # The scope's validation features came from both ranks' final validation pass: one OOD distance
+    # per scan, those a single-process feature pass gives.
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    separate = FeaturePass(bundle.model, bundle.preprocess, 1, torch.device("cpu"))
+    _, distances = ScopeRecorder(ScopeConfig(), separate).reference(train, val)
+    assert len(distances) == len(val) == len(bundle.scope["validation"]["ood_scores"])
+    np.testing.assert_allclose(bundle.scope["validation"]["ood_scores"], distances, rtol=1e-4)
 
 
 def test_torchrun_with_one_process_runs_the_ddp_path(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from support.training import tiny_config
+from xraytriage.data.dataset import ScanBatch
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 from xraytriage.models.factory import head_parameters
 from xraytriage.scoring import ScoreOptions, score
@@ -186,12 +187,12 @@ def test_channels_last_is_kept_through_the_training_step(
         assert trainer.optimizer.state[p]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
 
 
-def _one_step(trainer: engine.Trainer, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
+def _one_step(trainer: engine.Trainer, batch: ScanBatch) -> tuple[float, dict[str, torch.Tensor]]:
     """Forward and backward of one batch through the trainer's network: the loss and every gradient."""
     trainer.net.train()
     trainer.optimizer.zero_grad(set_to_none=True)
-    images = batch["image"].to(trainer.device, memory_format=torch.channels_last)
-    loss = trainer._loss(trainer.net(images), batch["target"].to(trainer.device))
+    images = batch.image.to(trainer.device, memory_format=torch.channels_last)
+    loss = trainer._loss(trainer.net(images), batch.target.to(trainer.device))
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     return float(loss), grads
@@ -238,8 +239,8 @@ def test_compiled_training_compiles_once(
     graphs_after_validation: list[int] = []
     original_validate = engine.Trainer._validate
 
-    def counting_validate(self: engine.Trainer, epoch: int):
-        out = original_validate(self, epoch)
+    def counting_validate(self: engine.Trainer, epoch: int, *features):
+        out = original_validate(self, epoch, *features)
         graphs_after_validation.append(counters["stats"]["unique_graphs"])
         return out
 
@@ -260,8 +261,8 @@ def test_gpu_memory_does_not_grow_across_epochs(
     allocated, peaks = [], []
     original_validate = engine.Trainer._validate
 
-    def measuring_validate(self: engine.Trainer, epoch: int):
-        out = original_validate(self, epoch)
+    def measuring_validate(self: engine.Trainer, epoch: int, *features):
+        out = original_validate(self, epoch, *features)
         torch.cuda.synchronize()
         allocated.append(torch.cuda.memory_allocated())
         peaks.append(torch.cuda.max_memory_allocated())

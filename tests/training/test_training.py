@@ -32,7 +32,7 @@ def test_training_writes_run_directory_and_tensorboard(tiny_manifest: Path, tmp_
     assert len(result.history) == 2
     # the validated scope: the validation reference holds the calibrated probabilities the threshold
     # was chosen on (what inference gives on the validation scans), one OOD distance per scan
-    from xraytriage.training.predict import predict_manifest
+    from xraytriage.inference import predict_manifest
 
     reference = bundle.scope["validation"]
     val = pd.read_csv(tiny_manifest)
@@ -134,15 +134,16 @@ def test_patient_leakage_blocks_training(tiny_manifest: Path, tmp_path: Path) ->
 def test_augmentation_is_identical_whatever_the_worker_count(tiny_manifest: Path) -> None:
     from torch.utils.data import DataLoader
 
-    from xraytriage.data.augment import build_augmentation, seed_worker
-    from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip
+    from xraytriage.data.augment import build_augmentation
+    from xraytriage.data.dataset import EpochTaggedSampler, ManifestScans, collate_scans
     from xraytriage.data.manifest import read_manifest
+    from xraytriage.data.workers import WorkerInit
 
     cfg = tiny_config(tiny_manifest, "augment.probability=1.0")
     frame = read_manifest(tiny_manifest, labels=["finding"]).head(8)
 
     def batch_for(workers: int, epoch: int) -> torch.Tensor:
-        ds = ScanDataset(
+        ds = ManifestScans(
             frame, ["finding"], cfg.preprocess, 1, build_augmentation(cfg.augment, 0), augment_seed=5
         )
         sampler = EpochTaggedSampler(torch.utils.data.SequentialSampler(ds))
@@ -152,15 +153,77 @@ def test_augmentation_is_identical_whatever_the_worker_count(tiny_manifest: Path
             batch_size=8,
             sampler=sampler,
             num_workers=workers,
-            collate_fn=collate_skip,
-            worker_init_fn=seed_worker,
+            collate_fn=collate_scans,
+            worker_init_fn=WorkerInit(),
         )
-        return next(iter(loader))["image"]
+        return next(iter(loader)).image
 
     zero, two = batch_for(0, 0), batch_for(2, 0)
     assert torch.equal(zero, two)
     assert not torch.equal(zero, batch_for(0, 1))  # a new epoch draws new augmentations
     assert not torch.equal(zero[0], zero[1])
+
+
+def test_an_unreadable_manifest_scan_travels_as_a_failure_in_its_batch(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """A row whose file is not an image never raises: it becomes the one failure type, with its path,
+    reason and manifest position, next to the decoded scans of its batch (the same with 2 workers)."""
+    from torch.utils.data import DataLoader
+
+    from xraytriage.data.dataset import ManifestScans, ScanFailure, collate_scans, label_matrix
+    from xraytriage.data.manifest import read_manifest
+    from xraytriage.data.workers import WorkerInit
+    from xraytriage.io import REASONS
+
+    cfg = tiny_config(tiny_manifest)
+    frame = read_manifest(tiny_manifest, labels=["finding"]).head(6).copy()
+    bad = tmp_path / "notes.png"
+    bad.write_text("not pixels")
+    frame.loc[frame.index[2], "path"] = str(bad)
+    dataset = ManifestScans(frame, ["finding"], cfg.preprocess, 1)
+    for workers in (0, 2):
+        loader = DataLoader(
+            dataset, batch_size=4, num_workers=workers, collate_fn=collate_scans, worker_init_fn=WorkerInit()
+        )
+        first, second = list(loader)
+        assert first.index.tolist() == [0, 1, 3] and second.index.tolist() == [4, 5]
+        sig = "unrecognised file signature"
+        message = f"{REASONS['not_an_image']} ({sig})"
+        assert first.failures == [ScanFailure(str(bad), "not_an_image", message, index=2, detail=sig)]
+        assert second.failures == []
+        assert first.paths == [frame["path"].iloc[i] for i in (0, 1, 3)]
+        assert first.image.shape == (3, 1, 32, 32) and first.image.dtype == torch.float32
+        expected = torch.from_numpy(label_matrix(frame.iloc[[0, 1, 3]], ["finding"]))
+        assert torch.equal(first.target, expected)
+
+
+def test_the_scope_takes_the_validation_features_from_the_final_validation_pass(
+    tiny_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One inference pass over the validation scans at the end of training: the feature pass runs
+    over the training scans only, and the recorded OOD distances are those a separate pass gives."""
+    from xraytriage.scope.collect import FeaturePass, ScopeRecorder
+
+    passes: list[int] = []
+    real = FeaturePass.__call__
+
+    def counting(self: FeaturePass, frame: pd.DataFrame):
+        passes.append(len(frame))
+        return real(self, frame)
+
+    monkeypatch.setattr(FeaturePass, "__call__", counting)
+    cfg = tiny_config(tiny_manifest, "train.epochs=1")
+    trainer = engine.Trainer(cfg, tmp_path / "run")
+    trainer.fit()
+    assert passes == [len(trainer.train_frame)]
+    bundle = load_bundle(tmp_path / "run" / "model.pt")
+    separate = FeaturePass(bundle.model, cfg.preprocess, 1, torch.device("cpu"))
+    _, distances = ScopeRecorder(cfg.scope, separate, cfg.seed).reference(
+        trainer.train_frame, trainer.val_frame
+    )
+    assert len(distances) == len(trainer.val_frame) == len(bundle.scope["validation"]["ood_scores"])
+    np.testing.assert_allclose(bundle.scope["validation"]["ood_scores"], distances, rtol=1e-4)
 
 
 def test_frozen_warmup_trains_only_the_head(tiny_manifest: Path, tmp_path: Path) -> None:

@@ -341,17 +341,17 @@ def _predict_bundle(args: argparse.Namespace, eval_cfg, full_cfg) -> EvaluationI
         have = ", ".join(sorted(map(str, df["split"].dropna().unique()))) if "split" in df.columns else "none"
         message = f"no rows with split '{split}' in {args.manifest} (splits present: {have})"
         return fail("xraytriage evaluate", message, EXIT_FAILED)
-    from xraytriage.training.predict import predict_manifest as predict
+    from xraytriage.inference import predict_manifest  # here: the CLI starts without torch
 
     kwargs = {"batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
     kwargs["scope"] = _scope_checker(bundle, full_cfg)
-    predictions = predict(bundle, rows, **kwargs)
+    predictions = predict_manifest(bundle, rows, **kwargs)
     skipped = list(predictions.attrs.get("failed", []))
     if skipped:
         print(f"xraytriage evaluate: {len(skipped)} scan(s) could not be read and were skipped")
     if predictions.empty:
         return fail("xraytriage evaluate", "no scan could be decoded; nothing to evaluate", EXIT_FAILED)
-    val_predictions = predict(bundle, val_rows, **kwargs) if val_rows is not None else None
+    val_predictions = predict_manifest(bundle, val_rows, **kwargs) if val_rows is not None else None
     return EvaluationInputs(
         predictions=predictions,
         labels=list(bundle.labels),

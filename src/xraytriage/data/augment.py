@@ -33,7 +33,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2
 import numpy as np
-import torch
 
 from xraytriage.config import AugmentConfig
 
@@ -179,7 +178,7 @@ class FastAugmentation:
         self._gamma = (lo, hi - lo)
 
     def set_random_seed(self, seed: int) -> None:
-        """Restart the stream (per sample in ScanDataset, per worker in seed_worker)."""
+        """Restart the stream (per sample in ManifestScans, per worker in data.workers.WorkerInit)."""
         self._rng.seed(seed)
 
     def sample_params(self, shape: tuple[int, ...]) -> FastParams:
@@ -293,19 +292,3 @@ def apply_augmentation(transform: Any, image: np.ndarray) -> np.ndarray:
         return transform(image)  # already float32 and clipped
     out = transform(image=image)["image"]
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker (and each epoch) its own augmentation stream.
-
-    torch hands every worker a distinct seed derived from the loader's generator, which itself is
-    seeded from the run seed: reproducible, yet no two workers repeat the same augmentations.
-    """
-    info = torch.utils.data.get_worker_info()
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    dataset = info.dataset if info is not None else None
-    transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)

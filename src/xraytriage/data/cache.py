@@ -209,7 +209,7 @@ def _verify_mode(verify_reads: bool | str) -> str:
 
 
 class CacheSource:
-    """``image_source`` for :class:`~xraytriage.data.dataset.ScanDataset`: cached image or a fresh decode.
+    """``image_source`` for :class:`~xraytriage.data.dataset.ManifestScans`: cached image or a fresh decode.
 
     Picklable (holds paths and the index, not open maps), so DataLoader workers each map the shards
     lazily; the mapped pages are shared through the OS page cache.
@@ -327,7 +327,7 @@ def open_matching_cache(
     verify_reads: bool | VerifyMode = "once",
     dtype: str | None = None,
 ) -> CacheSource | None:
-    """The cache for this preprocessing config (for ``ScanDataset(image_source=...)``), or None.
+    """The cache for this preprocessing config (for ``ManifestScans(image_source=...)``), or None.
 
     ``dtype`` (training passes ``data.cache_dtype``) requires the store of that sample type, so the
     pixels a run trains on do not depend on which other stores happen to exist; a store of another

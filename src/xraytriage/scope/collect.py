@@ -1,9 +1,10 @@
 """Recording the validated scope at the end of training: headers of every training and validation
 scan, features of the validation scans and of (a sample of) the training scans, then the scope.
 
-The feature pass runs the chosen model once more over those scans without augmentation (the
-preprocessing cache, when configured, makes it a forward pass only); headers are read without the
-pixel data.
+The feature pass runs the chosen model once more over the training scans without augmentation (the
+preprocessing cache, when configured, makes it a forward pass only); the validation scans' features
+come from training's final validation pass when it ran the eager model (else a feature pass runs over
+them too); headers are read without the pixel data.
 """
 
 from __future__ import annotations
@@ -63,25 +64,27 @@ class FeaturePass:
 
     def __call__(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(features n x d float32, positions in ``frame`` of the rows they belong to)."""
-        from xraytriage.data.dataset import ScanDataset, collate_skip
+        from xraytriage.data.dataset import ManifestScans, collate_scans
+        from xraytriage.data.workers import WorkerInit
+        from xraytriage.inference import iter_logits
         from xraytriage.models.features import LogitsAndFeatures
-        from xraytriage.training.predict import iter_logits
         from xraytriage.utils.runtime import worker_start_method
 
-        dataset = ScanDataset(frame, [], self.preprocess, self.in_channels, None, self.image_source)
+        dataset = ManifestScans(frame, [], self.preprocess, self.in_channels, None, self.image_source)
         loader = DataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.workers,
-            collate_fn=collate_skip,
+            collate_fn=collate_scans,
+            worker_init_fn=WorkerInit() if self.workers > 0 else None,
             **worker_start_method(self.preprocess.gpu_decode, self.workers),
         )
         net = LogitsAndFeatures(self.model).eval()
         parts, positions = [], []
-        for out in iter_logits(net, loader, self.device, lambda b: b["image"], self.amp_dtype, False, True):
+        for out in iter_logits(net, loader, self.device, self.amp_dtype, False, True):
             if out.features is not None:
                 parts.append(out.features.cpu())
-                positions.append(out.batch["index"])
+                positions.append(out.batch.index)
         if not parts:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
         return torch.cat(parts).numpy(), torch.cat(positions).numpy()
@@ -96,15 +99,21 @@ class ScopeRecorder:
         self.seed = seed
 
     def record(
-        self, train: pd.DataFrame, val: pd.DataFrame, val_probabilities: dict[str, Sequence[float]]
+        self,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        val_probabilities: dict[str, Sequence[float]],
+        val_features: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ValidatedScope:
-        """``val_probabilities``: the calibrated validation probabilities the thresholds were chosen on."""
+        """``val_probabilities``: the calibrated validation probabilities the thresholds were chosen on;
+        ``val_features``: (features, positions in ``val``) when the caller's validation pass already
+        collected them (training's final validation), else the feature pass runs over ``val``."""
         train_facts = self.population(train)
         val_facts = self.population(val)
         val_scores = np.full(len(val), np.nan)
         ood = None
         if self.cfg.enabled and self.cfg.ood:
-            ood, val_scores = self.reference(train, val)
+            ood, val_scores = self.reference(train, val, val_features)
         scope = record_scope(train_facts + val_facts, self.cfg, ood)
         if not self.cfg.enabled:
             scope = ValidatedScope(n_scans=scope.n_scans)
@@ -123,7 +132,10 @@ class ScopeRecorder:
         return population_values(frame, headers)
 
     def reference(
-        self, train: pd.DataFrame, val: pd.DataFrame
+        self,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        val_features: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[MahalanobisReference | None, np.ndarray]:
         """The Mahalanobis reference of the training features, thresholded on the validation ones;
         also each validation row's distance (NaN where it did not decode)."""
@@ -131,17 +143,18 @@ class ScopeRecorder:
         if len(train) > self.cfg.reference_max_scans:
             sample = train.sample(n=self.cfg.reference_max_scans, random_state=self.seed)
         train_features, _ = self.features(sample.reset_index(drop=True))
-        val_features, positions = self.features(val.reset_index(drop=True))
+        val_rows = val_features if val_features is not None else self.features(val.reset_index(drop=True))
+        features, positions = val_rows  # features n x d, their rows' positions in ``val``
         distances = np.full(len(val), np.nan)
         try:
-            ood = MahalanobisReference.fit(train_features, val_features, self.cfg.ood_quantile)
+            ood = MahalanobisReference.fit(train_features, features, self.cfg.ood_quantile)
         except OodUnavailable as exc:
             log.warning("no image-based scope check in this bundle: %s", exc)
             return None, distances
         if self.cfg.ood_threshold is not None:
             ood.threshold = float(self.cfg.ood_threshold)
         if len(positions):
-            distances[positions] = ood.distances(val_features)
+            distances[positions] = ood.distances(features)
         log.info(
             "OOD reference: %d training scans, Ledoit-Wolf shrinkage %.3f, threshold %.2f (validation q%g)",
             ood.n_train,

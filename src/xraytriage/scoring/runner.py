@@ -26,11 +26,14 @@ import numpy as np
 import torch
 
 from xraytriage.config import ScopeConfig
+from xraytriage.data.dataset import ScanBatch, ScanFailure, collate_scans
+from xraytriage.data.workers import WorkerInit
+from xraytriage.inference import BatchLogits, iter_logits
 from xraytriage.scope import ScanFacts, ScopeChecker, ScopeVerdict, ValidatedScope
 from xraytriage.scoring import distributed as dist_utils
 from xraytriage.scoring.crashes import REASONS as CRASH_REASONS
 from xraytriage.scoring.crashes import death_reason, read_death_note, sigchld_deferred, worker_died
-from xraytriage.scoring.dataset import PathStream, ScanBatch, ScanDataset, WorkerInit, collate_scans
+from xraytriage.scoring.dataset import PathStream, StreamedScans
 from xraytriage.scoring.discovery import NOT_A_SCAN, iter_inputs, shard_of
 from xraytriage.scoring.engine import Runner, check_engine, prepare_model, select_runner
 from xraytriage.scoring.journal import CsvJournal
@@ -47,7 +50,6 @@ from xraytriage.scoring.outputs import (
     read_scores,
     score_columns,
 )
-from xraytriage.training.predict import BatchLogits, iter_logits
 from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
 
 log = logging.getLogger(__name__)
@@ -242,7 +244,7 @@ class ScoringRun:
         preprocess = self.bundle.preprocess
         if opts.corrupt_pixel_data is not None:
             preprocess = preprocess.model_copy(update={"corrupt_pixel_data": opts.corrupt_pixel_data})
-        self.dataset = ScanDataset(
+        self.dataset = StreamedScans(
             preprocess,
             self.bundle.model_config.in_channels,
             opts.file_timeout_s,
@@ -470,9 +472,8 @@ class ScoringRun:
             return
         self.error_keys.add(folder)
         why = exc.strerror or exc.__class__.__name__
-        self._record_failure(
-            folder, "unreadable_folder", f"this folder cannot be read ({why}); its scans were not scored"
-        )
+        message = f"this folder cannot be read ({why}); its scans were not scored"
+        self._record_failure(ScanFailure(folder, "unreadable_folder", message))
 
     # ------------------------------------------------------------------ decoding and inference
     def _loader(self, paths: Iterator[str], workers: int, batch_size: int) -> torch.utils.data.DataLoader:
@@ -490,21 +491,20 @@ class ScoringRun:
             **worker_start_method(self.bundle.preprocess.gpu_decode, workers),
         )
 
-    def _infer(self, batches: Iterable[ScanBatch]) -> Iterator[BatchLogits[ScanBatch]]:
+    def _infer(self, batches: Iterable[ScanBatch]) -> Iterator[BatchLogits]:
         """The shared inference loop (also validation's and evaluate's), one batch at a time."""
         assert self.runner is not None
         return iter_logits(
             self.runner.forward,
             batches,
             self.device,
-            lambda b: b.tensor,
             self.amp_dtype,
             channels_last=self.runner.channels_last,
             inference_mode=True,
             pad_to=self.opts.batch_size if self.opts.compile else None,
         )
 
-    def _process(self, result: BatchLogits[ScanBatch]) -> None:
+    def _process(self, result: BatchLogits) -> None:
         """One batch: probabilities and flags, Grad-CAM, then the rows journaled as one step."""
         batch, logits = result.batch, result.logits
         now = _now()
@@ -531,7 +531,7 @@ class ScoringRun:
                 scope_cells = _scope_cells(verdict, batch.facts[i])
                 row = [path, batch.sop_uids[i], batch.study_uids[i], *probs_text, *flags[i].astype(int)]
                 rows.append([*row, *scope_cells, self.bundle.model_id, now])
-        failed = [[path, reason, message, now] for path, reason, message in batch.failures]
+        failed = [[f.path, f.reason, f.message, now] for f in batch.failures]
         if self.results is not None and rows:
             self.results.record(rows, overlays)  # before the journal: a kill here rewrites, never skips
         with sigchld_deferred():  # append and bookkeeping happen whole, or not at all
@@ -540,9 +540,9 @@ class ScoringRun:
             self.summary.out_of_scope += int(outside.sum()) if logits is not None else 0
             for path in batch.paths:
                 self._answered(path)
-            for path, reason, _ in batch.failures:
-                self._answered(path)
-                self._count_failure(reason)
+            for failure in batch.failures:
+                self._answered(failure.path)
+                self._count_failure(failure.reason)
             for k, label in enumerate(self.labels):
                 self.summary.flagged[label] += int(flagged[k])
             self.summary.scored += len(rows)
@@ -584,11 +584,11 @@ class ScoringRun:
             self.failures[reason] += 1
             self.summary.failed += 1
 
-    def _record_failure(self, path: str, reason: str, message: str) -> None:
+    def _record_failure(self, failure: ScanFailure) -> None:
         with sigchld_deferred():
-            self.errors_j.append([[path, reason, message, _now()]])
-            self._answered(path)
-            self._count_failure(reason)
+            self.errors_j.append([[failure.path, failure.reason, failure.message, _now()]])
+            self._answered(failure.path)
+            self._count_failure(failure.reason)
             self.bar.update(1)
 
     def _isolate_crash(self) -> None:
@@ -607,13 +607,13 @@ class ScoringRun:
                     raise
                 note = read_death_note(self.notes_dir, path)
                 if note is not None:
-                    reason, detail = note
+                    reason, message = note
                 else:
                     reason = death_reason(exc, time.monotonic() - started, self.opts.file_timeout_s)
-                    detail = f"{CRASH_REASONS[reason]}; {exc}"
+                    message = f"{CRASH_REASONS[reason]}; {exc}"
                     if reason == "timeout":
-                        detail = f"decoding took longer than {self.opts.file_timeout_s:g} s; {exc}"
-                self._record_failure(path, reason, detail)
+                        message = f"decoding took longer than {self.opts.file_timeout_s:g} s; {exc}"
+                self._record_failure(ScanFailure(path, reason, message))
 
     # ------------------------------------------------------------------ finishing
     def _merge_ranks(self) -> None:

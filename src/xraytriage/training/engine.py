@@ -28,6 +28,7 @@ from xraytriage.columns import prob_column
 from xraytriage.config import Config, ConfigError, DataConfig, ModelConfig, PreprocessConfig, save_config
 from xraytriage.data.dataset import label_matrix
 from xraytriage.evaluation.audit import audit_manifest
+from xraytriage.inference import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.models.bundle import save_bundle
 from xraytriage.models.factory import build_model, head_parameters
 from xraytriage.models.pretrained import adopt_expected_input, expected_input
@@ -42,7 +43,6 @@ from xraytriage.training.checkpoint import (
 from xraytriage.training.epoch_log import EpochLogger, Throughput
 from xraytriage.training.loaders import create_loaders
 from xraytriage.training.losses import masked_bce, multiclass_ce
-from xraytriage.training.predict import autocast_for, predict_loader, predictions_frame, probabilities
 from xraytriage.training.schedule import warmup_cosine
 from xraytriage.utils.atomic import atomic_write_text
 from xraytriage.utils.lock import OutputLocked, exclusive_lock, lock_file_for
@@ -342,12 +342,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         global_step = self.scheduler.last_epoch
         for batch in bar:
-            if batch["image"] is None:
+            if batch.image is None:
                 continue
-            images = batch["image"].to(self.device, non_blocking=True, memory_format=memory_format)
-            targets = batch["target"].to(self.device, non_blocking=True)
+            images = batch.image.to(self.device, non_blocking=True, memory_format=memory_format)
+            targets = batch.target.to(self.device, non_blocking=True)
             if epoch == 0 and micro == 0:
-                self.epoch_log.augmented_batch(batch["image"], epoch)
+                self.epoch_log.augmented_batch(batch.image, epoch)
             with autocast_for(self.device, self.amp_dtype):
                 logits = self.net(images)
             loss = self._loss(logits, targets)
@@ -418,26 +418,35 @@ class Trainer:
 
         return signal.signal(signal.SIGINT, request_stop)
 
-    def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    def _validate(
+        self, epoch: int, features: list[tuple[np.ndarray, np.ndarray]] | None = None
+    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
         """Validation metrics, the prediction table (probabilities at temperature 1) and the logits
-        (rows aligned with the table)."""
+        (rows aligned with the table).
+
+        ``features``: when given, the same pass also collects the pooled features (eager model; the
+        scope's OOD reference) and appends ``(features, positions in val_frame)``, every rank's rows.
+        """
+        net = self.net if not self.dist.enabled else self.model
+        parts: list[torch.Tensor] | None = None
+        if features is not None:
+            from xraytriage.models.features import LogitsAndFeatures
+
+            net, parts = LogitsAndFeatures(self.model), []
         logits, indices, failures = predict_loader(
-            self.net if not self.dist.enabled else self.model,
-            self.val_loader,
-            self.device,
-            self.amp_dtype,
-            self.cfg.train.channels_last,
+            net, self.val_loader, self.device, self.amp_dtype, self.cfg.train.channels_last, features=parts
         )
-        gathered = dist_utils.gather_objects((logits, indices), self.dist)
-        logits = (
-            np.concatenate([g[0] for g in gathered if len(g[1])])
-            if any(len(g[1]) for g in gathered)
-            else logits
-        )
+        pooled = torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
+        gathered = dist_utils.gather_objects((logits, indices, pooled), self.dist)
+        decoded = [g for g in gathered if len(g[1])]
+        logits = np.concatenate([g[0] for g in decoded]) if decoded else logits
+        pooled = np.concatenate([g[2] for g in decoded]) if decoded and parts is not None else pooled
         indices = np.concatenate([g[1] for g in gathered])
         # DistributedSampler pads with repeated samples: keep each index once.
         indices, first = np.unique(indices, return_index=True)
         logits = logits[first]
+        if features is not None:
+            features.append((pooled[first], indices))
         probs = probabilities(logits, self.cfg.model.task)
         frame = predictions_frame(self.val_frame, self.labels, probs, indices)
         targets = torch.from_numpy(label_matrix(frame, self.labels))
@@ -617,9 +626,12 @@ class Trainer:
                 metrics[f"{label}/{key}"] = m.get(key)
         return temperatures, operating_points
 
-    def _record_scope(self, val_predictions: pd.DataFrame) -> Any:
+    def _record_scope(
+        self, val_predictions: pd.DataFrame, val_features: tuple[np.ndarray, np.ndarray] | None
+    ) -> Any:
         """The validated scope (headers of the training and validation scans, the feature reference,
-        the calibrated validation probabilities); see :mod:`xraytriage.scope`."""
+        the calibrated validation probabilities); see :mod:`xraytriage.scope`. ``val_features``: the
+        validation scans' features from the final validation pass (None: the recorder runs a pass)."""
         from xraytriage.scope.collect import FeaturePass, ScopeRecorder
 
         cfg = self.cfg
@@ -636,7 +648,7 @@ class Trainer:
         probabilities = {label: val_predictions[prob_column(label)].tolist() for label in self.labels}
         self._log_main("recording the validated scope (headers and features of the training scans)")
         scope = ScopeRecorder(cfg.scope, features, cfg.seed).record(
-            self.train_frame, self.val_frame, probabilities
+            self.train_frame, self.val_frame, probabilities, val_features
         )
         self.model.train(False)
         return scope
@@ -647,10 +659,18 @@ class Trainer:
         best_path = self.run_dir / BEST_WEIGHTS
         if best_path.is_file():
             self.model.load_state_dict(load_checkpoint(best_path)["model"])
-        metrics, frame, logits = self._validate(run.best_epoch - 1)
+        # The scope's validation features ride along the final validation pass when that pass runs the
+        # eager model anyway (not under train.compile, whose logits would otherwise change).
+        scope_cfg = cfg.scope
+        together = scope_cfg.enabled and scope_cfg.ood and (self.dist.enabled or self.net is self.model)
+        val_features: list[tuple[np.ndarray, np.ndarray]] | None = [] if together else None
+        metrics, frame, logits = self._validate(run.best_epoch - 1, val_features)
         temperatures, operating_points = self._calibrate_and_choose(frame, logits, metrics)
         thresholds = {label: op.threshold for label, op in operating_points.items()}
-        scope = self._record_scope(frame) if self.dist.is_main else None
+        if self.dist.is_main:
+            scope = self._record_scope(frame, val_features[0] if val_features else None)
+        else:
+            scope = None
         result = TrainResult(
             run_dir=self.run_dir,
             bundle_path=self.run_dir / BUNDLE_NAME,

@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, WeightedRandomSampler
 
 from xraytriage.config import Config
-from xraytriage.data.augment import build_augmentation, seed_worker
+from xraytriage.data.augment import build_augmentation
 from xraytriage.data.cache import open_matching_cache
-from xraytriage.data.dataset import EpochTaggedSampler, ScanDataset, collate_skip
+from xraytriage.data.dataset import EpochTaggedSampler, ManifestScans, collate_scans
 from xraytriage.data.manifest import ManifestError, check_split_values, patient_leakage, read_manifest
+from xraytriage.data.workers import WorkerInit
 from xraytriage.training.distributed import DistInfo
 from xraytriage.utils.runtime import worker_start_method
 
@@ -34,8 +35,8 @@ class RunLoaders:
     frame: pd.DataFrame
     train_frame: pd.DataFrame
     val_frame: pd.DataFrame
-    train_set: ScanDataset
-    val_set: ScanDataset
+    train_set: ManifestScans
+    val_set: ManifestScans
     train_loader: DataLoader
     val_loader: DataLoader
     train_sampler: EpochTaggedSampler
@@ -73,7 +74,7 @@ def _cache_source(cfg: Config) -> Any:
 
 
 def _train_sampler(
-    cfg: Config, dist: DistInfo, train_set: ScanDataset, generator: torch.Generator
+    cfg: Config, dist: DistInfo, train_set: ManifestScans, generator: torch.Generator
 ) -> Sampler:
     if dist.enabled:
         return DistributedSampler(train_set, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -89,10 +90,10 @@ def _loader_options(cfg: Config, pin_memory: bool) -> dict[str, Any]:
     workers = cfg.data.num_workers
     options: dict[str, Any] = {
         "num_workers": workers,
-        "collate_fn": collate_skip,
+        "collate_fn": collate_scans,
         "pin_memory": pin_memory,
         "persistent_workers": workers > 0,
-        "worker_init_fn": seed_worker,
+        "worker_init_fn": WorkerInit(),
     }
     if workers > 0:
         options["prefetch_factor"] = 4
@@ -112,10 +113,10 @@ def create_loaders(cfg: Config, dist: DistInfo, pin_memory: bool = False) -> Run
     in_ch = cfg.model.in_channels
     augment = build_augmentation(cfg.augment, seed=cfg.seed)
     source = _cache_source(cfg)
-    train_set = ScanDataset(
+    train_set = ManifestScans(
         train_frame, labels, cfg.preprocess, in_ch, augment, source, augment_seed=cfg.seed
     )
-    val_set = ScanDataset(val_frame, labels, cfg.preprocess, in_ch, None, source)
+    val_set = ManifestScans(val_frame, labels, cfg.preprocess, in_ch, None, source)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_sampler = EpochTaggedSampler(_train_sampler(cfg, dist, train_set, generator))
     options = _loader_options(cfg, pin_memory)

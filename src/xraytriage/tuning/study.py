@@ -76,10 +76,12 @@ class TrialTrainer(Trainer):
         self.specificity = specificity
         self.reported: dict[int, float] = {}
 
-    def _validate(self, epoch: int) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    def _validate(
+        self, epoch: int, features: list[tuple[np.ndarray, np.ndarray]] | None = None
+    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
         import optuna
 
-        metrics, frame, logits = super()._validate(epoch)
+        metrics, frame, logits = super()._validate(epoch, features)
         if epoch in self.reported:  # the final re-validation of the best epoch in _finish
             return metrics, frame, logits
         value = objective_value(metrics, frame, self.labels, self.objective, self.specificity)

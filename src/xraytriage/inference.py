@@ -1,4 +1,10 @@
-"""Batched inference: one loop (:func:`iter_logits`) for validation, ``evaluate``, tests and batch scoring."""
+"""Batched inference, shared by training (validation), ``evaluate``, the scope's feature pass and scoring.
+
+One loop (:func:`iter_logits`) runs every forward pass over loader batches; :func:`predict_loader`
+collects a manifest loader's logits (and optionally the pooled features) with the scans' positions
+and failures; :func:`predict_manifest` turns a bundle and manifest rows into the predictions table.
+It sits outside ``training``, ``evaluation`` and ``scoring`` because all three import it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,15 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from xraytriage.columns import prob_column
-from xraytriage.data.dataset import Failure, ScanDataset, collate_skip
+from xraytriage.data.dataset import ManifestScans, ScanBatch, ScanFailure, collate_scans
+from xraytriage.data.workers import WorkerInit
 from xraytriage.models.bundle import Bundle, logits_to_probabilities
 from xraytriage.scope.check import ScopeChecker
 from xraytriage.utils.progress import show_progress
 from xraytriage.utils.runtime import resolve_amp_dtype, resolve_device, worker_start_method
 
 log = logging.getLogger(__name__)
-
-B = TypeVar("B")
 
 
 def autocast_for(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
@@ -33,8 +38,8 @@ def autocast_for(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
 
 
 @dataclass
-class BatchLogits(Generic[B]):
-    """One batch of :func:`iter_logits`: the loader's batch, the network input and its logits.
+class BatchLogits:
+    """One batch of :func:`iter_logits`: the loader's :class:`ScanBatch`, the network input and its logits.
 
     ``inputs`` (on ``device``, in the requested memory format) and ``logits`` (float32, still on
     ``device``) are None when the batch held no decodable scan. ``features``: the pooled penultimate
@@ -42,7 +47,7 @@ class BatchLogits(Generic[B]):
     LogitsAndFeatures`, the scoring engines), else None.
     """
 
-    batch: B
+    batch: ScanBatch
     inputs: torch.Tensor | None
     logits: torch.Tensor | None
     features: torch.Tensor | None = None
@@ -50,17 +55,16 @@ class BatchLogits(Generic[B]):
 
 def iter_logits(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
-    batches: Iterable[B],
+    batches: Iterable[ScanBatch],
     device: torch.device,
-    images: Callable[[B], torch.Tensor | None],
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,
     inference_mode: bool = False,
     pad_to: int | None = None,
-) -> Iterator[BatchLogits[B]]:
+) -> Iterator[BatchLogits]:
     """The one batched inference loop: validation, ``evaluate`` and batch scoring all run through it.
 
-    ``images(batch)`` picks the input tensor out of a loader batch (None: nothing decodable). Inputs go
+    A batch whose ``image`` is None (no scan decoded) is yielded without logits. Inputs go
     to ``device`` with a non-blocking copy, in channels_last by default, and the forward pass runs
     under autocast (``amp_dtype``) and ``no_grad`` (``inference_mode=True``: ``torch.inference_mode``,
     a little cheaper, for callers that never reuse the outputs in autograd). Batches are yielded one at
@@ -75,7 +79,7 @@ def iter_logits(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     no_grad = torch.inference_mode if inference_mode else torch.no_grad
     for batch in batches:
-        x = images(batch)
+        x = batch.image
         if x is None:
             yield BatchLogits(batch, None, None)
             continue
@@ -103,7 +107,7 @@ def predict_loader(
     channels_last: bool = True,
     progress: str | None = None,
     features: list[torch.Tensor] | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
+) -> tuple[np.ndarray, np.ndarray, list[ScanFailure]]:
     """Logits (N x C, float32) and the dataset indices they belong to, plus decode failures.
 
     ``progress``: the label of a progress bar over the batches (None: no bar, as during validation).
@@ -112,20 +116,20 @@ def predict_loader(
     """
     logits_parts: list[torch.Tensor] = []
     index_parts: list[torch.Tensor] = []
-    failures: list[Failure] = []
-    batches: Iterable[Any] = loader
+    failures: list[ScanFailure] = []
+    batches: Iterable[ScanBatch] = loader
     if progress is not None and show_progress():
         from tqdm import tqdm
 
         batches = tqdm(loader, desc=progress, unit="batch", leave=False)
-    for out in iter_logits(model, batches, device, lambda b: b["image"], amp_dtype, channels_last):
-        failures.extend(out.batch["failed"])
+    for out in iter_logits(model, batches, device, amp_dtype, channels_last):
+        failures.extend(out.batch.failures)
         if out.logits is None:
             continue
         logits_parts.append(out.logits)  # stays on device: no sync per batch
         if features is not None and out.features is not None:
             features.append(out.features.cpu())
-        index_parts.append(out.batch["index"])
+        index_parts.append(out.batch.index)
     if not logits_parts:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), failures
     logits_all = torch.cat(logits_parts).cpu().numpy()
@@ -156,7 +160,7 @@ def predict_manifest(
     progress: str | None = "predicting",
     scope: ScopeChecker | None = None,
 ) -> pd.DataFrame:
-    """Predictions for every decodable row; ``.attrs['failed']`` lists (path, reason) of skipped scans.
+    """Predictions for every decodable row; ``.attrs['failed']``: the ``ScanFailure`` of each skipped scan.
 
     ``progress``: label of the progress bar (drawn only on a terminal, see ``utils.progress``); None: none.
     ``scope``: also check each scan against the validated scope (``in_scope``, ``scope_reasons``,
@@ -171,14 +175,15 @@ def predict_manifest(
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     labels_present = [label for label in bundle.labels if label in frame.columns]
-    dataset = ScanDataset(frame, labels_present, bundle.preprocess, bundle.model_config.in_channels)
+    dataset = ManifestScans(frame, labels_present, bundle.preprocess, bundle.model_config.in_channels)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=collate_skip,
+        collate_fn=collate_scans,
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=WorkerInit() if num_workers > 0 else None,
         **worker_start_method(bundle.preprocess.gpu_decode, num_workers),
     )
     feature_parts: list[torch.Tensor] = []
@@ -191,7 +196,7 @@ def predict_manifest(
         from xraytriage.scope.collect import add_scope_columns
 
         out = add_scope_columns(out, scope, torch.cat(feature_parts) if feature_parts else None)
-    out.attrs["failed"] = [(f.path, f.reason) for f in failures]
+    out.attrs["failed"] = failures
     if failures:
         log.warning("%d scan(s) could not be decoded and were skipped", len(failures))
     return out
