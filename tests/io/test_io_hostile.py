@@ -152,6 +152,36 @@ def test_the_worker_memory_cap_turns_a_huge_allocation_into_memory_error() -> No
     assert results == [(True, "MemoryError"), (True, 1)]
 
 
+def _allocate_after_freeing(renew: bool, queue: multiprocessing.Queue) -> None:
+    from xraytriage.data import workers
+
+    inherited = np.ones(256 << 20, dtype=np.uint8)  # what a fork brings along and frees later
+    workers.WorkerInit(memory_mb=64)(0)
+    del inherited
+    if renew:
+        workers.renew_memory_cap()
+    try:
+        block = np.ones(160 << 20, dtype=np.uint8)
+        queue.put(int(block[-1]))
+    except MemoryError:
+        queue.put("MemoryError")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
+def test_the_cap_renewed_per_scan_does_not_grow_by_what_the_worker_freed() -> None:
+    """A cap set once at worker start leaked what the worker freed afterwards (in a long session the
+    inherited garbage let a 36 MB decode pass a 24 MiB cap); renewed before a scan it holds."""
+    ctx = multiprocessing.get_context("fork")
+    results = []
+    for renew in (False, True):
+        queue = ctx.Queue()
+        child = ctx.Process(target=_allocate_after_freeing, args=(renew, queue))
+        child.start()
+        results.append(queue.get(timeout=60))
+        child.join(60)
+    assert results == [1, "MemoryError"]
+
+
 @pytest.mark.timeout(180)
 def test_a_scan_past_the_worker_memory_cap_fails_as_too_large(tmp_path: Path) -> None:
     from support.scoring import make_bundle, read_csv_rows, run_score

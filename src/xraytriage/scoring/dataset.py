@@ -24,7 +24,7 @@ import torch
 
 from xraytriage.config import PreprocessConfig
 from xraytriage.data.dataset import DecodedScan, ScanDataset, ScanFailure
-from xraytriage.data.workers import worker_memory_cap_mb
+from xraytriage.data.workers import renew_memory_cap, worker_memory_cap_mb
 from xraytriage.io.errors import OUT_OF_MEMORY
 from xraytriage.scope.facts import ScanFacts
 from xraytriage.scoring.crashes import leave_death_note
@@ -66,6 +66,7 @@ class StreamedScans(ScanDataset):
     def __getitem__(self, path: str) -> DecodedScan | ScanFailure:  # type: ignore[override]
         # Only in a worker process: there the alarm's default action ends the worker, which the run
         # reports as a timeout; in the main process it would end the run.
+        renew_memory_cap()
         timed = bool(self.time_limit_s) and torch.utils.data.get_worker_info() is not None
         if timed:
             signal.setitimer(signal.ITIMER_REAL, float(self.time_limit_s or 0))
