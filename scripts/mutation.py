@@ -46,7 +46,12 @@ MODULE_TESTS: dict[str, list[str]] = {
     "src/xraytriage/evaluation/identifiers.py": ["tests/test_privacy_integrity.py"],
     "src/xraytriage/evaluation/results.py": ["tests/test_fairness.py", "tests/test_eval_report.py"],
     "src/xraytriage/evaluation/report.py": ["tests/test_eval_report.py"],
-    "src/xraytriage/io/pipeline.py": ["tests/test_io_hostile.py", "tests/test_io_dicom.py"],
+    "src/xraytriage/io/pipeline.py": [
+        "tests/test_io_hostile.py",
+        "tests/test_io_dicom.py",
+        "tests/test_io_raster.py",
+        "tests/test_io_gpu.py",
+    ],
     "src/xraytriage/io/resize.py": ["tests/test_io_resize.py"],
     "src/xraytriage/data/splits.py": ["tests/test_splits.py"],
     "src/xraytriage/scoring/journal.py": ["tests/test_score_journal.py"],  # its unit tests: the
