@@ -447,3 +447,28 @@ def test_colour_dicom_is_bt601_luma_over_full_scale_or_stretched(tmp_path):
     image, meta = load_image(path, PreprocessConfig(image_size=16, normalization="minmax"))
     assert meta.normalization == "minmax"
     np.testing.assert_allclose(image, (expected - 0.299) / 0.701, rtol=0, atol=1e-6)
+    cfg = PreprocessConfig(
+        image_size=16, normalization="percentile", percentile_low=1.0, percentile_high=99.0
+    )
+    image, _ = load_image(path, cfg)
+    lo, hi = np.percentile(expected, [1.0, 99.0])
+    np.testing.assert_allclose(image, np.clip((expected - lo) / (hi - lo), 0, 1), rtol=0, atol=1e-6)
+
+
+def test_a_window_index_past_the_last_window_uses_the_last_with_a_note(tmp_path):
+    path = _dicom(tmp_path / "w.dcm", STORED, WindowCenter=[1000.0, 2000.5], WindowWidth=[100.0, 4001.0])
+    image, meta = load_image(path, PreprocessConfig(voi_window_index=5), resize=False)
+    assert meta.notes == ["voi_window_index=5 not present; used window 1"]
+    np.testing.assert_allclose(image, np.clip((STORED - 2000.0) / 4000.0 + 0.5, 0, 1), rtol=0, atol=1e-6)
+
+
+def test_a_shrink_within_the_reducing_gap_averages_stored_values_once(tmp_path):
+    """96 x 96 -> 16 x 16 (a factor of 6), gap 16: one exact area average of the stored integers, rounded
+    once; a window of width 65536 from 0 then shows it as value / 65536."""
+    stored = np.random.default_rng(0).integers(0, 4096, (96, 96)).astype(np.uint16)
+    path = _dicom(
+        tmp_path / "g.dcm", stored, WindowCenter=32768.0, WindowWidth=65536.0, VOILUTFunction="LINEAR_EXACT"
+    )
+    image, _ = load_image(path, PreprocessConfig(image_size=16, resize_reducing_gap=16.0))
+    block_means = stored.reshape(16, 6, 16, 6).mean(axis=(1, 3))
+    assert np.abs(image * 65536.0 - block_means).max() <= 0.5 + 1e-2
