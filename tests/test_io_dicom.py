@@ -301,6 +301,13 @@ def test_a_voi_lut_sequence_is_named_in_the_metadata(tmp_path):
     np.testing.assert_allclose(image, STORED / 4095.0, rtol=0, atol=1e-6)
 
 
+def test_an_empty_voi_lut_sequence_leaves_the_window_in_charge(tmp_path):
+    path = _dicom(tmp_path / "e.dcm", STORED, VOILUTSequence=[], WindowCenter=1000.0, WindowWidth=801.0)
+    image, meta = load_image(path, resize=False)
+    assert meta.normalization == "voi_window"
+    np.testing.assert_allclose(image, np.clip((STORED - 999.5) / 800.0 + 0.5, 0, 1), rtol=0, atol=1e-6)
+
+
 def test_minmax_leaves_out_and_blackens_padding_also_after_inversion(tmp_path):
     stored = STORED.copy()
     stored[:, 0] = 0  # padding: would be the darkest value, and white after a MONOCHROME1 inversion
