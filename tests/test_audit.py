@@ -216,6 +216,7 @@ def test_counts_per_split_and_group_are_plain_json_numbers():
         {"attribute": "sex", "present": True, "unknown": 1, "unknown_fraction": 0.125, "note": ""}
     ]
     assert doc["leakage"] == {"patients": 2, "pairs": {"test/train": 1, "test/val": 1, "train/val": 2}}
+    assert doc["errors"] == result.errors and len(doc["errors"]) == 1
     assert type(doc["splits"][0]["n"]) is int and type(doc["subgroups"][0]["finding_positives"]) is int
 
 
@@ -232,9 +233,8 @@ def test_one_split_or_none_has_no_all_row_and_no_leakage_check():
 def test_labels_are_inferred_from_columns_of_0_1_minus_1_and_blank_only():
     df = pd.DataFrame(
         {
-            "path": [1, 0, 1],
-            "study_id": [0, 1, 0],
-            "site": [1, 1, 0],
+            **{name: [1, 0, 1] for name in ("path", "patient_id", "study_id", "split", "sex", "age")},
+            **{name: [0, 1, 0] for name in ("view", "site", "manufacturer")},
             "prob_effusion": [1.0, 0.0, 1.0],
             "effusion": [1, -1, np.nan],
             "mass": ["1", "0", "0"],
@@ -249,3 +249,18 @@ def test_labels_are_inferred_from_columns_of_0_1_minus_1_and_blank_only():
 def test_a_label_not_in_the_manifest_is_named():
     with pytest.raises(ValueError, match=r"^label column\(s\) mass, nodule not in the manifest$"):
         audit_manifest(_small(), ["finding", "mass", "nodule"])
+
+
+def test_tables_stay_aligned_when_split_names_are_numbers_and_no_label_is_found():
+    df = pd.DataFrame({"split": ["2023", "2024", "2024"], "sex": ["F", "M", None]})
+    lines = audit_manifest(df, None, EvaluationConfig(subgroups=["sex"])).summary_lines()
+    assert lines == [
+        "scans and patients per split:",
+        "  split  scans  patients",
+        "   2023      1  n/a",  # year-named splits are numbers: right-aligned like the counts
+        "   2024      2  n/a",
+        "    all      3  n/a",
+        "scans with an unknown subgroup attribute:",  # no label: the prevalence table is left out
+        "  attribute  unknown  share  note",
+        "  sex              1  33.3%",
+    ]
