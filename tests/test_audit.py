@@ -264,3 +264,26 @@ def test_tables_stay_aligned_when_split_names_are_numbers_and_no_label_is_found(
         "  attribute  unknown  share  note",
         "  sex              1  33.3%",
     ]
+
+
+def test_an_empty_manifest_gives_empty_tables_with_their_headers():
+    empty = pd.DataFrame({"split": pd.Series([], dtype=str), "sex": pd.Series([], dtype=str)})
+    empty["finding"] = pd.Series([], dtype=float)
+    result = audit_manifest(empty, ["finding"], EvaluationConfig(subgroups=["sex"]))
+    assert list(result.split_table().columns) == ["split", "scans", "patients"] and result.split_table().empty
+    assert result.unknown_table().to_dict("records") == [
+        {"attribute": "sex", "unknown": 0, "share": "n/a", "note": ""}  # no scan: no share
+    ]
+    no_labels = audit_manifest(_small().drop(columns=["finding"]), None, EvaluationConfig(subgroups=[]))
+    prevalence = no_labels.prevalence_table()
+    assert prevalence.empty and list(prevalence.columns) == [
+        "label",
+        "train",
+        "val",
+        "test",
+        "extra",
+        "unassigned",
+        "all",
+    ]
+    unknown = no_labels.unknown_table()
+    assert unknown.empty and list(unknown.columns) == ["attribute", "unknown", "share", "note"]
