@@ -287,3 +287,31 @@ def test_an_empty_manifest_gives_empty_tables_with_their_headers():
     ]
     unknown = no_labels.unknown_table()
     assert unknown.empty and list(unknown.columns) == ["attribute", "unknown", "share", "note"]
+
+
+def test_groups_are_counted_per_split_whatever_the_index_and_attribute_order():
+    """Two splits already get an "all" row; an unavailable attribute listed first does not stop the
+    next; a manifest filtered elsewhere (index 10, 12, ...) is counted by position, not by label."""
+    df = _small().iloc[:5].set_axis(range(10, 20, 2))  # A in train, val, test; B in train, val
+    df["finding"] = ["1", "maybe", "0", "1", "0"]  # text that is not a label value: unknown
+    df = df[df["split"] != "test"]
+    result = audit_manifest(df, ["finding"], EvaluationConfig(subgroups=["site", "sex"]))
+    rows = result.subgroups.set_index(["split", "attribute", "group"])["n"].to_dict()
+    assert rows == {
+        ("train", "sex", "sex=F"): 1,
+        ("train", "sex", "sex=M"): 1,
+        ("val", "sex", "sex=F"): 1,
+        ("val", "sex", "sex=M"): 1,
+        ("all", "sex", "sex=F"): 2,
+        ("all", "sex", "sex=M"): 2,
+    }
+    splits = result.splits.set_index("split")
+    assert splits.loc["all", "finding_positives"] == 2 and splits.loc["all", "finding_negatives"] == 1
+    assert splits.loc["all", "finding_unknown"] == 1
+    assert list(audit_manifest(df, ["finding"], EvaluationConfig(subgroups=[])).missing.columns) == [
+        "attribute",
+        "present",
+        "unknown",
+        "unknown_fraction",
+        "note",
+    ]
