@@ -82,12 +82,12 @@ def test_coverage_counts_inclusive_bounds_zero_width_and_missing_intervals():
 
     assert np.isnan(Coverage().rate)
     cell = Coverage()
+    cell.add(0.2, 0.2, 0.2)  # covered, but with zero width
     cell.add(0.1, 0.3, 0.1)  # on the lower bound: covered
     cell.add(0.1, 0.3, 0.3)  # on the upper bound: covered
     cell.add(0.1, 0.3, 0.31)  # outside
     cell.add(None, 0.3, 0.2)  # no interval: a run that did not cover
     cell.add(0.1, None, 0.2)
-    cell.add(0.2, 0.2, 0.2)  # covered, but with zero width
     assert (cell.hits, cell.runs, cell.zero_width) == (3, 6, 1)
     assert cell.rate == 0.5
 
@@ -118,3 +118,27 @@ def test_true_sensitivity_is_what_a_large_sample_flags(threshold, sensitivity):
     assert true_sensitivity(threshold, sensitivity) == pytest.approx(flagged, abs=0.006)
     if sensitivity == 1.0 and threshold <= 0.5:
         assert true_sensitivity(threshold, sensitivity) == 1.0
+
+
+def test_simulations_are_reproducible_from_their_seed_and_shares_add_up():
+    first = coverage_cell(20, 0.9, sims=10, seed=3)
+    again = coverage_cell(20, 0.9, sims=10, seed=3)
+    assert {k: vars(v) for k, v in first.items()} == {k: vars(v) for k, v in again.items()}
+    shares = gate_verdicts({"F": 40, "M": 40}, {"F": 0.7, "M": 0.85}, 0.05, 6, seed=4)
+    assert shares == gate_verdicts({"F": 40, "M": 40}, {"F": 0.7, "M": 0.85}, 0.05, 6, seed=4)
+    assert sum(shares.values()) == pytest.approx(1.0) and set(shares) == {"fail", "cannot certify", "pass"}
+    assert all(share * 6 == round(share * 6) for share in shares.values())  # counts of 6 runs
+    point = policy_success(60, 0.8, "point_estimate", sims=10, seed=5)
+    assert point == policy_success(60, 0.8, "point_estimate", sims=10, seed=5, sensitivity=0.9)
+    assert point != policy_success(60, 0.9, "point_estimate", sims=10, seed=5)  # the target is used
+
+
+def test_simulated_sites_never_share_a_patient():
+    from xraytriage.evaluation.simulation import _group_frame
+
+    frame = _group_frame(
+        np.random.default_rng(0), {"A": 30, "B": 20, "C": 10}, dict.fromkeys("ABC", 0.8), 0.5
+    )
+    sites_per_patient = frame.groupby("patient_id")["site"].nunique()
+    assert sites_per_patient.max() == 1 and frame.index.is_unique
+    assert frame.groupby("site")["patient_id"].nunique().to_dict() == {"A": 60, "B": 40, "C": 20}
