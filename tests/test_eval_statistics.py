@@ -142,3 +142,8 @@ def test_simulated_sites_never_share_a_patient():
     sites_per_patient = frame.groupby("patient_id")["site"].nunique()
     assert sites_per_patient.max() == 1 and frame.index.is_unique
     assert frame.groupby("site")["patient_id"].nunique().to_dict() == {"A": 60, "B": 40, "C": 20}
+
+
+def test_every_draw_too_small_for_the_promise_is_counted_as_a_fallback():
+    """Three validation patients cannot give a lower bound of 0.99: every draw falls back."""
+    assert policy_success(3, 0.99, "lower_bound", sims=4, seed=1) == {"reached": 0.0, "fallback": 1.0}
