@@ -58,7 +58,12 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/evaluation/test_eval_report.py",
     ],
     "src/xraytriage/evaluation/report.py": ["tests/evaluation/test_eval_report.py"],
-    "src/xraytriage/io/pipeline.py": ["tests/io/test_io_hostile.py", "tests/io/test_io_dicom.py"],
+    "src/xraytriage/io/pipeline.py": [
+        "tests/io/test_io_hostile.py",
+        "tests/io/test_io_dicom.py",
+        "tests/io/test_io_raster.py",
+        "tests/io/test_io_gpu.py",
+    ],
     "src/xraytriage/io/resize.py": ["tests/io/test_io_resize.py"],
     "src/xraytriage/data/splits.py": ["tests/data/test_splits.py"],
     "src/xraytriage/scoring/journal.py": ["tests/scoring/test_score_journal.py"],  # its unit tests: the
@@ -173,15 +178,16 @@ def _statuses(work: Path, env: dict[str, str], globs: list[str]) -> dict[str, st
 
 
 def run_module(module: str, jobs: int, again: bool = False) -> dict[str, str]:
-    """Run every mutant of ``module`` (``again``: only those the last run did not kill, against the
-    current tests); return mutant name -> status as mutmut reports it."""
+    """Run every mutant of ``module`` (``again``: only those the last run did not kill and that are not
+    listed as equivalent, against the current tests); return mutant name -> status as mutmut reports it."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH="")
     env.setdefault("XRAYTRIAGE_SHARED", str(ROOT.parent / "shared"))
     globs = mutant_globs(module)
     work = WORK / dotted(module)
     names = globs
     if again and (work / "mutants").is_dir():
-        names = [n for n, s in _statuses(work, env, globs).items() if s not in KILLED]
+        listed = load_equivalent()  # equivalent mutants cannot be killed: no need to run them again
+        names = [n for n, s in _statuses(work, env, globs).items() if s not in KILLED and n not in listed]
         shutil.rmtree(work / "mutants" / "tests")  # mutmut copies the tests again: the current ones
         if not names:
             return _statuses(work, env, globs)
@@ -219,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--again",
         action="store_true",
-        help="keep the last work folder; rerun only the mutants it did not kill (after adding tests)",
+        help="keep the last work folder; rerun only the mutants it did not kill and that are not listed "
+        "as equivalent (after adding tests)",
     )
     parser.add_argument("--min-score", type=float, default=90.0, help="exit 1 below this (percent)")
     args = parser.parse_args(argv)

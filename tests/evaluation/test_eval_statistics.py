@@ -75,3 +75,75 @@ def test_guaranteed_operating_point_keeps_its_promise():
     bound = policy_success(100, 0.9, "lower_bound", sims=200, seed=5)
     assert point["reached"] < 0.7
     assert bound["reached"] >= 0.9 and bound["fallback"] == 0.0
+
+
+def test_coverage_counts_inclusive_bounds_zero_width_and_missing_intervals():
+    from xraytriage.evaluation.simulation import Coverage
+
+    assert np.isnan(Coverage().rate)
+    cell = Coverage()
+    cell.add(0.2, 0.2, 0.2)  # covered, but with zero width
+    cell.add(0.1, 0.3, 0.1)  # on the lower bound: covered
+    cell.add(0.1, 0.3, 0.3)  # on the upper bound: covered
+    cell.add(0.1, 0.3, 0.31)  # outside
+    cell.add(None, 0.3, 0.2)  # no interval: a run that did not cover
+    cell.add(0.1, None, 0.2)
+    assert (cell.hits, cell.runs, cell.zero_width) == (3, 6, 1)
+    assert cell.rate == 0.5
+
+
+def test_simulated_patients_have_one_to_three_scans_correlated_rho():
+    rng = np.random.default_rng(7)
+    s = simulate(rng, 6000, 4000, 0.8, rho=0.3)
+    pos_codes, neg_codes = s.codes[s.positive], s.codes[~s.positive]
+    assert set(pos_codes) == set(range(6000)) and set(neg_codes) == set(range(6000, 10000))
+    sizes = np.bincount(s.codes)
+    assert set(sizes) == {1, 2, 3}
+    assert np.allclose(np.bincount(sizes)[1:] / sizes.size, 1 / 3, atol=0.02)
+    negative_scores = np.log(s.prob[~s.positive]) - np.log1p(-s.prob[~s.positive])  # logit
+    assert negative_scores.mean() == pytest.approx(-1.0, abs=0.03)
+    assert negative_scores.var() == pytest.approx(1.0, abs=0.05)
+    first = np.r_[True, np.diff(neg_codes) != 0]  # a patient's first scan, then its second
+    second = np.r_[False, first[:-1]] & ~first
+    pairs = np.c_[negative_scores[np.flatnonzero(second) - 1], negative_scores[second]]
+    assert np.corrcoef(pairs.T)[0, 1] == pytest.approx(0.3, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "sensitivity"), [(0.7, 0.85), (0.3, 0.85), (0.7, 1.0), (0.3, 1.0), (0.5, 1.0)]
+)
+def test_true_sensitivity_is_what_a_large_sample_flags(threshold, sensitivity):
+    s = simulate(np.random.default_rng(11), 40000, 1, sensitivity)
+    flagged = (s.prob[s.positive] >= threshold).mean()
+    assert true_sensitivity(threshold, sensitivity) == pytest.approx(flagged, abs=0.006)
+    if sensitivity == 1.0 and threshold <= 0.5:
+        assert true_sensitivity(threshold, sensitivity) == 1.0
+
+
+def test_simulations_are_reproducible_from_their_seed_and_shares_add_up():
+    first = coverage_cell(20, 0.9, sims=10, seed=3)
+    again = coverage_cell(20, 0.9, sims=10, seed=3)
+    assert {k: vars(v) for k, v in first.items()} == {k: vars(v) for k, v in again.items()}
+    shares = gate_verdicts({"F": 40, "M": 40}, {"F": 0.7, "M": 0.85}, 0.05, 6, seed=4)
+    assert shares == gate_verdicts({"F": 40, "M": 40}, {"F": 0.7, "M": 0.85}, 0.05, 6, seed=4)
+    assert sum(shares.values()) == pytest.approx(1.0) and set(shares) == {"fail", "cannot certify", "pass"}
+    assert all(share * 6 == round(share * 6) for share in shares.values())  # counts of 6 runs
+    point = policy_success(60, 0.8, "point_estimate", sims=10, seed=5)
+    assert point == policy_success(60, 0.8, "point_estimate", sims=10, seed=5, sensitivity=0.9)
+    assert point != policy_success(60, 0.9, "point_estimate", sims=10, seed=5)  # the target is used
+
+
+def test_simulated_sites_never_share_a_patient():
+    from xraytriage.evaluation.simulation import _group_frame
+
+    frame = _group_frame(
+        np.random.default_rng(0), {"A": 30, "B": 20, "C": 10}, dict.fromkeys("ABC", 0.8), 0.5
+    )
+    sites_per_patient = frame.groupby("patient_id")["site"].nunique()
+    assert sites_per_patient.max() == 1 and frame.index.is_unique
+    assert frame.groupby("site")["patient_id"].nunique().to_dict() == {"A": 60, "B": 40, "C": 20}
+
+
+def test_every_draw_too_small_for_the_promise_is_counted_as_a_fallback():
+    """Three validation patients cannot give a lower bound of 0.99: every draw falls back."""
+    assert policy_success(3, 0.99, "lower_bound", sims=4, seed=1) == {"reached": 0.0, "fallback": 1.0}

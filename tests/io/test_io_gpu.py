@@ -148,3 +148,13 @@ def test_gpu_decode_off_or_not_jpeg2000_never_touches_the_gpu(install, pydicom_t
     _, meta = load_image(pydicom_test_file("RG3_UNCI.dcm"), PreprocessConfig(image_size=224, **AUTO))
     assert meta.decode_path == "native" and not meta.notes
     assert fake.calls == []
+
+
+def test_signed_jpeg2000_stays_on_the_cpu_with_a_note(install, pydicom_test_file):
+    fake = _fake_module(error=AssertionError("must not be called"))
+    install(fake)
+    _, meta = load_image(
+        pydicom_test_file("J2K_pixelrep_mismatch.dcm"), PreprocessConfig(image_size=224, **AUTO)
+    )
+    assert fake.calls == [] and meta.decode_path == "pydicom"  # signed header: pydicom reconciles it
+    assert meta.notes == ["gpu_decode: only unsigned greyscale JPEG 2000 is decoded on the GPU; used the CPU"]

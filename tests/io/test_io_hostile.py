@@ -24,6 +24,7 @@ from xraytriage.io import UnreadableImage, load_image
 def _reason(path: Path, cfg: PreprocessConfig | None = None) -> UnreadableImage:
     with pytest.raises(UnreadableImage) as info:
         load_image(path, cfg or PreprocessConfig(image_size=32))
+    assert str(path) in str(info.value)  # every refusal names its file
     return info.value
 
 
@@ -117,6 +118,14 @@ def test_a_deflated_dataset_that_inflates_past_the_ceiling_is_refused(
     assert list(_common.read_dicom_headers([tmp_path / "zip.dcm"], None, False)["sex"]) == ["F"]
     monkeypatch.setattr(_common, "HEADER_INFLATE_LIMIT", 16 << 20)
     assert list(_common.read_dicom_headers([tmp_path / "zip.dcm"], None, False)["sex"]) == ["unknown"]
+
+
+def test_the_deflate_ceiling_is_eight_bytes_a_pixel_plus_64_mib(tmp_path: Path) -> None:
+    ds = _deflated_dataset()
+    ds.add_new(0x00091010, "OB", bytes(72 << 20))  # 72 MiB of zeros: past 8 x 1000 + 64 MiB
+    ds.save_as(tmp_path / "zip.dcm", enforce_file_format=True)
+    err = _reason(tmp_path / "zip.dcm", PreprocessConfig(image_size=32, max_pixels=1000))
+    assert err.reason == "too_large" and err.detail == "deflated dataset inflates beyond 67116864 bytes"
 
 
 def _deflated_dataset() -> pydicom.Dataset:
@@ -278,3 +287,85 @@ def test_inflating_a_deflated_dataset_ends_whatever_follows_the_stream(tmp_path:
     ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
     assert deflated_size_within(tmp_path / "d.dcm", 4 << 20, chunk=1 << 16)
     assert not deflated_size_within(tmp_path / "d.dcm", 2 << 20, chunk=1 << 16)
+
+
+def test_each_refusal_before_decoding_has_its_reason_and_detail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xraytriage.io import pipeline
+
+    def refused(path: Path) -> tuple[str, str]:
+        err = _reason(path)
+        return err.reason, err.detail
+
+    png = tmp_path / "scan.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image\n")
+    assert refused(tmp_path / "gone.png") == ("file_not_found", "no such file")
+    assert refused(png / "under_a_file.png") == ("file_not_found", "no such file")
+    assert refused(tmp_path / "folder.png") == ("not_an_image", "not a regular file (a folder or a device?)")
+    assert refused(tmp_path / "empty.png") == ("empty_file", "")
+    assert refused(tmp_path / "notes.png") == ("not_an_image", "unrecognised file signature")
+
+    real_stat = os.stat
+
+    def search_denied(path, *args, **kwargs):
+        if str(path) == str(png):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline.os, "stat", search_denied)
+        assert refused(png) == ("permission_denied", "a folder on its path cannot be searched")
+
+    def read_denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pipeline, "sniff_format", read_denied)
+    assert refused(png) == ("permission_denied", "cannot open the file for reading")
+
+
+@pytest.mark.parametrize("loader", ["_load_raster", "_load_dicom"])
+def test_any_decoder_failure_leaves_as_one_typed_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pydicom_test_file, loader: str
+) -> None:
+    from xraytriage.io import pipeline
+    from xraytriage.io.errors import OUT_OF_MEMORY
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    if loader == "_load_dicom":
+        path = Path(pydicom_test_file("CT_small.dcm"))
+    raised: list[BaseException] = []
+
+    def failing(*args, **kwargs):
+        raise raised[-1]
+
+    monkeypatch.setattr(pipeline, loader, failing)
+    cases = [
+        (MemoryError(), "too_large", OUT_OF_MEMORY),
+        (RecursionError(), "corrupt_header", "nesting too deep"),
+        (RuntimeError("x" * 300), "decode_failed", "RuntimeError: " + "x" * 200),
+        (BaseException("a Rust panic"), "decode_failed", "BaseException: a Rust panic"),
+    ]
+    for error, reason, detail in cases:
+        raised.append(error)
+        err = _reason(path)
+        assert (err.reason, err.detail) == (reason, detail)
+    own = UnreadableImage(path, "truncated", "as raised")
+    raised.append(own)
+    with pytest.raises(UnreadableImage) as info:
+        load_image(path)
+    assert info.value is own  # passed on untouched
+    raised.append(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        load_image(path)
+
+
+def test_a_nan_pixel_becomes_black_not_nan(tmp_path: Path) -> None:
+    values = np.array([[0.0, 0.5], [np.nan, 1.0]], np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    image, _ = load_image(tmp_path / "f.tif", resize=False)
+    np.testing.assert_array_equal(image, [[0.0, 0.5], [0.0, 1.0]])

@@ -178,6 +178,41 @@ def test_identifier_subgroups_are_refused_by_name_and_by_content(tmp_path: Path)
     assert "ACC0" not in (tmp_path / "metrics.json").read_text() + (tmp_path / "report.html").read_text()
 
 
+@pytest.mark.parametrize(
+    ("distinct", "rows", "identifying"),
+    [
+        (21, 41, True),  # more than 20 values and more than half the rows
+        (21, 42, False),  # exactly half the rows: a group column with many small groups
+        (20, 20, False),  # one value per row, but only 20 of them: e.g. 20 sites
+        (5, 6, False),  # nearly one per row, but few values
+        (30, 100, False),  # many values, well under half the rows
+    ],
+)
+def test_a_column_is_an_identifier_by_content_past_both_limits(distinct, rows, identifying) -> None:
+    from xraytriage.evaluation.identifiers import identifier_reason
+
+    values = [f"v{i % distinct}" for i in range(rows)] + [None] * 50  # blanks do not count as rows
+    why = identifier_reason(pd.DataFrame({"code": values}), "code")
+    if identifying:
+        assert why == f"has {distinct} different values in {rows} rows, nearly one per scan: an identifier"
+    else:
+        assert why is None
+
+
+def test_an_identifier_name_is_refused_whatever_its_content() -> None:
+    from xraytriage.evaluation.identifiers import identifier_reason, refuse_identifier_subgroups
+
+    frame = pd.DataFrame({"patient_name": ["A", "B"] * 10, "mrn": ["1"] * 20, "sex": ["F", "M"] * 10})
+    assert identifier_reason(frame, "patient_name") == "looks like an identifier (its name contains 'name')"
+    assert identifier_reason(frame, "sex") is None
+    with pytest.raises(ConfigError) as info:
+        refuse_identifier_subgroups(frame, ["sex", "mrn"])
+    assert str(info.value) == (
+        "evaluation.subgroups: column 'mrn' is an identifier column; reports list every group by its "
+        "value, so subgroups must be group attributes such as sex, age_band, view or site"
+    )
+
+
 def test_evaluate_refuses_an_identifier_subgroup_before_inference(tmp_path: Path, monkeypatch) -> None:
     from xraytriage import inference
     from xraytriage.cli import main
