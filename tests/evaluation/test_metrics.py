@@ -100,3 +100,19 @@ def test_empty_input_gives_none_not_crash():
 def test_threshold_is_inclusive():
     m = binary_metrics(np.array([1.0, 0.0]), np.array([0.5, 0.49]), 0.5)
     assert m["tp"] == 1 and m["fp"] == 0
+
+
+def test_known_mask_reads_truth_and_probability_as_numbers():
+    """Truth given as text digits counts as its number; a probability missing as None (an object
+    column, as JSON or a sparse table gives) is left out like NaN, not an error."""
+    from xraytriage.evaluation.metrics import known_mask
+
+    truth = np.array(["1", "0", "0.5", "1"])
+    prob = np.array([0.2, 0.7, 0.4, None], dtype=object)
+    assert known_mask(truth, prob).tolist() == [True, True, False, False]
+    assert known_mask([1, 0, -1, 0], [0.3, float("inf"), 0.5, 0.0]).tolist() == [True, False, False, True]
+
+
+def test_truth_and_probabilities_of_different_lengths_are_refused_with_both_sizes():
+    with pytest.raises(ValueError, match=r"^y_true has 3 values but prob has 2$"):
+        binary_metrics(np.array([1.0, 0.0, 1.0]), np.array([0.4, 0.6]), 0.5)
