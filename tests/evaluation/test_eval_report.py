@@ -618,7 +618,7 @@ def _sklearn_rates(frame: pd.DataFrame, threshold: float) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
     known = frame[frame["finding"].isin([0, 1]) & frame["prob_finding"].notna()]
-    y, p = known["finding"].to_numpy(int), known["prob_finding"].to_numpy()
+    y, p = known["finding"].to_numpy(int), known["prob_finding"].to_numpy(float)
     tn, fp, fn, tp = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel()
     return {
         "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": len(y), "positives": tp + fn, "negatives": tn + fp,
@@ -635,8 +635,8 @@ def _cluster_intervals(frame: pd.DataFrame, threshold: float, confidence: float,
     from xraytriage.evaluation.rates import auroc_estimate, rate_estimates
 
     known = frame[frame["finding"].isin([0, 1]) & frame["prob_finding"].notna()]
-    positive = known["finding"].to_numpy() == 1
-    prob = known["prob_finding"].to_numpy()
+    positive = known["finding"].to_numpy(int) == 1
+    prob = known["prob_finding"].to_numpy(float)
     codes = pd.factorize(known["patient_id"])[0]
     found = rate_estimates(positive, prob >= threshold, codes, confidence, [n for n in names if n != "auroc"])
     found["auroc"] = auroc_estimate(positive, prob, codes, confidence)
@@ -649,6 +649,10 @@ def test_every_test_and_validation_figure_is_the_hand_checked_one(tmp_path):
     the configured confidence, on test and on validation; population, calibration and settings."""
     test, val = _hand_built(TEST_ROWS, "test"), _hand_built(VAL_ROWS, "val")
     test.loc[15, "split"] = None
+    test["finding"] = test["finding"].astype("Int64")  # a nullable column, as pandas reads a sparse one
+    test.loc[8, "finding"] = pd.NA  # patient E's scan with no probability has no truth either
+    test["prob_finding"] = test["prob_finding"].astype(object)
+    test.loc[8, "prob_finding"] = "n/a"  # text in a number column: unknown, left out
     cfg = EvaluationConfig(
         bootstrap_iterations=0, bootstrap_seed=7, confidence=0.8, calibration_bins=4, min_group_size=3
     )
@@ -694,17 +698,18 @@ def test_every_test_and_validation_figure_is_the_hand_checked_one(tmp_path):
     calib = block.calibration
     assert (calib.bins, calib.temperature) == (4, 1.7)
     known = test[test["finding"].isin([0, 1]) & test["prob_finding"].notna()]
+    y_known, p_known = known["finding"].to_numpy(float), known["prob_finding"].to_numpy(float)
     # by hand, 4 bins of width 0.25 over the 14 known scans
     assert [(b.bin_low, b.bin_high, b.count) for b in calib.reliability] == [
         (0.0, 0.25, 4), (0.25, 0.5, 5), (0.5, 0.75, 4), (0.75, 1.0, 1)
     ]  # fmt: skip
     from xraytriage.evaluation.calibration import expected_calibration_error, reliability_curve
 
-    curve = reliability_curve(known["finding"], known["prob_finding"], 4)
+    curve = reliability_curve(y_known, p_known, 4)
     assert [(b.bin_low, b.bin_high, b.count, b.mean_prob, b.observed_rate) for b in calib.reliability] == [
         tuple(r) for r in curve.itertuples(index=False)
     ]
-    assert calib.ece == pytest.approx(expected_calibration_error(known["finding"], known["prob_finding"], 4))
+    assert calib.ece == pytest.approx(expected_calibration_error(y_known, p_known, 4))
     assert result.settings["bootstrap"] == {
         "unit": "patient", "method": "percentile", "used_for": ["f1", "auprc", "brier", "ece"],
         "iterations": 0, "seed": 7, "confidence": 0.8,
@@ -714,3 +719,58 @@ def test_every_test_and_validation_figure_is_the_hand_checked_one(tmp_path):
         cfg.min_group_patients,
     )
     assert result.settings["prediction_rule"] == "positive when prob >= threshold"
+
+
+def test_bootstrap_intervals_are_percentiles_of_patient_resampled_sklearn_figures():
+    """F1, AUPRC, Brier and ECE intervals: draw the patients with replacement (seeded numpy generator,
+    as docs/evaluation.md says), recompute each figure with scikit-learn (ECE by hand, 4 bins) with the
+    scans weighted by their patient's draws, and take the percentiles at the configured confidence."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, f1_score
+
+    test = _hand_built(TEST_ROWS, "test")
+    cfg = EvaluationConfig(bootstrap_iterations=60, bootstrap_seed=11, confidence=0.8, calibration_bins=4)
+    metrics = evaluate_predictions(test, ["finding"], {"finding": 0.5}, cfg, None).classes["finding"].metrics
+    known = test[test["finding"].isin([0, 1]) & test["prob_finding"].notna()]
+    y, p = known["finding"].to_numpy(int), known["prob_finding"].to_numpy()
+    patient = pd.factorize(test["patient_id"])[0][known.index]  # 8 patients, 14 known scans
+    draws = np.random.default_rng(11).integers(0, 8, size=(60, 8))
+    bins = np.minimum((p * 4).astype(int), 3)
+    replicates: dict[str, list[float]] = {"f1": [], "auprc": [], "brier": [], "ece": []}
+    for drawn in draws:
+        w = np.bincount(drawn, minlength=8)[patient].astype(float)
+        pred = (p >= 0.5).astype(int)
+        has_pos, has_flag = (w * y).sum() > 0, (w * (y | pred)).sum() > 0
+        replicates["f1"].append(f1_score(y, pred, sample_weight=w) if has_flag else np.nan)
+        replicates["auprc"].append(average_precision_score(y, p, sample_weight=w) if has_pos else np.nan)
+        replicates["brier"].append(brier_score_loss(y, p, sample_weight=w))
+        gaps = [abs((w * (y - p))[bins == b].sum()) for b in range(4)]
+        replicates["ece"].append(sum(gaps) / w.sum())
+    for name, values in replicates.items():
+        finite = np.array(values)[np.isfinite(values)]
+        assert finite.size >= 30, name  # at least half usable: an interval is given
+        low, high = np.quantile(finite, [0.1, 0.9])
+        est = metrics[name]
+        assert (est.ci_low, est.ci_high) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6)), (
+            name
+        )
+        assert est.ci_low < est.ci_high and est.method == "bootstrap_percentile"
+
+
+def test_without_threshold_or_validation_the_configured_threshold_is_used_and_marked_a_fallback():
+    test = _hand_built(TEST_ROWS, "test")
+    cfg = EvaluationConfig(bootstrap_iterations=0, operating_point={"policy": "youden", "threshold": 0.35})
+    block = evaluate_predictions(test, ["finding"], {}, cfg, None).classes["finding"]
+    op = block.operating_point
+    assert (op.threshold, op.policy, op.source) == (0.35, "youden", "config")
+    assert op.fallback_reason == (
+        "no stored threshold and no validation predictions to choose one on; fixed threshold 0.35 "
+        "(evaluation.operating_point.threshold) used"
+    )
+    # at 0.35 the positives at 0.35, 0.5, 0.6, 0.65, 0.9 are flagged, the one at 0.3 is missed
+    assert (block.counts.tp, block.counts.fn, block.counts.fp) == (5, 1, 2)
+    given = evaluate_predictions(test, ["finding"], {"finding": 0.35}, cfg, None).classes["finding"]
+    assert (given.operating_point.source, given.operating_point.policy, given.threshold) == (
+        "given",
+        "given",
+        0.35,
+    )

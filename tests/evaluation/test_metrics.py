@@ -116,3 +116,30 @@ def test_known_mask_reads_truth_and_probability_as_numbers():
 def test_truth_and_probabilities_of_different_lengths_are_refused_with_both_sizes():
     with pytest.raises(ValueError, match=r"^y_true has 3 values but prob has 2$"):
         binary_metrics(np.array([1.0, 0.0, 1.0]), np.array([0.4, 0.6]), 0.5)
+
+
+def test_ece_uses_the_bins_asked_for_and_the_threshold_is_reported():
+    """ECE with 4 bins is not ECE with 10 (expected_calibration_error as the oracle)."""
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0])
+    p = np.array([0.9, 0.6, 0.35, 0.2, 0.55])
+    four, ten = expected_calibration_error(y, p, 4), expected_calibration_error(y, p, 10)
+    assert four != pytest.approx(ten)
+    m = binary_metrics(y, p, 0.3, n_bins=4)
+    assert m["ece"] == pytest.approx(four) and m["threshold"] == 0.3
+    assert binary_metrics(y, p, 0.3)["ece"] == pytest.approx(ten)
+
+
+def test_the_engine_reads_scores_as_float64_and_text_truth_as_numbers():
+    """A network's float32 probabilities are thresholded and binned at their exact (float64) values, as
+    the evaluation tables hold them: float32(0.7) is just below 0.7, so not flagged at 0.7 and in the
+    0.6-0.7 bin; scores below 0 (a model that outputs no probability) go in the first bin, as in the
+    reliability diagram; truth given as text digits counts as its number."""
+    y = np.array([1.0, 0.0, 0.0, 0.0])
+    p32 = np.array([0.7, 0.75, -0.5, 0.05], dtype=np.float32)
+    p64 = p32.astype(np.float64)
+    assert p64[0] < 0.7
+    got = weighted_metrics(prepare(y, p32, 0.7), np.ones((1, 4)))
+    assert (got["tp"][0], got["fp"][0], got["fn"][0]) == (0, 1, 1)
+    assert got["ece"][0] == pytest.approx(expected_calibration_error(y, p64))
+    text = weighted_metrics(prepare(np.array(["1", "0", "0", "1"]), p64, 0.5), np.ones((1, 4)))
+    assert (text["positives"][0], text["fp"][0], text["tp"][0]) == (2, 1, 1)
