@@ -143,3 +143,36 @@ def test_the_engine_reads_scores_as_float64_and_text_truth_as_numbers():
     assert got["ece"][0] == pytest.approx(expected_calibration_error(y, p64))
     text = weighted_metrics(prepare(np.array(["1", "0", "0", "1"]), p64, 0.5), np.ones((1, 4)))
     assert (text["positives"][0], text["fp"][0], text["tp"][0]) == (2, 1, 1)
+
+
+def test_prepared_scores_hold_the_known_rows_sorted_by_descending_score_with_their_threshold():
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    p = np.array([0.2, 0.9, 0.2, 0.6])
+    prep = prepare(y, p, 0.4)
+    assert prep.prob.tolist() == [0.9, 0.6, 0.2, 0.2] and prep.threshold == 0.4
+    assert p[prep.order].tolist() == prep.prob.tolist() and prep.y.tolist() == (y[prep.order] == 1).tolist()
+    assert prep.starts.tolist() == [0, 1, 2] and prep.n == 4  # the first row of each distinct score
+
+
+def test_undefined_figures_are_none_without_a_numpy_warning():
+    """One class only, or nothing flagged: the figures without a denominator are None, and nothing is
+    printed (binary_metrics runs every epoch; a RuntimeWarning there would be noise in every log)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = binary_metrics(np.array([0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.3]), 0.5)
+        empty = binary_metrics(np.array([np.nan]), np.array([0.5]), 0.5)
+    assert m["sensitivity"] is None and m["ppv"] is None and m["auroc"] is None and m["auprc"] is None
+    assert m["specificity"] == 1.0 and m["npv"] == 1.0 and m["f1"] is None
+    assert empty["brier"] is None and empty["ece"] is None and empty["accuracy"] is None
+
+
+def test_integer_weights_are_counts_like_float_ones():
+    """Patient-draw counts given as integers weigh the squared errors exactly (sklearn's sample_weight)."""
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    p = np.array([0.9, 0.35, 0.4, 0.05])
+    counts = np.array([[2, 1, 0, 3]])
+    got = weighted_metrics(prepare(y, p, 0.5), counts)
+    assert got["brier"][0] == pytest.approx(brier_score_loss(y, p, sample_weight=counts[0]))
+    assert got["tp"][0] == 2 and got["tn"][0] == 4
