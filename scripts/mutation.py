@@ -194,7 +194,7 @@ def _statuses(work: Path, env: dict[str, str], globs: list[str]) -> dict[str, st
 def run_module(module: str, jobs: int, again: bool = False) -> dict[str, str]:
     """Run every mutant of ``module`` (``again``: only those the last run did not kill, against the
     current tests); return mutant name -> status as mutmut reports it."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH="")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH="", XRAYTRIAGE_MUTATION="1")
     env.setdefault("XRAYTRIAGE_SHARED", str(ROOT.parent / "shared"))
     globs = mutant_globs(module)
     work = WORK / dotted(module)
