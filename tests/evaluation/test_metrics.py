@@ -176,3 +176,28 @@ def test_integer_weights_are_counts_like_float_ones():
     got = weighted_metrics(prepare(y, p, 0.5), counts)
     assert got["brier"][0] == pytest.approx(brier_score_loss(y, p, sample_weight=counts[0]))
     assert got["tp"][0] == 2 and got["tn"][0] == 4
+
+
+def test_a_single_positive_scan_has_average_precision_one_and_no_auroc():
+    m = binary_metrics(np.array([1.0]), np.array([0.7]), 0.5)
+    assert m["auprc"] == average_precision_score([1], [0.7]) == 1.0 and m["auroc"] is None
+
+
+def test_each_replicate_gets_its_own_figures_quietly_and_an_empty_population_gets_nan():
+    """Two weightings at once (the bootstrap's float32 path): each row's ECE and AUPRC are those of the
+    scans repeated as often as drawn (expected_calibration_error, scikit-learn); the best-scored scan
+    drawn zero times raises no numpy warning; no scans at all give NaN (not None) per replicate."""
+    import warnings
+
+    y = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    p = np.array([0.95, 0.8, 0.45, 0.3, 0.12])
+    w = np.array([[0, 2, 1, 1, 1], [3, 0, 1, 2, 1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = weighted_metrics(prepare(y, p, 0.5), w)
+    for row in range(2):
+        rep = np.repeat(np.arange(5), w[row])
+        assert got["ece"][row] == pytest.approx(expected_calibration_error(y[rep], p[rep]))
+        assert got["auprc"][row] == pytest.approx(average_precision_score(y[rep], p[rep]), abs=1e-6)
+    empty = weighted_metrics(prepare(np.zeros(0), np.zeros(0), 0.5), np.ones((2, 0)))
+    assert np.isnan(empty["auroc"]).all() and np.isnan(empty["auprc"]).all() and empty["auroc"].shape == (2,)
