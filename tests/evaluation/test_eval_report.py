@@ -774,3 +774,23 @@ def test_without_threshold_or_validation_the_configured_threshold_is_used_and_ma
         "given",
         0.35,
     )
+
+
+def test_the_threshold_chosen_on_validation_counts_its_patients_as_clusters():
+    """Ten scans per validation patient: the lower bound that picks the threshold is the clustered one
+    (choose_operating_point with the patient IDs), which here gives another threshold than treating
+    every scan as its own patient."""
+    from xraytriage.config import OperatingPointConfig
+    from xraytriage.evaluation.thresholds import choose_operating_point
+
+    val = _predictions(300, "val", 2)
+    val["patient_id"] = [f"P{i // 10}" for i in range(300)]
+    cfg = OperatingPointConfig()
+    clustered = choose_operating_point(val["finding"], val["prob_finding"], cfg, val["patient_id"].to_numpy())
+    per_scan = choose_operating_point(val["finding"], val["prob_finding"], cfg, None)
+    assert clustered.threshold != per_scan.threshold
+    test = _hand_built(TEST_ROWS, "test")
+    result = evaluate_predictions(
+        test, ["finding"], {}, EvaluationConfig(bootstrap_iterations=0), None, val_predictions=val
+    )
+    assert result.classes["finding"].operating_point == clustered
