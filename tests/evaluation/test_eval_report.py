@@ -757,9 +757,11 @@ def test_bootstrap_intervals_are_percentiles_of_patient_resampled_sklearn_figure
 
 
 def test_without_threshold_or_validation_the_configured_threshold_is_used_and_marked_a_fallback():
-    test = _hand_built(TEST_ROWS, "test")
+    test = _hand_built(TEST_ROWS, "test").drop(columns="split")  # no split column: no split counts
     cfg = EvaluationConfig(bootstrap_iterations=0, operating_point={"policy": "youden", "threshold": 0.35})
-    block = evaluate_predictions(test, ["finding"], {}, cfg, None).classes["finding"]
+    result = evaluate_predictions(test, ["finding"], {}, cfg, None)
+    assert result.population.splits == {} and result.population.validation_scans is None
+    block = result.classes["finding"]
     op = block.operating_point
     assert (op.threshold, op.policy, op.source) == (0.35, "youden", "config")
     assert op.fallback_reason == (
