@@ -11,6 +11,12 @@ import pytest
 
 from xraytriage.data.synthetic import SyntheticSpec, generate_dataset
 
+if os.environ.get("XRAYTRIAGE_MUTATION"):  # set by scripts/mutation.py: one failing example kills a mutant,
+    from hypothesis import Phase, settings  # and shrinking it would cost seconds per mutant
+
+    settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile("mutation")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XRAYTRIAGE_SHARED", ROOT.parent / "shared"))
 

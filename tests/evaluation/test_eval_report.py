@@ -586,3 +586,213 @@ def test_zero_bootstrap_iterations_and_a_handful_of_patients(tmp_path):
     assert sens.method == "wilson_cluster"
     assert result.population.patients == 5 and result.population.scans == 10
     assert json.loads((tmp_path / "metrics.json").read_text())["bootstrap"]["iterations"] == 0
+
+
+def _hand_built(rows: list[tuple[str, float, float]], split: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "path": [f"/d/{split}/{i}.png" for i in range(len(rows))],
+            "patient_id": [r[0] for r in rows],
+            "split": split,
+            "finding": [r[1] for r in rows],
+            "prob_finding": [r[2] for r in rows],
+        }
+    )
+
+
+RATE_NAMES = ("sensitivity", "miss_rate", "specificity", "fpr", "ppv", "npv", "accuracy", "prevalence")
+# (patient, truth, probability): two scans per patient, a score exactly at the threshold 0.5 for a
+# positive and for a negative, one uncertain truth (-1) and one missing probability (both left out)
+TEST_ROWS = [
+    ("A", 1, 0.9), ("A", 1, 0.5), ("B", 0, 0.5), ("B", 0, 0.2), ("C", 1, 0.3), ("C", 0, 0.4),
+    ("D", -1, 0.8), ("D", 1, 0.6), ("E", 0, np.nan), ("E", 0, 0.1), ("F", 1, 0.65), ("F", 0, 0.05),
+    ("G", 0, 0.15), ("G", 1, 0.35), ("H", 0, 0.25), ("H", 0, 0.3),
+]  # fmt: skip
+VAL_ROWS = [
+    ("V1", 1, 0.8), ("V1", 1, 0.55), ("V2", 0, 0.6), ("V2", 1, 0.3), ("V3", 0, 0.1), ("V3", 0, 0.5),
+    ("V4", 1, 0.95), ("V4", 0, 0.2), ("V5", 0, 0.05), ("V5", 0, 0.15),
+]  # fmt: skip
+
+
+def _sklearn_rates(frame: pd.DataFrame, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
+
+    known = frame[frame["finding"].isin([0, 1]) & frame["prob_finding"].notna()]
+    y, p = known["finding"].to_numpy(int), known["prob_finding"].to_numpy(float)
+    tn, fp, fn, tp = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1]).ravel()
+    return {
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": len(y), "positives": tp + fn, "negatives": tn + fp,
+        "sensitivity": tp / (tp + fn), "miss_rate": fn / (tp + fn), "specificity": tn / (tn + fp),
+        "fpr": fp / (tn + fp), "ppv": tp / (tp + fp), "npv": tn / (tn + fn),
+        "accuracy": accuracy_score(y, p >= threshold), "prevalence": (tp + fn) / len(y),
+        "auroc": roc_auc_score(y, p),
+    }  # fmt: skip
+
+
+def _cluster_intervals(frame: pd.DataFrame, threshold: float, confidence: float, names) -> dict:
+    """The interval functions (tested against their own oracles in test_eval_intervals.py), called on
+    the known scans with the patients as clusters: what evaluate_predictions must report."""
+    from xraytriage.evaluation.rates import auroc_estimate, rate_estimates
+
+    known = frame[frame["finding"].isin([0, 1]) & frame["prob_finding"].notna()]
+    positive = known["finding"].to_numpy(int) == 1
+    prob = known["prob_finding"].to_numpy(float)
+    codes = pd.factorize(known["patient_id"])[0]
+    found = rate_estimates(positive, prob >= threshold, codes, confidence, [n for n in names if n != "auroc"])
+    found["auroc"] = auroc_estimate(positive, prob, codes, confidence)
+    return found
+
+
+def test_every_test_and_validation_figure_is_the_hand_checked_one(tmp_path):
+    """Counts and rates against scikit-learn on a hand-built table (the threshold is inclusive, unknown
+    rows are left out), intervals as the interval functions give them with the patients as clusters at
+    the configured confidence, on test and on validation; population, calibration and settings."""
+    test, val = _hand_built(TEST_ROWS, "test"), _hand_built(VAL_ROWS, "val")
+    test.loc[15, "split"] = None
+    test["finding"] = test["finding"].astype("Int64")  # a nullable column, as pandas reads a sparse one
+    test.loc[8, "finding"] = pd.NA  # patient E's scan with no probability has no truth either
+    test["prob_finding"] = test["prob_finding"].astype(object)
+    test.loc[8, "prob_finding"] = "n/a"  # text in a number column: unknown, left out
+    cfg = EvaluationConfig(
+        bootstrap_iterations=0, bootstrap_seed=7, confidence=0.8, calibration_bins=4, min_group_size=3
+    )
+    result = evaluate_predictions(
+        test, ["finding"], {"finding": 0.5}, cfg, None, val_predictions=val, skipped_unreadable=3,
+        temperatures={"finding": 1.7}, audit_frame=test,
+    )  # fmt: skip
+    block = result.classes["finding"]
+    expected = _sklearn_rates(test, 0.5)
+    assert (expected["tp"], expected["fp"], expected["tn"], expected["fn"]) == (4, 1, 7, 2)  # by hand
+    assert block.counts.to_json() == {
+        "n": 14, "positives": 6, "negatives": 8, "tp": 4, "fp": 1, "tn": 7, "fn": 2, "excluded": 2
+    }  # fmt: skip
+    assert {k: block.confusion[k].value for k in ("tp", "fp", "tn", "fn")} == {
+        "tp": 4,
+        "fp": 1,
+        "tn": 7,
+        "fn": 2,
+    }
+    assert block.metrics["sensitivity"].value == pytest.approx(4 / 6)
+    assert block.metrics["miss_rate"].value == pytest.approx(2 / 6)
+    intervals = _cluster_intervals(test, 0.5, 0.8, [*RATE_NAMES, "auroc"])
+    for name in (*RATE_NAMES, "auroc"):
+        est = block.metrics[name]
+        assert est.value == pytest.approx(expected[name], abs=1e-12), name
+        assert (est.ci_low, est.ci_high, est.method) == (
+            intervals[name].ci_low, intervals[name].ci_high, intervals[name].method
+        ), name  # fmt: skip
+    v = block.validation
+    val_expected = _sklearn_rates(val, 0.5)
+    assert (v.n, v.positives) == (10, 4) and v.metrics["sensitivity"].value == 0.75
+    val_intervals = _cluster_intervals(
+        val, 0.5, 0.8, ["sensitivity", "miss_rate", "specificity", "ppv", "auroc"]
+    )
+    assert set(v.metrics) == {"sensitivity", "miss_rate", "specificity", "ppv", "auroc"}
+    for name, est in v.metrics.items():
+        assert est.value == pytest.approx(val_expected[name], abs=1e-12), name
+        assert (est.ci_low, est.ci_high) == (val_intervals[name].ci_low, val_intervals[name].ci_high), name
+    assert result.population.to_json() == {
+        "scans": 16, "patients": 8, "splits": {"test": 15, "unassigned": 1}, "validation_scans": 10,
+        "skipped_unreadable": 3,
+    }  # fmt: skip
+    calib = block.calibration
+    assert (calib.bins, calib.temperature) == (4, 1.7)
+    known = test[test["finding"].isin([0, 1]) & test["prob_finding"].notna()]
+    y_known, p_known = known["finding"].to_numpy(float), known["prob_finding"].to_numpy(float)
+    # by hand, 4 bins of width 0.25 over the 14 known scans
+    assert [(b.bin_low, b.bin_high, b.count) for b in calib.reliability] == [
+        (0.0, 0.25, 4), (0.25, 0.5, 5), (0.5, 0.75, 4), (0.75, 1.0, 1)
+    ]  # fmt: skip
+    from xraytriage.evaluation.calibration import expected_calibration_error, reliability_curve
+
+    curve = reliability_curve(y_known, p_known, 4)
+    assert [(b.bin_low, b.bin_high, b.count, b.mean_prob, b.observed_rate) for b in calib.reliability] == [
+        tuple(r) for r in curve.itertuples(index=False)
+    ]
+    assert calib.ece == pytest.approx(expected_calibration_error(y_known, p_known, 4))
+    assert result.settings["bootstrap"] == {
+        "unit": "patient", "method": "percentile", "used_for": ["f1", "auprc", "brier", "ece"],
+        "iterations": 0, "seed": 7, "confidence": 0.8,
+    }  # fmt: skip
+    assert (result.settings["min_group_size"], result.settings["min_group_patients"]) == (
+        3,
+        cfg.min_group_patients,
+    )
+    assert result.settings["prediction_rule"] == "positive when prob >= threshold"
+
+
+def test_bootstrap_intervals_are_percentiles_of_patient_resampled_sklearn_figures():
+    """F1, AUPRC, Brier and ECE intervals: draw the patients with replacement (seeded numpy generator,
+    as docs/evaluation.md says), recompute each figure with scikit-learn (ECE by hand, 4 bins) with the
+    scans weighted by their patient's draws, and take the percentiles at the configured confidence."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, f1_score
+
+    test = _hand_built(TEST_ROWS, "test")
+    cfg = EvaluationConfig(bootstrap_iterations=60, bootstrap_seed=11, confidence=0.8, calibration_bins=4)
+    metrics = evaluate_predictions(test, ["finding"], {"finding": 0.5}, cfg, None).classes["finding"].metrics
+    known = test[test["finding"].isin([0, 1]) & test["prob_finding"].notna()]
+    y, p = known["finding"].to_numpy(int), known["prob_finding"].to_numpy()
+    patient = pd.factorize(test["patient_id"])[0][known.index]  # 8 patients, 14 known scans
+    draws = np.random.default_rng(11).integers(0, 8, size=(60, 8))
+    bins = np.minimum((p * 4).astype(int), 3)
+    replicates: dict[str, list[float]] = {"f1": [], "auprc": [], "brier": [], "ece": []}
+    for drawn in draws:
+        w = np.bincount(drawn, minlength=8)[patient].astype(float)
+        pred = (p >= 0.5).astype(int)
+        has_pos, has_flag = (w * y).sum() > 0, (w * (y | pred)).sum() > 0
+        replicates["f1"].append(f1_score(y, pred, sample_weight=w) if has_flag else np.nan)
+        replicates["auprc"].append(average_precision_score(y, p, sample_weight=w) if has_pos else np.nan)
+        replicates["brier"].append(brier_score_loss(y, p, sample_weight=w))
+        gaps = [abs((w * (y - p))[bins == b].sum()) for b in range(4)]
+        replicates["ece"].append(sum(gaps) / w.sum())
+    for name, values in replicates.items():
+        finite = np.array(values)[np.isfinite(values)]
+        assert finite.size >= 30, name  # at least half usable: an interval is given
+        low, high = np.quantile(finite, [0.1, 0.9])
+        est = metrics[name]
+        assert (est.ci_low, est.ci_high) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6)), (
+            name
+        )
+        assert est.ci_low < est.ci_high and est.method == "bootstrap_percentile"
+
+
+def test_without_threshold_or_validation_the_configured_threshold_is_used_and_marked_a_fallback():
+    test = _hand_built(TEST_ROWS, "test").drop(columns="split")  # no split column: no split counts
+    cfg = EvaluationConfig(bootstrap_iterations=0, operating_point={"policy": "youden", "threshold": 0.35})
+    result = evaluate_predictions(test, ["finding"], {}, cfg, None)
+    assert result.population.splits == {} and result.population.validation_scans is None
+    block = result.classes["finding"]
+    op = block.operating_point
+    assert (op.threshold, op.policy, op.source) == (0.35, "youden", "config")
+    assert op.fallback_reason == (
+        "no stored threshold and no validation predictions to choose one on; fixed threshold 0.35 "
+        "(evaluation.operating_point.threshold) used"
+    )
+    # at 0.35 the positives at 0.35, 0.5, 0.6, 0.65, 0.9 are flagged, the one at 0.3 is missed
+    assert (block.counts.tp, block.counts.fn, block.counts.fp) == (5, 1, 2)
+    given = evaluate_predictions(test, ["finding"], {"finding": 0.35}, cfg, None).classes["finding"]
+    assert (given.operating_point.source, given.operating_point.policy, given.threshold) == (
+        "given",
+        "given",
+        0.35,
+    )
+
+
+def test_the_threshold_chosen_on_validation_counts_its_patients_as_clusters():
+    """Ten scans per validation patient: the lower bound that picks the threshold is the clustered one
+    (choose_operating_point with the patient IDs), which here gives another threshold than treating
+    every scan as its own patient."""
+    from xraytriage.config import OperatingPointConfig
+    from xraytriage.evaluation.thresholds import choose_operating_point
+
+    val = _predictions(300, "val", 2)
+    val["patient_id"] = [f"P{i // 10}" for i in range(300)]
+    cfg = OperatingPointConfig()
+    clustered = choose_operating_point(val["finding"], val["prob_finding"], cfg, val["patient_id"].to_numpy())
+    per_scan = choose_operating_point(val["finding"], val["prob_finding"], cfg, None)
+    assert clustered.threshold != per_scan.threshold
+    test = _hand_built(TEST_ROWS, "test")
+    result = evaluate_predictions(
+        test, ["finding"], {}, EvaluationConfig(bootstrap_iterations=0), None, val_predictions=val
+    )
+    assert result.classes["finding"].operating_point == clustered

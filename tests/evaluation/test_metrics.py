@@ -100,3 +100,104 @@ def test_empty_input_gives_none_not_crash():
 def test_threshold_is_inclusive():
     m = binary_metrics(np.array([1.0, 0.0]), np.array([0.5, 0.49]), 0.5)
     assert m["tp"] == 1 and m["fp"] == 0
+
+
+def test_known_mask_reads_truth_and_probability_as_numbers():
+    """Truth given as text digits counts as its number; a probability missing as None (an object
+    column, as JSON or a sparse table gives) is left out like NaN, not an error."""
+    from xraytriage.evaluation.metrics import known_mask
+
+    truth = np.array(["1", "0", "0.5", "1"])
+    prob = np.array([0.2, 0.7, 0.4, None], dtype=object)
+    assert known_mask(truth, prob).tolist() == [True, True, False, False]
+    assert known_mask([1, 0, -1, 0], [0.3, float("inf"), 0.5, 0.0]).tolist() == [True, False, False, True]
+
+
+def test_truth_and_probabilities_of_different_lengths_are_refused_with_both_sizes():
+    with pytest.raises(ValueError, match=r"^y_true has 3 values but prob has 2$"):
+        binary_metrics(np.array([1.0, 0.0, 1.0]), np.array([0.4, 0.6]), 0.5)
+
+
+def test_ece_uses_the_bins_asked_for_and_the_threshold_is_reported():
+    """ECE with 4 bins is not ECE with 10 (expected_calibration_error as the oracle)."""
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0])
+    p = np.array([0.9, 0.6, 0.35, 0.2, 0.55])
+    four, ten = expected_calibration_error(y, p, 4), expected_calibration_error(y, p, 10)
+    assert four != pytest.approx(ten)
+    m = binary_metrics(y, p, 0.3, n_bins=4)
+    assert m["ece"] == pytest.approx(four) and m["threshold"] == 0.3
+    assert binary_metrics(y, p, 0.3)["ece"] == pytest.approx(ten)
+
+
+def test_the_engine_reads_scores_as_float64_and_text_truth_as_numbers():
+    """A network's float32 probabilities are thresholded and binned at their exact (float64) values, as
+    the evaluation tables hold them: float32(0.7) is just below 0.7, so not flagged at 0.7 and in the
+    0.6-0.7 bin; scores below 0 (a model that outputs no probability) go in the first bin, as in the
+    reliability diagram; truth given as text digits counts as its number."""
+    y = np.array([1.0, 0.0, 0.0, 0.0])
+    p32 = np.array([0.7, 0.75, -0.5, 0.05], dtype=np.float32)
+    p64 = p32.astype(np.float64)
+    assert p64[0] < 0.7
+    got = weighted_metrics(prepare(y, p32, 0.7), np.ones((1, 4)))
+    assert (got["tp"][0], got["fp"][0], got["fn"][0]) == (0, 1, 1)
+    assert got["ece"][0] == pytest.approx(expected_calibration_error(y, p64))
+    text = weighted_metrics(prepare(np.array(["1", "0", "0", "1"]), p64, 0.5), np.ones((1, 4)))
+    assert (text["positives"][0], text["fp"][0], text["tp"][0]) == (2, 1, 1)
+
+
+def test_prepared_scores_hold_the_known_rows_sorted_by_descending_score_with_their_threshold():
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    p = np.array([0.2, 0.9, 0.2, 0.6])
+    prep = prepare(y, p, 0.4)
+    assert prep.prob.tolist() == [0.9, 0.6, 0.2, 0.2] and prep.threshold == 0.4
+    assert p[prep.order].tolist() == prep.prob.tolist() and prep.y.tolist() == (y[prep.order] == 1).tolist()
+    assert prep.starts.tolist() == [0, 1, 2] and prep.n == 4  # the first row of each distinct score
+
+
+def test_undefined_figures_are_none_without_a_numpy_warning():
+    """One class only, or nothing flagged: the figures without a denominator are None, and nothing is
+    printed (binary_metrics runs every epoch; a RuntimeWarning there would be noise in every log)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = binary_metrics(np.array([0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.3]), 0.5)
+        empty = binary_metrics(np.array([np.nan]), np.array([0.5]), 0.5)
+    assert m["sensitivity"] is None and m["ppv"] is None and m["auroc"] is None and m["auprc"] is None
+    assert m["specificity"] == 1.0 and m["npv"] == 1.0 and m["f1"] is None
+    assert empty["brier"] is None and empty["ece"] is None and empty["accuracy"] is None
+
+
+def test_integer_weights_are_counts_like_float_ones():
+    """Patient-draw counts given as integers weigh the squared errors exactly (sklearn's sample_weight)."""
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    p = np.array([0.9, 0.35, 0.4, 0.05])
+    counts = np.array([[2, 1, 0, 3]])
+    got = weighted_metrics(prepare(y, p, 0.5), counts)
+    assert got["brier"][0] == pytest.approx(brier_score_loss(y, p, sample_weight=counts[0]))
+    assert got["tp"][0] == 2 and got["tn"][0] == 4
+
+
+def test_a_single_positive_scan_has_average_precision_one_and_no_auroc():
+    m = binary_metrics(np.array([1.0]), np.array([0.7]), 0.5)
+    assert m["auprc"] == average_precision_score([1], [0.7]) == 1.0 and m["auroc"] is None
+
+
+def test_each_replicate_gets_its_own_figures_quietly_and_an_empty_population_gets_nan():
+    """Two weightings at once (the bootstrap's float32 path): each row's ECE and AUPRC are those of the
+    scans repeated as often as drawn (expected_calibration_error, scikit-learn); the best-scored scan
+    drawn zero times raises no numpy warning; no scans at all give NaN (not None) per replicate."""
+    import warnings
+
+    y = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    p = np.array([0.95, 0.8, 0.45, 0.3, 0.12])
+    w = np.array([[0, 2, 1, 1, 1], [3, 0, 1, 2, 1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = weighted_metrics(prepare(y, p, 0.5), w)
+    for row in range(2):
+        rep = np.repeat(np.arange(5), w[row])
+        assert got["ece"][row] == pytest.approx(expected_calibration_error(y[rep], p[rep]))
+        assert got["auprc"][row] == pytest.approx(average_precision_score(y[rep], p[rep]), abs=1e-6)
+    empty = weighted_metrics(prepare(np.zeros(0), np.zeros(0), 0.5), np.ones((2, 0)))
+    assert np.isnan(empty["auroc"]).all() and np.isnan(empty["auprc"]).all() and empty["auroc"].shape == (2,)
