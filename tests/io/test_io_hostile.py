@@ -3,6 +3,7 @@ reasons given for missing and unreadable files (issue 15, items 3, 4 and 15)."""
 
 from __future__ import annotations
 
+import gc
 import io
 import multiprocessing
 import os
@@ -189,6 +190,45 @@ def test_the_cap_renewed_per_scan_does_not_grow_by_what_the_worker_freed() -> No
         results.append(queue.get(timeout=60))
         child.join(60)
     assert results == [1, "MemoryError"]
+
+
+class _Cycle:
+    """Garbage only the cyclic collector frees: what a long-lived parent leaves to its forks."""
+
+    def __init__(self) -> None:
+        self.me = self
+        self.block = np.ones(256 << 20, dtype=np.uint8)
+
+
+def _allocate_with_inherited_garbage(queue: multiprocessing.Queue) -> None:
+    from xraytriage.data import workers
+
+    workers.WorkerInit(memory_mb=64)(0)
+    workers.renew_memory_cap()
+    gc.collect()  # the collector may run at any allocation of a scan's decoding
+    try:
+        block = np.ones(160 << 20, dtype=np.uint8)
+        queue.put(int(block[-1]))
+    except MemoryError:
+        queue.put("MemoryError")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
+def test_garbage_a_worker_inherits_is_not_room_under_its_cap() -> None:
+    """The full suite's parent held ~100 MiB of cyclic garbage; collected in the middle of a decode,
+    it let a 36 MB image through a 24 MiB cap. The worker collects it before measuring."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    gc.disable()
+    try:
+        _Cycle()  # unreachable at once, freed only by a collection
+        child = ctx.Process(target=_allocate_with_inherited_garbage, args=(queue,))
+        child.start()
+    finally:
+        gc.enable()
+        gc.collect()
+    assert queue.get(timeout=60) == "MemoryError"
+    child.join(60)
 
 
 @pytest.mark.timeout(180)

@@ -8,6 +8,7 @@ so an allocation past it fails as ``too_large`` instead of taking the machine.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import signal
@@ -61,10 +62,11 @@ def cap_memory(extra_mb: int) -> bool:
 def renew_memory_cap() -> None:
     """Measure again and cap ``worker_memory_cap_mb()`` above what this worker holds now (per scan).
 
-    A cap set once at worker start leaks whatever the worker frees afterwards: a fork inherits the
-    parent's uncollected garbage, and once the worker frees it (hundreds of MiB after a long session)
-    a decoder could use that room on top of the cap. Renewed before each scan, the cap bounds what one
-    scan's decoding may allocate. About 20 us (one read of /proc/self/status).
+    A cap set once at worker start leaks whatever the worker frees afterwards (a decoder could use
+    that room on top of the cap). Renewed before each scan, the cap bounds what one scan's decoding
+    may allocate. About 20 us (one read of /proc/self/status). The inherited cyclic garbage, which
+    the collector would free at some allocation in the middle of a decode, is collected once by
+    ``WorkerInit`` before the first measurement.
     """
     if _capped_mb:
         cap_memory(_capped_mb)
@@ -104,6 +106,10 @@ class WorkerInit:
         _seed_streams()
         torch.set_num_threads(1)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        if self.memory_mb:
+            # Free the parent's uncollected garbage now: left to the collector, it goes at some
+            # allocation of a later scan's decoding and hands that decoder its room on top of the cap.
+            gc.collect()
         if self.memory_mb and cap_memory(self.memory_mb):
             _capped_mb = self.memory_mb
         elif self.memory_mb:
