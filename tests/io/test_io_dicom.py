@@ -235,17 +235,22 @@ def test_voi_lut_functions_match_pydicom(function, tmp_path, pydicom_test_file):
 # --- the pipeline's order on hand-built files: absolute values, no decoder in the way ----------------
 
 
-def _dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> Path:
-    """An uncompressed little-endian DX file holding ``stored`` (rows x cols, or frames x rows x cols)."""
+def _header(sop_class: str, sop_uid: str, modality: str) -> pydicom.Dataset:
+    """The file meta and identifying elements of an uncompressed explicit little-endian file."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.4", "DX"
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, sop_uid, modality
+    return ds
+
+
+def _dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> Path:
+    """An uncompressed little-endian DX file holding ``stored`` (rows x cols, or frames x rows x cols)."""
+    ds = _header("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.4", "DX")
     ds.Rows, ds.Columns = stored.shape[-2:]
     if stored.ndim == 3:
         ds.NumberOfFrames = stored.shape[0]
@@ -420,15 +425,7 @@ def test_stretch_fills_the_square_and_letterbox_pads_it(tmp_path):
 
 
 def _rgb_dicom(path: Path, rgb: np.ndarray) -> Path:
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.5"
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.5", "OT"
+    ds = _header("1.2.840.10008.5.1.4.1.1.7", "1.2.3.5", "OT")
     ds.Rows, ds.Columns = rgb.shape[:2]
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

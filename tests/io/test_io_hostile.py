@@ -140,25 +140,34 @@ def _deflated_dataset() -> pydicom.Dataset:
     return ds
 
 
+def _allocation(mb: int) -> int | str:
+    """Allocate ``mb`` MiB: 1 (the block's last byte), or "MemoryError"."""
+    try:
+        return int(np.ones(mb << 20, dtype=np.uint8)[-1])
+    except MemoryError:
+        return "MemoryError"
+
+
+def _in_a_fork(target, *args: object) -> object:
+    """Run ``target(*args, queue)`` in a forked child and return what it put on the queue."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=target, args=(*args, queue))
+    child.start()
+    try:
+        return queue.get(timeout=60)
+    finally:
+        child.join(60)
+
+
 def _allocate_under_cap(cap_mb: int, alloc_mb: int, queue: multiprocessing.Queue) -> None:
     capped = cap_memory(cap_mb)
-    try:
-        block = np.ones(alloc_mb << 20, dtype=np.uint8)
-        queue.put((capped, int(block[-1])))
-    except MemoryError:
-        queue.put((capped, "MemoryError"))
+    queue.put((capped, _allocation(alloc_mb)))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
 def test_the_worker_memory_cap_turns_a_huge_allocation_into_memory_error() -> None:
-    ctx = multiprocessing.get_context("fork")
-    results = []
-    for alloc_mb in (256, 16):
-        queue = ctx.Queue()
-        child = ctx.Process(target=_allocate_under_cap, args=(64, alloc_mb, queue))
-        child.start()
-        results.append(queue.get(timeout=60))
-        child.join(60)
+    results = [_in_a_fork(_allocate_under_cap, 64, mb) for mb in (256, 16)]
     assert results == [(True, "MemoryError"), (True, 1)]
 
 
@@ -170,26 +179,14 @@ def _allocate_after_freeing(renew: bool, queue: multiprocessing.Queue) -> None:
     del inherited
     if renew:
         workers.renew_memory_cap()
-    try:
-        block = np.ones(160 << 20, dtype=np.uint8)
-        queue.put(int(block[-1]))
-    except MemoryError:
-        queue.put("MemoryError")
+    queue.put(_allocation(160))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
 def test_the_cap_renewed_per_scan_does_not_grow_by_what_the_worker_freed() -> None:
-    """A cap set once at worker start leaked what the worker freed afterwards (in a long session the
-    inherited garbage let a 36 MB decode pass a 24 MiB cap); renewed before a scan it holds."""
-    ctx = multiprocessing.get_context("fork")
-    results = []
-    for renew in (False, True):
-        queue = ctx.Queue()
-        child = ctx.Process(target=_allocate_after_freeing, args=(renew, queue))
-        child.start()
-        results.append(queue.get(timeout=60))
-        child.join(60)
-    assert results == [1, "MemoryError"]
+    """A cap set once at worker start leaked what the worker freed afterwards; renewed before a scan it
+    holds."""
+    assert [_in_a_fork(_allocate_after_freeing, renew) for renew in (False, True)] == [1, "MemoryError"]
 
 
 class _Cycle:
@@ -206,29 +203,21 @@ def _allocate_with_inherited_garbage(queue: multiprocessing.Queue) -> None:
     workers.WorkerInit(memory_mb=64)(0)
     workers.renew_memory_cap()
     gc.collect()  # the collector may run at any allocation of a scan's decoding
-    try:
-        block = np.ones(160 << 20, dtype=np.uint8)
-        queue.put(int(block[-1]))
-    except MemoryError:
-        queue.put("MemoryError")
+    queue.put(_allocation(160))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
 def test_garbage_a_worker_inherits_is_not_room_under_its_cap() -> None:
     """The full suite's parent held ~100 MiB of cyclic garbage; collected in the middle of a decode,
     it let a 36 MB image through a 24 MiB cap. The worker collects it before measuring."""
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
     gc.disable()
     try:
         _Cycle()  # unreachable at once, freed only by a collection
-        child = ctx.Process(target=_allocate_with_inherited_garbage, args=(queue,))
-        child.start()
+        result = _in_a_fork(_allocate_with_inherited_garbage)
     finally:
         gc.enable()
         gc.collect()
-    assert queue.get(timeout=60) == "MemoryError"
-    child.join(60)
+    assert result == "MemoryError"
 
 
 @pytest.mark.timeout(180)
