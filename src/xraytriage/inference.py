@@ -99,6 +99,21 @@ def iter_logits(
         yield BatchLogits(batch, x, logits, features)
 
 
+def inference_loader(
+    dataset: ManifestScans, batch_size: int, num_workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """A loader over manifest scans for one inference pass (in order, no augmentation)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_scans,
+        pin_memory=pin_memory,
+        worker_init_fn=WorkerInit() if num_workers > 0 else None,
+        **worker_start_method(dataset.preprocess.gpu_decode, num_workers),
+    )
+
+
 def predict_loader(
     model: nn.Module,
     loader: DataLoader,
@@ -176,16 +191,7 @@ def predict_manifest(
         model = model.to(memory_format=torch.channels_last)
     labels_present = [label for label in bundle.labels if label in frame.columns]
     dataset = ManifestScans(frame, labels_present, bundle.preprocess, bundle.model_config.in_channels)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_scans,
-        pin_memory=dev.type == "cuda",
-        persistent_workers=False,
-        worker_init_fn=WorkerInit() if num_workers > 0 else None,
-        **worker_start_method(bundle.preprocess.gpu_decode, num_workers),
-    )
+    loader = inference_loader(dataset, batch_size, num_workers, pin_memory=dev.type == "cuda")
     feature_parts: list[torch.Tensor] = []
     logits, indices, failures = predict_loader(
         model, loader, dev, resolve_amp_dtype(amp, dev), dev.type == "cuda", progress, feature_parts

@@ -106,11 +106,12 @@ class WorkerInit:
         _seed_streams()
         torch.set_num_threads(1)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        if self.memory_mb:
-            # Free the parent's uncollected garbage now: left to the collector, it goes at some
-            # allocation of a later scan's decoding and hands that decoder its room on top of the cap.
-            gc.collect()
-        if self.memory_mb and cap_memory(self.memory_mb):
+        if not self.memory_mb:
+            return
+        # Free the parent's uncollected garbage now: left to the collector, it goes at some allocation
+        # of a later scan's decoding and hands that decoder its room on top of the cap.
+        gc.collect()
+        if cap_memory(self.memory_mb):
             _capped_mb = self.memory_mb
-        elif self.memory_mb:
+        else:
             log.debug("worker memory cap not supported on this system")

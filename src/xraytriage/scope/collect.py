@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from xraytriage.columns import IN_SCOPE, OOD_SCORE, SCOPE_REASONS
 from xraytriage.config import PreprocessConfig, ScopeConfig
@@ -64,30 +63,18 @@ class FeaturePass:
 
     def __call__(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(features n x d float32, positions in ``frame`` of the rows they belong to)."""
-        from xraytriage.data.dataset import ManifestScans, collate_scans
-        from xraytriage.data.workers import WorkerInit
-        from xraytriage.inference import iter_logits
+        from xraytriage.data.dataset import ManifestScans
+        from xraytriage.inference import inference_loader, predict_loader
         from xraytriage.models.features import LogitsAndFeatures
-        from xraytriage.utils.runtime import worker_start_method
 
         dataset = ManifestScans(frame, [], self.preprocess, self.in_channels, None, self.image_source)
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.workers,
-            collate_fn=collate_scans,
-            worker_init_fn=WorkerInit() if self.workers > 0 else None,
-            **worker_start_method(self.preprocess.gpu_decode, self.workers),
-        )
-        net = LogitsAndFeatures(self.model).eval()
-        parts, positions = [], []
-        for out in iter_logits(net, loader, self.device, self.amp_dtype, False, True):
-            if out.features is not None:
-                parts.append(out.features.cpu())
-                positions.append(out.batch.index)
+        loader = inference_loader(dataset, self.batch_size, self.workers)
+        parts: list[torch.Tensor] = []
+        net = LogitsAndFeatures(self.model)
+        _, positions, _ = predict_loader(net, loader, self.device, self.amp_dtype, False, features=parts)
         if not parts:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-        return torch.cat(parts).numpy(), torch.cat(positions).numpy()
+        return torch.cat(parts).numpy(), positions
 
 
 class ScopeRecorder:
