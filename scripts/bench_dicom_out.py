@@ -153,7 +153,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from orthanc_server import orthanc_binary, start_orthanc
+    from support.orthanc import orthanc_binary, start_orthanc
     from xraytriage.data.synthetic import SyntheticSpec, generate_dataset, generate_scope_variants
     from xraytriage.io.conformance import dciodvfy_available
     from xraytriage.pacs.send import CStoreSender, DicomNode, iter_objects, send_paths
