@@ -20,6 +20,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 from xraytriage.config import PreprocessConfig
 from xraytriage.data.workers import cap_memory
 from xraytriage.io import UnreadableImage, load_image
+from xraytriage.utils import glibc_heap
 
 
 def _reason(path: Path, cfg: PreprocessConfig | None = None) -> UnreadableImage:
@@ -218,6 +219,39 @@ def test_garbage_a_worker_inherits_is_not_room_under_its_cap() -> None:
         gc.enable()
         gc.collect()
     assert result == "MemoryError"
+
+
+def _capped_worker_allocates(mb: int, reserve: bool, queue: multiprocessing.Queue) -> None:
+    from xraytriage.data import workers
+    from xraytriage.utils import glibc_heap
+
+    if not reserve:
+        glibc_heap.reserve_free_heap = lambda: None  # type: ignore[assignment] # the worker before the fix
+        workers.reserve_free_heap = glibc_heap.reserve_free_heap
+    workers.WorkerInit(memory_mb=64)(0)
+    workers.renew_memory_cap()
+    queue.put(_allocation(mb))
+
+
+def _fork_workers_from_a_parent_with_freed_heap(queue: multiprocessing.Queue) -> None:
+    """A parent whose heap holds 200 MiB that earlier work freed, as a test session's or a notebook's does."""
+    mapped = np.ones(30 << 20, dtype=np.uint8)
+    del mapped  # glibc now serves blocks of up to 30 MiB from the heap
+    blocks = [np.ones(20 << 20, dtype=np.uint8) for _ in range(10)]
+    above = np.ones(1 << 20, dtype=np.uint8)  # keeps the freed blocks inside the heap: no trim
+    del blocks
+    cases = [(160, True), (16, True), (160, False)]
+    queue.put([_in_a_fork(_capped_worker_allocates, mb, reserve) for mb, reserve in cases])
+    del above
+
+
+@pytest.mark.skipif(glibc_heap._libc() is None, reason="glibc's allocator only")
+def test_heap_a_worker_inherits_free_is_not_room_under_its_cap() -> None:
+    """RLIMIT_DATA counts the parent's freed heap as used; unreserved, a decoder could allocate it on top
+    of the cap (a 36 MB decode passed a 24 MiB cap after other tests)."""
+    capped, small, unreserved = _in_a_fork(_fork_workers_from_a_parent_with_freed_heap)
+    assert (capped, small) == ("MemoryError", 1)
+    assert unreserved == 1  # the case is real: without the reservation the 160 MiB fit in the freed heap
 
 
 @pytest.mark.timeout(180)

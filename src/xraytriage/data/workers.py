@@ -3,7 +3,9 @@
 Each worker gets its own seeded random streams (augmentation included), one torch thread, the alarm's
 default action (the per-scan time limit of scoring ends the worker even inside native code, see
 ``scoring.dataset``) and, when asked, a memory cap: ``RLIMIT_DATA`` above what the worker inherited,
-so an allocation past it fails as ``too_large`` instead of taking the machine.
+so an allocation past it fails as ``too_large`` instead of taking the machine. The heap a forked
+worker inherited free is reserved first (``utils.glibc_heap``): the limit counts it as used, and a
+decoder allocating from it would otherwise go past the cap unseen.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from xraytriage.utils.glibc_heap import reserve_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +113,10 @@ class WorkerInit:
         if not self.memory_mb:
             return
         # Free the parent's uncollected garbage now: left to the collector, it goes at some allocation
-        # of a later scan's decoding and hands that decoder its room on top of the cap.
+        # of a later scan's decoding and hands that decoder its room on top of the cap. Then take the
+        # heap the parent had freed (which the cap counts as used) out of a decoder's reach.
         gc.collect()
+        reserve_free_heap()
         if cap_memory(self.memory_mb):
             _capped_mb = self.memory_mb
         else:
