@@ -239,8 +239,8 @@ def test_compiled_training_compiles_once(
     graphs_after_validation: list[int] = []
     original_validate = engine.Trainer._validate
 
-    def counting_validate(self: engine.Trainer, epoch: int, *features):
-        out = original_validate(self, epoch, *features)
+    def counting_validate(self: engine.Trainer, epoch: int, *with_features):
+        out = original_validate(self, epoch, *with_features)
         graphs_after_validation.append(counters["stats"]["unique_graphs"])
         return out
 
@@ -261,8 +261,8 @@ def test_gpu_memory_does_not_grow_across_epochs(
     allocated, peaks = [], []
     original_validate = engine.Trainer._validate
 
-    def measuring_validate(self: engine.Trainer, epoch: int, *features):
-        out = original_validate(self, epoch, *features)
+    def measuring_validate(self: engine.Trainer, epoch: int, *with_features):
+        out = original_validate(self, epoch, *with_features)
         torch.cuda.synchronize()
         allocated.append(torch.cuda.memory_allocated())
         peaks.append(torch.cuda.max_memory_allocated())

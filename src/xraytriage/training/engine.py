@@ -136,6 +136,18 @@ def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
+@dataclass(frozen=True)
+class ValidationPass:
+    """What one validation pass gives: metrics, the prediction table (probabilities at temperature 1),
+    the logits (rows aligned with the table) and, when asked, the pooled features with their rows'
+    positions in the table (what the scope's recorder takes)."""
+
+    metrics: dict[str, Any]
+    frame: pd.DataFrame
+    logits: np.ndarray
+    features: tuple[np.ndarray, np.ndarray] | None = None
+
+
 @dataclass
 class RunState:
     """Where a run stands between steps: what a checkpoint saves and ``--resume`` restores."""
@@ -418,18 +430,15 @@ class Trainer:
 
         return signal.signal(signal.SIGINT, request_stop)
 
-    def _validate(
-        self, epoch: int, features: list[tuple[np.ndarray, np.ndarray]] | None = None
-    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
-        """Validation metrics, the prediction table (probabilities at temperature 1) and the logits
-        (rows aligned with the table).
+    def _validate(self, epoch: int, with_features: bool = False) -> ValidationPass:
+        """One pass over the validation scans, every rank's rows gathered.
 
-        ``features``: when given, the same pass also collects the pooled features (eager model; the
-        scope's OOD reference) and appends ``(features, positions in val_frame)``, every rank's rows.
+        ``with_features``: the same pass also collects the pooled features (eager model; the scope's
+        OOD reference), so the end of training does not infer the validation scans twice.
         """
         net = self.net if not self.dist.enabled else self.model
         parts: list[torch.Tensor] | None = None
-        if features is not None:
+        if with_features:
             from xraytriage.models.features import LogitsAndFeatures
 
             net, parts = LogitsAndFeatures(self.model), []
@@ -445,8 +454,7 @@ class Trainer:
         # DistributedSampler pads with repeated samples: keep each index once.
         indices, first = np.unique(indices, return_index=True)
         logits = logits[first]
-        if features is not None:
-            features.append((pooled[first], indices))
+        features = (pooled[first], indices) if with_features else None
         probs = probabilities(logits, self.cfg.model.task)
         frame = predictions_frame(self.val_frame, self.labels, probs, indices)
         targets = torch.from_numpy(label_matrix(frame, self.labels))
@@ -467,7 +475,7 @@ class Trainer:
             if m.get("auroc") is not None:
                 aurocs.append(m["auroc"])
         metrics["val_mean_auroc"] = float(np.mean(aurocs)) if aurocs else float("nan")
-        return metrics, frame, logits
+        return ValidationPass(metrics, frame, logits, features)
 
     # ------------------------------------------------------------------ TensorBoard
     def _open_writer(self) -> None:
@@ -543,8 +551,9 @@ class Trainer:
             for epoch in range(run.epoch, cfg.train.epochs):
                 record: dict[str, Any] = {"epoch": epoch + 1}
                 record.update(self._train_one_epoch(epoch, run.partial or None))
-                metrics, val_frame, _ = self._validate(epoch)
-                record.update(metrics)
+                validated = self._validate(epoch)
+                val_frame = validated.frame
+                record.update(validated.metrics)
                 improved = run.finish_epoch(record)
                 if improved and self.dist.is_main:
                     save_checkpoint(
@@ -663,14 +672,11 @@ class Trainer:
         # eager model anyway (not under train.compile, whose logits would otherwise change).
         scope_cfg = cfg.scope
         together = scope_cfg.enabled and scope_cfg.ood and (self.dist.enabled or self.net is self.model)
-        val_features: list[tuple[np.ndarray, np.ndarray]] | None = [] if together else None
-        metrics, frame, logits = self._validate(run.best_epoch - 1, val_features)
+        validated = self._validate(run.best_epoch - 1, with_features=together)
+        metrics, frame, logits = validated.metrics, validated.frame, validated.logits
         temperatures, operating_points = self._calibrate_and_choose(frame, logits, metrics)
         thresholds = {label: op.threshold for label, op in operating_points.items()}
-        if self.dist.is_main:
-            scope = self._record_scope(frame, val_features[0] if val_features else None)
-        else:
-            scope = None
+        scope = self._record_scope(frame, validated.features) if self.dist.is_main else None
         result = TrainResult(
             run_dir=self.run_dir,
             bundle_path=self.run_dir / BUNDLE_NAME,

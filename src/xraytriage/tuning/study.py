@@ -22,7 +22,7 @@ from xraytriage.config import Config, ConfigError, OperatingPointConfig, load_co
 from xraytriage.evaluation.metrics import binary_metrics, known_mask
 from xraytriage.evaluation.thresholds import choose_threshold
 from xraytriage.models.pretrained import WeightsMismatch, WeightsUnavailable
-from xraytriage.training.engine import Trainer
+from xraytriage.training.engine import Trainer, ValidationPass
 from xraytriage.tuning.space import Param, to_overrides
 from xraytriage.utils.atomic import atomic_path
 from xraytriage.utils.csv_safety import safe_frame
@@ -76,21 +76,20 @@ class TrialTrainer(Trainer):
         self.specificity = specificity
         self.reported: dict[int, float] = {}
 
-    def _validate(
-        self, epoch: int, features: list[tuple[np.ndarray, np.ndarray]] | None = None
-    ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    def _validate(self, epoch: int, with_features: bool = False) -> ValidationPass:
         import optuna
 
-        metrics, frame, logits = super()._validate(epoch, features)
+        validated = super()._validate(epoch, with_features)
         if epoch in self.reported:  # the final re-validation of the best epoch in _finish
-            return metrics, frame, logits
+            return validated
+        metrics, frame = validated.metrics, validated.frame
         value = objective_value(metrics, frame, self.labels, self.objective, self.specificity)
         self.reported[epoch] = value
         if math.isfinite(value):
             self.trial.report(value, epoch)
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} ({self.objective} {value:.4f})")
-        return metrics, frame, logits
+        return validated
 
 
 @dataclass
