@@ -776,7 +776,7 @@ def _evaluation(**changes: object) -> EvaluationResult:
         "sex", available=True, groups=[_group(group="sex=M", is_reference=True), _group()]
     )
     unavailable = AttributeResult("site", available=False, reason="no column 'site'")
-    first = _class_result(_operating_point(), attributes={"sex": available, "site": unavailable})
+    first = _class_result(_operating_point(), attributes={"site": unavailable, "sex": available})
     second = _class_result(
         OperatingPoint.given(0.5, "config"),
         label="effusion",
@@ -808,12 +808,12 @@ def test_subgroup_records_are_one_row_per_group_and_one_per_unavailable_attribut
     result = _evaluation()
     rows = result.subgroup_records()
     assert [(r["label"], r["attribute"], r["group"], r["status"]) for r in rows] == [
-        ("finding", "sex", "sex=M", "ok"),
-        ("finding", "sex", "sex=F", "ok"),
         ("finding", "site", "", "unavailable: no column 'site'"),
+        ("finding", "sex", "sex=M", "ok"),  # the attributes after an unavailable one are still listed
+        ("finding", "sex", "sex=F", "ok"),
     ]
-    assert rows[0] == result.classes["finding"].attributes["sex"].groups[0].record("finding")
-    assert rows[2] == {
+    assert rows[1] == result.classes["finding"].attributes["sex"].groups[0].record("finding")
+    assert rows[0] == {
         "label": "finding",
         "attribute": "site",
         "group": "",
