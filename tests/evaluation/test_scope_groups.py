@@ -67,6 +67,8 @@ def test_a_scope_already_among_the_subgroups_is_not_added_twice() -> None:
         pd.DataFrame({"in_scope": [np.nan, np.nan]}),  # nothing known
         pd.DataFrame({"in_scope": ["x", "y"]}),
         pd.DataFrame({"in_scope": [0, 1, 2]}),  # not a 0/1 flag
+        pd.DataFrame({"in_scope": [1, 1, 0.5]}),  # no out-of-scope scan (0.5 was truncated to 0: a bug)
+        pd.DataFrame({"in_scope": [1, 0, 0.5]}),  # not a 0/1 flag, like 2
     ],
 )
 def test_without_both_scopes_the_frame_and_config_come_back_unchanged(frame: pd.DataFrame) -> None:
