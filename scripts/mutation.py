@@ -51,10 +51,9 @@ MODULE_TESTS: dict[str, list[str]] = {
     "src/xraytriage/evaluation/simulation.py": ["tests/evaluation/test_eval_statistics.py"],
     "src/xraytriage/evaluation/audit.py": ["tests/data/test_audit.py"],
     "src/xraytriage/evaluation/identifiers.py": ["tests/scoring/test_privacy_integrity.py"],
-    "src/xraytriage/evaluation/results.py": [
-        "tests/evaluation/test_fairness.py",
-        "tests/evaluation/test_eval_report.py",
-    ],
+    "src/xraytriage/evaluation/results.py": ["tests/evaluation/test_eval_results.py"],  # its unit tests:
+    # test_fairness.py and test_eval_report.py also reach it but run whole evaluations per mutant
+    "src/xraytriage/evaluation/scope_groups.py": ["tests/evaluation/test_scope_groups.py"],
     "src/xraytriage/evaluation/report.py": [  # evaluate_predictions's own tests: the command's (cli) start
         "tests/evaluation/test_eval_report.py",  # whole runs, 2-6 s each per mutant, and can only kill more
         "-k",

@@ -25,7 +25,7 @@ def add_scope_group(frame: pd.DataFrame, cfg: EvaluationConfig) -> tuple[pd.Data
     if IN_SCOPE not in frame.columns:
         return frame, cfg
     values = pd.to_numeric(frame[IN_SCOPE], errors="coerce")
-    if set(values.dropna().astype(int).unique()) != {0, 1}:
+    if set(values.dropna().unique()) != {0, 1}:  # a 0/1 flag, both values present (0.5 is neither)
         return frame, cfg
     out = frame.copy()
     out[SCOPE_ATTRIBUTE] = np.where(
