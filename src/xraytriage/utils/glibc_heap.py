@@ -2,13 +2,14 @@
 
 A forked worker shares its parent's heap, free chunks included. ``RLIMIT_DATA`` already counts those
 chunks (they lie inside the heap's mapping), so a decoder that allocates from them grows nothing the
-limit sees: a long-lived parent (a notebook, a test session) with 300 MiB free let a 36 MB image
+limit sees: a long-lived parent (a notebook, a test session) with its freed heap let a 36 MB image
 through a 24 MiB cap. :func:`reserve_free_heap` takes that free heap out of play before the cap is
 measured: it returns what it can to the kernel (``malloc_trim``), then allocates the free chunks that
 remain and never frees them. They are pages ``malloc_trim`` already gave back, so holding them costs
 address space, not memory. What the worker frees itself stays in its heap for the next scan to reuse
 (glibc's mmap threshold is left to adjust itself): fixing the threshold so that every large buffer is
-mapped afresh closed that room too, but made decoding 1.5-1.9x slower (page faults on fresh pages).
+mapped afresh closed that room too, but cost decoding 1.2-1.5x its CPU time (page faults on fresh
+pages; docs/security.md).
 """
 
 from __future__ import annotations
