@@ -271,6 +271,21 @@ def test_gate_fails_on_a_real_gap_with_simultaneous_intervals():
     assert "site=D cannot be assessed: insufficient data" in " ".join(gate.unchecked)
 
 
+def test_scope_is_reported_not_gated_wherever_it_is_listed():
+    """A user may list ``scope`` among the subgroups, before the attributes the gate speaks for: the
+    attributes after it are still gated (scope's own groups never are)."""
+    rng = np.random.default_rng(3)
+    frame = _frame(rng, 1200)
+    frame.loc[frame["sex"] == "F", "prob_finding"] *= 0.5  # the model misses more findings in women
+    frame["scope"] = np.where(frame["site"] == "A", "in_scope", "out_of_scope")
+    cfg = EvaluationConfig(subgroups=["scope", "sex"], fairness={"max_miss_rate_gap": 0.05}, min_group_size=8)
+    attributes = _run(frame, cfg)
+    assert list(attributes) == ["scope", "sex"] and attributes["scope"].compared_groups
+    gate = _gate(attributes, cfg)
+    assert gate.verdict == FAIL and {c.attribute for c in gate.checks} == {"sex"}
+    assert not attributes["scope"].checks and not any("/ scope" in line for line in gate.unchecked)
+
+
 def test_worst_group_limit_decides_on_each_groups_interval():
     rng = np.random.default_rng(8)
     frame = _frame(rng, 2000)
