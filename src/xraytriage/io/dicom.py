@@ -45,7 +45,9 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, pydicom.multival.MultiValue):
-        value = value[0] if len(value) else None
+        if not len(value):  # no values (a dataset built in memory): absent, not the text "None"
+            return None
+        value = value[0]
     text = str(value).strip()
     return text or None
 
@@ -290,6 +292,8 @@ def native_frame(ds: Dataset, path: Path, geo: Geometry) -> np.ndarray | None:
     shift = geo.bits_allocated - geo.bits_stored
     if shift and geo.signed:
         arr = (arr << shift) >> shift  # sign-extend BitsStored-bit two's complement, as pydicom does
+    elif shift:
+        arr = arr & arr.dtype.type((1 << geo.bits_stored) - 1)  # unused high bits cleared, as pydicom does
     return arr
 
 
