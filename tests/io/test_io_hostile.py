@@ -234,15 +234,16 @@ def _capped_worker_allocates(mb: int, reserve: bool, queue: multiprocessing.Queu
 
 
 def _fork_workers_from_a_parent_with_freed_heap(queue: multiprocessing.Queue) -> None:
-    """A parent whose heap holds 200 MiB that earlier work freed, as a test session's or a notebook's does."""
-    mapped = np.ones(30 << 20, dtype=np.uint8)
-    del mapped  # glibc now serves blocks of up to 30 MiB from the heap
-    blocks = [np.ones(20 << 20, dtype=np.uint8) for _ in range(10)]
-    above = np.ones(1 << 20, dtype=np.uint8)  # keeps the freed blocks inside the heap: no trim
-    del blocks
+    """A parent whose heap holds 200 MiB that earlier work freed and glibc kept (it raises its trim
+    threshold as a process frees large blocks), as a test session's or a notebook's does."""
+    libc = glibc_heap._libc()
+    assert libc is not None
+    libc.mallopt(-4, 0)  # M_MMAP_MAX: every block from the heap, wherever this process's heap stands
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: what is freed stays in the heap
+    freed = np.ones(200 << 20, dtype=np.uint8)
+    del freed
     cases = [(160, True), (16, True), (160, False)]
     queue.put([_in_a_fork(_capped_worker_allocates, mb, reserve) for mb, reserve in cases])
-    del above
 
 
 @pytest.mark.skipif(glibc_heap._libc() is None, reason="glibc's allocator only")
