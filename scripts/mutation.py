@@ -57,6 +57,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "src/xraytriage/evaluation/report.py": [  # evaluate_predictions's own tests: the command's (cli) start
         "tests/evaluation/test_eval_report.py",  # whole runs, 2-6 s each per mutant, and can only kill more
+        "tests/evaluation/test_eval_report_outputs.py",
         "-k",
         "not cli",
     ],
@@ -89,12 +90,22 @@ MODULE_FUNCTIONS: dict[str, list[str]] = {
     # the figures: counts, rates, intervals, validation, calibration, population (the rest of report.py,
     # ~550 mutants of writing, logging and wiring, is not yet measured)
     "src/xraytriage/evaluation/report.py": [
-        "_column",
         "Evaluation.operating_point",
-        "Evaluation.overall",
-        "Evaluation.validation",
-        "Evaluation.calibration",
-        "Evaluation.population",
+        "_check_columns",
+        "_patients",
+        "_version",
+        "Evaluation.__init__",
+        "Evaluation.audit",
+        "Evaluation.class_result",
+        "Evaluation.settings",
+        "evaluate_predictions",
+        "subgroup_table",
+        "_figures",
+        "predictions_output",
+        "write_outputs",
+        "_tag",
+        "summary_text",
+        "log_tensorboard",
     ],
 }
 
