@@ -50,7 +50,7 @@ GROUP_TAGS = {
 # written to predictions.csv in this order: the allow-listed columns present, the subgroup columns in
 # use, each label's truth and probability, then each label's prediction
 WRITTEN_COLUMNS = [
-    "path", "patient_id", "study_id", "split", "sex", "age", "view", "site",
+    "path", "patient_id", "study_id", "split", "sex", "age", "view", "site", "department",
     "finding", "prob_finding", "Pleural Effusion", "prob_Pleural Effusion",
     "pred_finding", "pred_Pleural Effusion",
 ]  # fmt: skip
@@ -84,6 +84,7 @@ def _table(prefix: str, patients: int, seed: int) -> pd.DataFrame:
             "age": [35, 45, 65, 85][i % 4],
             "view": "PA",
             "site": "St. Mary's/North" if i < patients // 2 else "Royal East",
+            "department": "ICU" if i % 3 == 0 else "ward",
             "patient_name": f"Doe^{prefix}{i}",
             "notes": f"seen by Dr {prefix}{i}",
         }
@@ -312,6 +313,14 @@ def test_each_class_carries_its_own_operating_point_checks_and_temperature(evalu
         assert list(block.attributes) == ["sex", "site", "view", "age_band", "sex & age_band"]
 
 
+def test_the_audit_covers_the_evaluated_labels_and_the_configured_subgroups():
+    """Only the labels evaluated (not every 0/1 column of the table) and the configured attributes,
+    intersections included."""
+    result = evaluate_predictions(_table("T", 4, 1), ["finding"], {"finding": 0.5}, _config(), None)
+    assert result.audit.labels == ["finding"]
+    assert list(result.audit.missing["attribute"]) == ["sex", "site", "view", "age_band", "sex & age_band"]
+
+
 def test_age_bands_are_the_users_own_when_given_else_from_the_configured_edges():
     test = _table("T", 8, 1)
     own = test.assign(age_band=np.where(test["age"] < 50, "young", "old"))
@@ -329,13 +338,14 @@ def test_age_bands_are_the_users_own_when_given_else_from_the_configured_edges()
 
 def test_written_files_hold_the_result_and_only_allow_listed_columns(evaluated, tmp_path):
     """metrics.json is the result as indented JSON; subgroups.csv and predictions.csv have their
-    fixed columns and no index; the name and the free text of the input are never written; a
+    fixed columns and no index; a subgroup column in use is written although not allow-listed, the
+    name and the free text of the input never; a
     prediction is 1 at a score equal to the threshold and empty where the score is missing. The
     folder is created with its parents and may already exist."""
     test, result = evaluated.test, evaluated.result
     out = tmp_path / "a" / "b"
     for _ in range(2):
-        files = write_outputs(out, result, test, None, ["sex", "site", "view", "age_band", "patient_name"])
+        files = write_outputs(out, result, test, None, ["sex", "department", "age_band", "patient_name"])
     assert files == {
         name: out / name for name in ("metrics.json", "subgroups.csv", "predictions.csv", "report.html")
     }
@@ -366,6 +376,19 @@ def test_subgroup_table_keeps_an_unavailable_attribute_as_one_row_with_empty_fig
     assert len(site) == 1 and site["status"].iloc[0] == "unavailable: column 'site' is not in the predictions"
     figures = [c for c in SUBGROUP_COLUMNS if c not in ("label", "attribute", "group", "status")]
     assert site[figures].isna().all(axis=None)
+
+
+def test_subgroup_table_has_every_column_empty_when_no_attribute_is_available():
+    """No subgroup column in the predictions: one 'unavailable' row per attribute, and every figure
+    column still there, holding nothing (missing, not an empty string)."""
+    test = _table("T", 4, 1).drop(columns=["sex", "site", "view", "age"])
+    result = evaluate_predictions(test, ["finding"], {"finding": 0.5}, _config(), None)
+    table = subgroup_table(result)
+    assert list(table.columns) == SUBGROUP_COLUMNS
+    assert list(table["attribute"]) == ["sex", "site", "view", "age_band", "sex & age_band"]
+    assert table["status"].str.startswith("unavailable: ").all()
+    figures = [c for c in SUBGROUP_COLUMNS if c not in ("label", "attribute", "group", "status")]
+    assert table[figures].isna().all(axis=None)
 
 
 # ---------------------------------------------------------------- TensorBoard
@@ -474,7 +497,9 @@ def test_tensorboard_only_still_gets_the_figures_of_each_class():
     test = _table("T", 8, 1).drop(columns=["Pleural Effusion", "prob_Pleural Effusion"])
     test.loc[1, "prob_finding"] = np.nan
     writer = RecordingWriter()
-    result = evaluate_predictions(test, ["finding"], {"finding": 0.5}, _config(), None, tb_writer=writer)
+    result = evaluate_predictions(
+        test, ["finding"], {"finding": 0.5}, _config(calibration_bins=4), None, tb_writer=writer
+    )
     figures = writer.of("figure")
     assert [(tag, step, close) for _, tag, _, step, close in figures] == [
         ("eval/finding/roc_pr", 0, False),
@@ -496,8 +521,9 @@ def test_tensorboard_only_still_gets_the_figures_of_each_class():
         block.metrics["sensitivity"].value,
     )
     assert calibration.axes[0].get_title() == f"Calibration — finding (ECE {block.calibration.ece:.3f})"
-    counts = [int(t.get_text()) for t in calibration.axes[0].texts]
-    assert sum(counts) == block.counts.n  # the reliability bins of the known scans
+    counts = [int(t.get_text()) for t in calibration.axes[0].texts]  # the configured 4 bins
+    assert counts == [b.count for b in block.calibration.reliability if b.count > 0]
+    assert sum(counts) == block.counts.n and len(block.calibration.reliability) == 4
     ax = subgroups.axes[0]
     assert ax.get_title() == "Sensitivity by subgroup — finding"
     assert ax.get_xlabel() == "sensitivity at threshold 0.500 (bar: interval)"
