@@ -71,10 +71,12 @@ STORED = OperatingPoint(
 def _table(prefix: str, patients: int, seed: int) -> pd.DataFrame:
     """Two scans per patient, sex alternating by patient, two sites (one name with an apostrophe, a
     full stop and a slash), ages in every default band; plus what a hospital export carries and an
-    output must never copy (a name, free text) and the ``index`` column of a table once reset."""
+    output must never copy (a name, free text) and the ``level_0`` and ``index`` columns of a table
+    that pandas reset twice."""
     rng = np.random.default_rng(seed)
     rows = [
         {
+            "level_0": 2 * i + k,
             "index": 2 * i + k,
             "path": f"/d/{prefix}{i}_{k}.dcm",
             "patient_id": f"{prefix}{i:02d}",
@@ -101,20 +103,22 @@ def _table(prefix: str, patients: int, seed: int) -> pd.DataFrame:
 
 
 def _config(**extra: Any) -> EvaluationConfig:
-    return EvaluationConfig(
-        bootstrap_iterations=0,
-        min_group_size=2,
-        min_group_patients=1,
-        subgroups=["sex", "site", "view", "age_band"],
-        intersections=[["sex", "age_band"]],
-        fairness={"max_miss_rate_gap": 0.1},
-        **extra,
-    )
+    settings: dict[str, Any] = {
+        "bootstrap_iterations": 0,
+        "min_group_size": 2,
+        "min_group_patients": 1,
+        "subgroups": ["sex", "site", "view", "age_band"],
+        "intersections": [["sex", "age_band"]],
+        "fairness": {"max_miss_rate_gap": 0.1},
+    }
+    return EvaluationConfig(**{**settings, **extra})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def evaluated():
-    """12 test patients (a score exactly at the threshold 0.5, one missing), 8 validation patients."""
+    """12 test patients (a score exactly at the threshold 0.5, one missing), 8 validation patients.
+    Computed per test (0.2 s): mutmut runs a mutant against the tests that reached the mutated
+    function, and a module-scoped fixture would reach it in the first test only."""
     test, val = _table("T", 12, 1), _table("V", 8, 2)
     test.loc[0, "prob_finding"] = 0.5
     test.loc[1, "prob_finding"] = np.nan
@@ -223,14 +227,21 @@ def test_leakage_is_refused_with_the_audit_finding_and_the_way_to_allow_it():
     assert clean.leakage is None and not clean.audit.has_leakage
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def leaky():
     """Validation shares patient T00 with test; leakage allowed, so every output carries the mark."""
     test, val = _table("T", 4, 1), _table("V", 4, 2)
     val.loc[[0, 1], "patient_id"] = "T00"
     val["split"] = "val"
     result = evaluate_predictions(
-        test, LABELS, {"finding": 0.5}, _config(), None, val_predictions=val, allow_leakage=True
+        test,
+        LABELS,
+        {"finding": 0.5},
+        _config(),
+        None,
+        val_predictions=val,
+        allow_leakage=True,
+        model_id="bundle 3f2a",
     )
     return test, result
 
@@ -238,6 +249,7 @@ def leaky():
 def test_allowed_leakage_is_counted_and_marks_the_tables_and_the_summary(leaky):
     test, result = leaky
     assert (result.leakage.patients, result.leakage.pairs) == (1, {"test/val": 1})
+    assert result.model_id == "bundle 3f2a"
     warning = (
         "PATIENT LEAKAGE ALLOWED (--allow-leakage): 1 patient(s) appear in more than one split "
         "(test/val: 1); every figure here may be optimistic"
@@ -266,7 +278,7 @@ def test_the_run_records_when_with_which_version_and_how_long(evaluated):
     assert len(result.created_utc) == len("2026-12-01T15:38:08+00:00")
     timing = result.timing_seconds
     assert set(timing) == {"metrics", "total"}
-    assert 0 <= timing["metrics"] <= timing["total"] <= evaluated.elapsed + 0.001
+    assert 0 < timing["metrics"] <= timing["total"] <= evaluated.elapsed + 0.001  # in ms, not whole s
     assert all(v == round(v, 3) for v in timing.values())
     assert result.population.skipped_unreadable == 0 and result.population.validation_scans == 16
     assert result.files == {}  # nothing written without an output folder
@@ -365,6 +377,20 @@ def test_written_files_hold_the_result_and_only_allow_listed_columns(evaluated, 
     html = (out / "report.html").read_text()
     assert "Doe^" not in html + text + (out / "predictions.csv").read_text() and "seen by Dr" not in html
     assert "Pleural Effusion" in html and "data:image/png" not in html  # no figures were given
+
+
+def test_predictions_file_carries_the_configured_subgroup_columns_and_no_other(tmp_path):
+    """Through evaluate_predictions: a subgroup column of the configuration (as an attribute or only
+    in an intersection) is written to predictions.csv although not allow-listed; free text never."""
+    test = _table("T", 8, 1).drop(columns=["Pleural Effusion", "prob_Pleural Effusion"])
+    test["ward_type"] = np.where(test.index % 4 < 2, "acute", "chronic")
+    cfg = _config(subgroups=["sex", "department"], intersections=[["sex", "ward_type"]])
+    result = evaluate_predictions(test, ["finding"], {"finding": 0.5}, cfg, tmp_path)
+    written = pd.read_csv(result.files["predictions.csv"])
+    assert list(written.columns) == [
+        "path", "patient_id", "study_id", "split", "sex", "age", "age_band", "view", "site", "department",
+        "ward_type", "finding", "prob_finding", "pred_finding",
+    ]  # fmt: skip
 
 
 def test_subgroup_table_keeps_an_unavailable_attribute_as_one_row_with_empty_figures():
