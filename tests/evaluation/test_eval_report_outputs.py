@@ -379,6 +379,18 @@ def test_written_files_hold_the_result_and_only_allow_listed_columns(evaluated, 
     assert "Pleural Effusion" in html and "data:image/png" not in html  # no figures were given
 
 
+def test_metrics_json_is_strict_json_or_not_written(tmp_path):
+    """A non-finite number (here a NaN temperature handed in) is refused rather than written as
+    ``NaN``, which strict JSON readers reject; the file is then not there at all."""
+    test = _table("T", 4, 1)
+    result = evaluate_predictions(
+        test, ["finding"], {"finding": 0.5}, _config(), None, temperatures={"finding": float("nan")}
+    )
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_outputs(tmp_path, result, test, None)
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_predictions_file_carries_the_configured_subgroup_columns_and_no_other(tmp_path):
     """Through evaluate_predictions: a subgroup column of the configuration (as an attribute or only
     in an intersection) is written to predictions.csv although not allow-listed; free text never."""
