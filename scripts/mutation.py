@@ -87,26 +87,6 @@ MODULE_FUNCTIONS: dict[str, list[str]] = {
         "to_grey",
         "padding_mask",
     ],
-    # the figures: counts, rates, intervals, validation, calibration, population (the rest of report.py,
-    # ~550 mutants of writing, logging and wiring, is not yet measured)
-    "src/xraytriage/evaluation/report.py": [
-        "Evaluation.operating_point",
-        "_check_columns",
-        "_patients",
-        "_version",
-        "Evaluation.__init__",
-        "Evaluation.audit",
-        "Evaluation.class_result",
-        "Evaluation.settings",
-        "evaluate_predictions",
-        "subgroup_table",
-        "_figures",
-        "predictions_output",
-        "write_outputs",
-        "_tag",
-        "summary_text",
-        "log_tensorboard",
-    ],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
