@@ -181,6 +181,8 @@ def test_perfect_model_gets_intervals_that_are_not_zero_width(tmp_path):
                 assert est.ci_low < est.ci_high
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["classes"]["finding"]["metrics"]["f1"]["note"].startswith("no interval")
+    # an output folder without TensorBoard: the report still holds its three figures
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3
 
 
 def test_gate_failure_named_in_result_and_report(tmp_path):

@@ -11,6 +11,7 @@ docs/evaluation.md (``schema_version``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -190,12 +191,19 @@ class Evaluation:
                 op_cfg,
                 self.val["patient_id"].to_numpy(),
             )
-        return OperatingPoint(
+        fallback = OperatingPoint(
             threshold=float(op_cfg.threshold),
             policy=op_cfg.policy,
             fallback_reason="no stored threshold and no validation predictions to choose one on; fixed "
             f"threshold {op_cfg.threshold:g} (evaluation.operating_point.threshold) used",
             source="config",
+        )
+        if fallback.metric is None:
+            return fallback
+        # a target policy's goal is recorded as when the policy falls back on validation: test is still
+        # checked against it (without it, the target check failed on a missing target)
+        return dataclasses.replace(
+            fallback, rule=op_cfg.rule, target=float(op_cfg.target), confidence=float(op_cfg.confidence)
         )
 
     def overall(self, label: str, threshold: float) -> tuple[Counts, dict[str, Estimate], dict[str, Any]]:
