@@ -81,6 +81,8 @@ def test_no_float64_and_exact_shape(shape, dtype):
         (2.0, 2.0, 1),
         (3.44, 1.0, 3),
         (20, 16.0, 2),
+        (4.0, 1.0, 4),  # a whole ratio at a gap of 1: the whole shrink in the box stage, exactly
+        (4.0, 1.5, 3),
     ],
 )
 def test_prereduce_factor_examples(ratio, gap, factor):
