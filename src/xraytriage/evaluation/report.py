@@ -11,7 +11,6 @@ docs/evaluation.md (``schema_version``).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -54,7 +53,7 @@ from xraytriage.evaluation.results import (
 )
 from xraytriage.evaluation.scope_groups import add_scope_group
 from xraytriage.evaluation.subgroups import GROUP_METRICS, age_bands, evaluate_subgroups
-from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point
+from xraytriage.evaluation.thresholds import OperatingPoint, choose_operating_point, policy_point
 from xraytriage.utils.csv_safety import safe_frame
 
 log = logging.getLogger(__name__)
@@ -191,19 +190,12 @@ class Evaluation:
                 op_cfg,
                 self.val["patient_id"].to_numpy(),
             )
-        fallback = OperatingPoint(
-            threshold=float(op_cfg.threshold),
-            policy=op_cfg.policy,
+        return policy_point(
+            op_cfg,
+            float(op_cfg.threshold),
             fallback_reason="no stored threshold and no validation predictions to choose one on; fixed "
             f"threshold {op_cfg.threshold:g} (evaluation.operating_point.threshold) used",
             source="config",
-        )
-        if fallback.metric is None:
-            return fallback
-        # a target policy's goal is recorded as when the policy falls back on validation: test is still
-        # checked against it (without it, the target check failed on a missing target)
-        return dataclasses.replace(
-            fallback, rule=op_cfg.rule, target=float(op_cfg.target), confidence=float(op_cfg.confidence)
         )
 
     def overall(self, label: str, threshold: float) -> tuple[Counts, dict[str, Estimate], dict[str, Any]]:

@@ -181,10 +181,12 @@ def _fallback(cfg: OperatingPointConfig, why: str, **found: Any) -> OperatingPoi
         cfg.threshold,
     )
     reason = f"{why}; fixed threshold {cfg.threshold:g} (evaluation.operating_point.threshold) used instead"
-    return _record(cfg, float(cfg.threshold), fallback_reason=reason, **found)
+    return policy_point(cfg, float(cfg.threshold), fallback_reason=reason, **found)
 
 
-def _record(cfg: OperatingPointConfig, threshold: float, **fields: Any) -> OperatingPoint:
+def policy_point(cfg: OperatingPointConfig, threshold: float, **fields: Any) -> OperatingPoint:
+    """The operating point ``threshold`` under ``cfg``'s policy, with the policy's target, rule and
+    level recorded when it has a target (so the test set is checked against it, fallback or not)."""
     targeted = cfg.policy in _TARGET_METRIC
     return OperatingPoint(
         threshold=float(threshold),
@@ -231,7 +233,7 @@ def _target_sensitivity(pos: np.ndarray, codes: np.ndarray, cfg: OperatingPointC
             "lowest positive score used instead"
         )
         log.warning("operating point: %s", reason)
-    return _record(
+    return policy_point(
         cfg,
         float(pos_desc[index]),
         validation_value=(index + 1) / pos.size,
@@ -267,7 +269,7 @@ def _target_specificity(
     above = p[p > bound]
     # negatives at the very top: only a threshold just above them (possibly > 1.0) meets the target
     threshold = float(above.min()) if above.size else float(np.nextafter(bound, np.inf))
-    return _record(
+    return policy_point(
         cfg,
         threshold,
         validation_value=(index + 1) / neg.size,
@@ -285,4 +287,4 @@ def _youden(p: np.ndarray, positive: np.ndarray, cfg: OperatingPointConfig) -> O
 
     fpr, tpr, thr = roc_curve(positive.astype(int), p, drop_intermediate=False)
     j = tpr[1:] - fpr[1:]  # the first point is the "predict nothing" threshold (inf)
-    return _record(cfg, float(thr[1:][int(np.argmax(j))]))
+    return policy_point(cfg, float(thr[1:][int(np.argmax(j))]))
