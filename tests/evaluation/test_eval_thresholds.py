@@ -271,6 +271,7 @@ def test_a_lower_bound_exactly_at_the_target_reaches_it():
     cfg = OperatingPointConfig(policy="target_sensitivity", target=float(bounds[8]))
     op = choose_operating_point(np.ones(12), prob, cfg, None)
     assert op.threshold == prob[8] and op.lower_bound == bounds[8] and op.guaranteed
+    assert op.fallback_reason is None and op.to_json()["fallback"] is False  # a target reached is no fallback
     above = OperatingPointConfig(policy="target_sensitivity", target=float(np.nextafter(bounds[8], 1.0)))
     assert choose_operating_point(np.ones(12), prob, above, None).threshold == prob[9]
 
